@@ -1,0 +1,1 @@
+"""costwarden services: one folder per service, each run as its own process."""

@@ -1,0 +1,54 @@
+"""The limiter use case: decide one request, settle finished calls. Storage is injected."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+from redis.exceptions import RedisError
+
+from services.limiter.policy import CounterReading, LimitPlan, LimitPolicy, unavailable_decision
+from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
+
+log = logging.getLogger(__name__)
+
+
+class LimiterStore(Protocol):
+    async def check_and_reserve(self, plan: LimitPlan) -> CounterReading: ...
+    async def settle_many(self, settlements: Sequence[tuple[str, str, int, int]]) -> int: ...
+
+
+class Limiter:
+    def __init__(self, policy: LimitPolicy, store: LimiterStore, failure_mode: Literal["closed", "open"]) -> None:
+        self.policy = policy
+        self.store = store
+        self.failure_mode = failure_mode
+
+    async def decide(self, request: LimitRequest) -> LimitDecision:
+        plan = self.policy.plan(request)
+        try:
+            reading = await self.store.check_and_reserve(plan)
+        except (RedisError, OSError) as exc:
+            allowed = self.failure_mode == "open"
+            log.warning("limiter storage unreachable (%s); failing %s for request %s",
+                        type(exc).__name__, self.failure_mode, request.request_id)
+            reason = ("Rate limiter storage unavailable; request allowed without a limit check"
+                      if allowed else "Rate limiter storage unavailable; try again shortly")
+            return unavailable_decision(request, allowed, reason)
+        return self.policy.decision(request, plan, reading)
+
+    async def settle(self, events: Sequence[LlmCompleted]) -> int:
+        settlements = []
+        for event in events:
+            key, tokens, nano = self.policy.settlement(event)
+            settlements.append((key, event.request_id, tokens, nano))
+        return await self.store.settle_many(settlements)
+
+
+def violation_of(request: LimitRequest, decision: LimitDecision) -> LimitViolation:
+    return LimitViolation(
+        request_id=request.request_id, user_id=request.user_id, client_ip=request.client_ip,
+        tier=decision.tier, endpoint=request.endpoint, policy=request.policy,
+        limited_by=decision.limited_by or "requests", limit=decision.limit, window_s=decision.window_s,
+    )

@@ -1,0 +1,133 @@
+"""Limiter counters in Redis. Each decision and each settlement is one Lua script, timed by Redis'
+own clock (TIME), so any number of limiter replicas share exact counts.
+
+Keys of one caller share the hash tag in `plan.key` (cw:{user:42}):
+  :req           sliding log (ZSET, member = request id, score = ms) of requests in the window
+  :strict        the same for expensive endpoints
+  :tok:<minute>  tokens reserved or used in that UTC minute
+  :usd:<day>     nano-USD reserved or spent that UTC day
+  :resv:<id>     the reservation of one granted request, until its llm.completed settles it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from services.limiter.policy import CounterReading, LimitPlan
+
+DECIDE = """
+local base = KEYS[1]
+local request_id = ARGV[1]
+local req_limit, window_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local strict_limit = tonumber(ARGV[4])
+local tpm_limit, reserve_tokens = tonumber(ARGV[5]), tonumber(ARGV[6])
+local budget, reserve_nano = tonumber(ARGV[7]), tonumber(ARGV[8])
+local resv_ttl = tonumber(ARGV[9])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local minute = math.floor(now / 60000)
+local day = math.floor(now / 86400000)
+local req_key, strict_key = base .. ':req', base .. ':strict'
+local tok_key, usd_key = base .. ':tok:' .. minute, base .. ':usd:' .. day
+local resv_key = base .. ':resv:' .. request_id
+
+local function window(key, limit)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_ms)
+  local count = redis.call('ZCARD', key)
+  local reset = now + window_ms
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if oldest[2] then reset = tonumber(oldest[2]) + window_ms end
+  return count, reset
+end
+
+local count, reset = window(req_key, req_limit)
+local limit, remaining = req_limit, req_limit - count - 1
+
+if redis.call('EXISTS', resv_key) == 1 then
+  return {1, 'ok', limit, math.max(remaining + 1, 0), reset, now}
+end
+if count >= req_limit then
+  return {0, 'requests', req_limit, 0, reset, now}
+end
+if strict_limit > 0 then
+  local strict_count, strict_reset = window(strict_key, strict_limit)
+  if strict_count >= strict_limit then
+    return {0, 'strict', strict_limit, 0, strict_reset, now}
+  end
+  limit, remaining, reset = strict_limit, strict_limit - strict_count - 1, strict_reset
+end
+local used_tokens = tonumber(redis.call('GET', tok_key) or '0')
+if used_tokens + reserve_tokens > tpm_limit then
+  return {0, 'tokens', tpm_limit, math.max(tpm_limit - used_tokens, 0), (minute + 1) * 60000, now}
+end
+local spent = tonumber(redis.call('GET', usd_key) or '0')
+if spent + reserve_nano > budget then
+  return {0, 'budget', budget, math.max(budget - spent, 0), (day + 1) * 86400000, now}
+end
+
+redis.call('ZADD', req_key, now, request_id)
+redis.call('PEXPIRE', req_key, window_ms)
+if strict_limit > 0 then
+  redis.call('ZADD', strict_key, now, request_id)
+  redis.call('PEXPIRE', strict_key, window_ms)
+end
+redis.call('INCRBY', tok_key, reserve_tokens)
+redis.call('EXPIRE', tok_key, 120)
+redis.call('INCRBY', usd_key, reserve_nano)
+redis.call('EXPIRE', usd_key, 172800)
+redis.call('HSET', resv_key, 'tokens', reserve_tokens, 'nano', reserve_nano, 'minute', minute, 'day', day)
+redis.call('EXPIRE', resv_key, resv_ttl)
+return {1, 'ok', limit, remaining, reset, now}
+"""
+
+SETTLE = """
+local base, request_id = KEYS[1], ARGV[1]
+local actual_tokens, actual_nano = tonumber(ARGV[2]), tonumber(ARGV[3])
+local resv_key = base .. ':resv:' .. request_id
+local r = redis.call('HMGET', resv_key, 'tokens', 'nano', 'minute', 'day')
+if not r[1] then return 0 end
+
+local function adjust(key, delta)
+  local current = redis.call('GET', key)
+  if current then
+    redis.call('SET', key, math.max(0, tonumber(current) + delta), 'KEEPTTL')
+  end
+end
+adjust(base .. ':tok:' .. r[3], actual_tokens - tonumber(r[1]))
+adjust(base .. ':usd:' .. r[4], actual_nano - tonumber(r[2]))
+redis.call('DEL', resv_key)
+return 1
+"""
+
+
+class RedisLimiterStore:
+    def __init__(self, redis: Redis, reservation_ttl_s: int) -> None:
+        self.redis = redis
+        self.reservation_ttl_s = reservation_ttl_s
+        self._decide = redis.register_script(DECIDE)
+        self._settle = redis.register_script(SETTLE)
+
+    async def check_and_reserve(self, plan: LimitPlan) -> CounterReading:
+        allowed, limited_by, limit, remaining, reset_ms, now_ms = await self._decide(
+            keys=[plan.key],
+            args=[plan.request_id, plan.requests_limit, plan.window_ms, plan.strict_limit,
+                  plan.tokens_per_minute, plan.reserve_tokens, plan.budget_nano, plan.reserve_nano,
+                  self.reservation_ttl_s],
+        )
+        limited_by = limited_by.decode() if isinstance(limited_by, bytes) else limited_by
+        return CounterReading(
+            allowed=bool(allowed), limited_by=None if limited_by == "ok" else limited_by, limit=int(limit),
+            remaining=int(remaining), reset_ms=int(reset_ms), now_ms=int(now_ms),
+        )
+
+    async def settle_many(self, settlements: Sequence[tuple[str, str, int, int]]) -> int:
+        """Settle (key, request id, actual tokens, actual nano-USD) in one round trip; returns how
+        many reservations were still open. Settling twice is a no-op: the reservation is gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, request_id, tokens, nano in settlements:
+                await self._settle(keys=[key], args=[request_id, tokens, nano], client=pipe)
+            results = await pipe.execute()
+        return sum(int(r) for r in results)

@@ -1,0 +1,1 @@
+"""Code shared by every costwarden service: settings, event contract, bus wiring, migrations."""

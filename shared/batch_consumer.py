@@ -1,0 +1,129 @@
+"""Drain a durable JetStream pull consumer in batches: parse, store the batch, then ack.
+
+Used where one database or Redis round trip per batch matters (the ledger, violations,
+settlements). FastStream's own batch pull subscriber was reported unreliable (faststream #2219),
+so this drives nats-py's pull subscription directly on the broker's connection.
+
+Delivery rules: a message is acked only after `store` returned for its batch; if `store` raises,
+every message of the batch is nak'ed with a growing delay and will come again (so `store` must be
+idempotent on the event id). What cannot be parsed goes to `dlq.<subject>` and is acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import BaseModel, ValidationError
+
+from shared.bus import describe_invalid, malformed_json_reason, publish_dead_letter
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=BaseModel)
+
+
+class BatchConsumer(Generic[E]):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        subject: str,
+        durable: str,
+        model: type[E],
+        store: Callable[[Sequence[E]], Awaitable[object]],
+        service: str,
+        batch_size: int = 500,
+        fetch_timeout_s: float = 1.0,
+        ack_wait_s: float = 30.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.js = js
+        self.stream = stream
+        self.subject = subject
+        self.durable = durable
+        self.model = model
+        self.store = store
+        self.service = service
+        self.batch_size = batch_size
+        self.fetch_timeout_s = fetch_timeout_s
+        self.ack_wait_s = ack_wait_s
+        self.max_backoff_s = max_backoff_s
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.failures_in_a_row = 0
+
+    async def start(self) -> None:
+        sub = await self.js.pull_subscribe(
+            self.subject,
+            durable=self.durable,
+            stream=self.stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.ack_wait_s,
+                max_ack_pending=max(10_000, self.batch_size * 4),
+            ),
+        )
+        self._subscription = sub
+        self._task = asyncio.create_task(self._run(sub), name=f"batch-consumer-{self.durable}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then stop fetching."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+            await self._subscription.unsubscribe()
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except Exception:
+                log.exception("fetch from %s failed; retrying", self.durable)
+                await self._sleep(1.0)
+                continue
+            await self._handle(messages)
+
+    async def _handle(self, messages: list[Msg]) -> None:
+        events: list[E] = []
+        accepted: list[Msg] = []
+        for msg in messages:
+            try:
+                events.append(self.model.model_validate_json(msg.data))
+                accepted.append(msg)
+            except ValidationError as exc:
+                reason = malformed_json_reason(msg.data) or describe_invalid(exc)
+                await publish_dead_letter(self.js, msg.subject, msg.data, reason, self.service)
+                await msg.ack()
+        if not events:
+            return
+        try:
+            await self.store(events)
+        except Exception as exc:
+            self.failures_in_a_row += 1
+            delay = min(self.max_backoff_s, 0.5 * 2 ** min(self.failures_in_a_row, 8))
+            log.warning("storing %d events from %s failed (%s); redelivery in %.1fs",
+                        len(events), self.durable, type(exc).__name__, delay)
+            for msg in accepted:
+                await msg.nak(delay=delay)
+            await self._sleep(delay)
+            return
+        self.failures_in_a_row = 0
+        for msg in accepted:
+            await msg.ack()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass

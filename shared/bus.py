@@ -1,0 +1,87 @@
+"""NATS wiring shared by every service: the broker factory and the dead-letter middleware."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from faststream import BaseMiddleware
+from faststream.nats import NatsBroker
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.js import JetStreamContext
+from prometheus_client import REGISTRY, CollectorRegistry
+from pydantic import ValidationError
+
+from shared.events import DeadLetter
+from shared.subjects import dead_letter_subject
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_TIMEOUT_S = 20.0
+
+
+def describe_invalid(exc: Exception) -> str:
+    """A short, secret-free reason for a dead letter."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+        )[:2000]
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def malformed_json_reason(body: bytes) -> str | None:
+    try:
+        json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"malformed JSON: {exc}"
+    return None
+
+
+async def publish_dead_letter(js: JetStreamContext, subject: str, payload: bytes, reason: str,
+                              service: str) -> None:
+    letter = DeadLetter(subject=subject, reason=reason, service=service,
+                        payload=payload.decode("utf-8", errors="replace")[:64_000])
+    await js.publish(dead_letter_subject(subject), letter.model_dump_json().encode(), stream="DLQ")
+    log.warning("dead-lettered a message on %s: %s", subject, reason)
+
+
+def jetstream(broker: NatsBroker) -> JetStreamContext:
+    """The JetStream context of a connected FastStream broker."""
+    return broker.config.connection_state.stream
+
+
+def dead_letter_middleware(service: str) -> type[BaseMiddleware]:
+    """Send what a handler cannot parse or validate to `dlq.<subject>` and carry on.
+
+    The message is then acknowledged: retrying a malformed event can never succeed. A request
+    (a message with a reply subject) also gets a JSON error reply so that the caller does not wait.
+    """
+
+    class DeadLetterMiddleware(BaseMiddleware):
+        async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+            try:
+                return await call_next(msg)
+            except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                reason = malformed_json_reason(msg.body) or describe_invalid(exc)
+                broker = self.context.get("broker")
+                await publish_dead_letter(jetstream(broker), msg.raw_message.subject, msg.body, reason, service)
+                if msg.reply_to:
+                    return {"error": "invalid request", "reason": reason}
+                return None
+
+    return DeadLetterMiddleware
+
+
+def make_broker(nats_url: str, service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
+    return NatsBroker(
+        nats_url,
+        graceful_timeout=GRACEFUL_TIMEOUT_S,
+        middlewares=(
+            NatsPrometheusMiddleware(registry=registry, app_name=service),
+            dead_letter_middleware(service),
+        ),
+        name=f"costwarden-{service}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+    )

@@ -1,0 +1,132 @@
+"""The event contract between services: one pydantic model per event, JSON on the wire.
+
+Every event carries `schema_version`, a unique `id` and `occurred_at` in UTC. Consumers are
+idempotent on `id` (for `llm.completed` the request id is the id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    occurred_at: datetime = Field(default_factory=utc_now)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("occurred_at must carry a timezone (UTC)")
+        return value.astimezone(UTC)
+
+
+Policy = Literal["standard", "strict"]
+
+
+class LimitRequest(Event):
+    """Asked on `llm.request` before a provider is called (request-reply)."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    user_id: str | None = Field(default=None, max_length=256)
+    client_ip: str | None = Field(default=None, max_length=64)
+    tier: str = Field(min_length=1, max_length=64)
+    endpoint: str = Field(default="/v1/chat/completions", max_length=256)
+    policy: Policy = "standard"
+    model: str = Field(min_length=1, max_length=256)
+    prompt_tokens_estimate: int = Field(default=0, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class LimitDecision(Event):
+    """The limiter's reply to `llm.request`."""
+
+    allowed: bool
+    tier: str
+    policy: Policy = "standard"
+    limit: int
+    remaining: int
+    window_s: int
+    reset_at: datetime
+    retry_after_s: float = 0
+    reason: str | None = None
+    limited_by: Literal["requests", "strict", "tokens", "budget", "unavailable"] | None = None
+    reserved_tokens: int = 0
+    reserved_usd: Decimal = Decimal("0")
+
+
+class LlmCompleted(Event):
+    """Published on `llm.completed` after every provider call, success or failure."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    user_id: str | None = Field(default=None, max_length=256)
+    session_id: str | None = Field(default=None, max_length=256)
+    client_ip: str | None = Field(default=None, max_length=64)
+    tier: str | None = Field(default=None, max_length=64)
+    provider: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=256)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    cached_prompt_tokens: int = Field(default=0, ge=0)
+    endpoint: str = Field(max_length=256)
+    success: bool
+    error: str | None = Field(default=None, max_length=2000)
+    latency_ms: int = Field(ge=0)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class LimitViolation(Event):
+    """Published on `limit.violation` for every denial."""
+
+    request_id: str
+    user_id: str | None = None
+    client_ip: str | None = None
+    tier: str
+    endpoint: str
+    policy: Policy
+    limited_by: str
+    limit: int
+    window_s: int
+
+
+class Alert(Event):
+    """Published on `alert.<source>.<severity>`."""
+
+    key: str = Field(min_length=1, max_length=512, description="Stable for one condition in one window.")
+    source: Literal["cost", "health", "backup"]
+    severity: Literal["warning", "critical", "resolved"]
+    title: str
+    text: str
+    period: str | None = None
+    threshold: Decimal | None = None
+    actual: Decimal | None = None
+    overage: Decimal | None = None
+    window: str | None = None
+
+
+class DeadLetter(BaseModel):
+    """Published on `dlq.<subject>` for anything a service could not parse or validate."""
+
+    subject: str
+    reason: str
+    payload: str
+    service: str
+    occurred_at: datetime = Field(default_factory=utc_now)

@@ -1,0 +1,82 @@
+"""Turn a FastStream broker into a service process with Kubernetes probes and Prometheus metrics.
+
+Every bus-only service (limiter, cost, notifier, backup) serves on its own port:
+  /health/live   the process answers (never depends on another system)
+  /health/ready  the broker is connected and each readiness check of the service passes
+  /metrics       Prometheus text format
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.nats import NatsBroker
+from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
+
+ReadinessCheck = tuple[str, Callable[[], Awaitable[Any]]]
+CHECK_TIMEOUT_S = 2.0
+GRACEFUL_SHUTDOWN_S = 25.0
+
+
+def _json(body: dict[str, Any], status: int) -> AsgiResponse:
+    return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
+
+
+async def run_readiness(checks: Sequence[ReadinessCheck]) -> dict[str, str]:
+    async def one(check: Callable[[], Awaitable[Any]]) -> str:
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+        except Exception as exc:  # a readiness probe reports every failure, whatever its type
+            return f"fail: {type(exc).__name__}"
+        return "ok"
+
+    results = await asyncio.gather(*(one(check) for _, check in checks))
+    return {name: result for (name, _), result in zip(checks, results, strict=True)}
+
+
+def make_service_app(
+    broker: NatsBroker,
+    service: str,
+    readiness: Sequence[ReadinessCheck] = (),
+    registry: CollectorRegistry = REGISTRY,
+    **app_kwargs: Any,
+) -> AsgiFastStream:
+    async def nats_connected() -> None:
+        if not await broker.ping(CHECK_TIMEOUT_S):
+            raise ConnectionError("NATS unreachable")
+
+    checks: list[ReadinessCheck] = [("nats", nats_connected), *readiness]
+
+    @get(include_in_schema=False)
+    async def live(scope: Any) -> AsgiResponse:
+        return _json({"status": "alive", "service": service}, 200)
+
+    @get(include_in_schema=False)
+    async def ready(scope: Any) -> AsgiResponse:
+        results = await run_readiness(checks)
+        is_ready = all(result == "ok" for result in results.values())
+        body = {"status": "ready" if is_ready else "not ready", "service": service, "checks": results}
+        return _json(body, 200 if is_ready else 503)
+
+    return AsgiFastStream(
+        broker,
+        asgi_routes=[
+            ("/health/live", live),
+            ("/health/ready", ready),
+            ("/metrics", make_asgi_app(registry)),
+        ],
+        asyncapi_path="/docs/asyncapi",
+        **app_kwargs,
+    )
+
+
+def serve(factory: str, port: int, host: str = "127.0.0.1") -> None:
+    """Run a service's ASGI app factory ("module:function") under uvicorn; SIGTERM drains in-flight work."""
+    import uvicorn
+
+    uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S))

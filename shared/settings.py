@@ -1,0 +1,141 @@
+"""Configuration, read once at start.
+
+Connection settings come from the environment under the names the original deployment used.
+Tiers, policies, prices and thresholds have defaults in code and can be replaced by the YAML
+file named by COSTWARDEN_CONFIG (see README "Configuration").
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class TierLimits(BaseModel):
+    requests: int = Field(gt=0)
+    window_s: int = Field(default=3600, gt=0)
+    strict_requests: int = Field(gt=0, description="Limit for expensive endpoints (strict policy).")
+    tokens_per_minute: int = Field(gt=0)
+    daily_budget_usd: Decimal = Field(gt=0)
+
+
+DEFAULT_TIERS: dict[str, TierLimits] = {
+    "anonymous": TierLimits(requests=3, strict_requests=1, tokens_per_minute=4_000,
+                            daily_budget_usd=Decimal("0.10")),
+    "free": TierLimits(requests=10, strict_requests=2, tokens_per_minute=20_000,
+                       daily_budget_usd=Decimal("1.00")),
+    "pro": TierLimits(requests=100, strict_requests=20, tokens_per_minute=200_000,
+                      daily_budget_usd=Decimal("25.00")),
+    "enterprise": TierLimits(requests=1000, strict_requests=200, tokens_per_minute=2_000_000,
+                             daily_budget_usd=Decimal("250.00")),
+}
+
+
+class ModelRoute(BaseModel):
+    """Where one public model name is served: provider and the provider's own model id."""
+
+    provider: Literal["together_ai", "openai"]
+    model: str
+
+
+DEFAULT_MODEL_MAP: dict[str, list[ModelRoute]] = {
+    "meta-llama/Llama-3-70b-chat-hf": [
+        ModelRoute(provider="together_ai", model="meta-llama/Llama-3-70b-chat-hf"),
+        ModelRoute(provider="openai", model="gpt-4o"),
+    ],
+    "meta-llama/Llama-3-8b-chat-hf": [
+        ModelRoute(provider="together_ai", model="meta-llama/Llama-3-8b-chat-hf"),
+        ModelRoute(provider="openai", model="gpt-4o-mini"),
+    ],
+    "meta-llama/Llama-3.3-70B-Instruct-Turbo": [
+        ModelRoute(provider="together_ai", model="meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+        ModelRoute(provider="openai", model="gpt-4o"),
+    ],
+    "gpt-4o": [ModelRoute(provider="openai", model="gpt-4o")],
+    "gpt-4o-mini": [ModelRoute(provider="openai", model="gpt-4o-mini")],
+}
+
+
+class FileConfig(BaseModel):
+    """The part of the configuration an operator may replace with COSTWARDEN_CONFIG (YAML)."""
+
+    tiers: dict[str, TierLimits] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    models: dict[str, list[ModelRoute]] = Field(default_factory=lambda: dict(DEFAULT_MODEL_MAP))
+    default_model: str = "meta-llama/Llama-3-70b-chat-hf"
+    prices: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict,
+        description="Extra or overriding prices: model -> {input, output[, cached_input]} USD per 1M tokens.",
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _all_tiers_present(cls, tiers: dict[str, TierLimits]) -> dict[str, TierLimits]:
+        missing = set(DEFAULT_TIERS) - set(tiers)
+        if missing:
+            raise ValueError(f"tiers missing from config: {sorted(missing)}")
+        return tiers
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/costwarden"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"
+
+    together_api_key: SecretStr | None = None
+    together_base_url: str = "https://api.together.xyz/v1"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    provider_timeout_s: float = 60.0
+    provider_connect_timeout_s: float = 3.0
+    provider_max_retries: int = 2
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
+
+    limiter_failure_mode: Literal["closed", "open"] = "closed"
+    limiter_redis_timeout_s: float = 0.25
+    limiter_request_timeout_s: float = 0.5
+    reservation_cap_tokens: int = 32_768
+    default_max_tokens: int = 1024
+    reservation_ttl_s: int = 900
+
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = 1_000_000
+    api_key_cache_s: float = 30.0
+    upgrade_url: str = "/pricing"
+
+    host: str = "127.0.0.1"
+    api_port: int = 3000
+    health_port: int = 3001
+    limiter_port: int = 3002
+    cost_port: int = 3003
+    notifier_port: int = 3004
+    backup_port: int = 3005
+
+    costwarden_config: Path | None = None
+    log_level: str = "INFO"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def file_config(self) -> FileConfig:
+        if self.costwarden_config is None:
+            return FileConfig()
+        raw = yaml.safe_load(self.costwarden_config.read_text()) or {}
+        return FileConfig.model_validate(raw)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

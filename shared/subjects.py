@@ -1,0 +1,76 @@
+"""Subjects and JetStream streams, declared in one place.
+
+Streams are created or updated only by `ensure_streams` (run by `costwarden migrate` and at every
+service start, always from these definitions); subscribers refer to them with `declare=False`
+so that no service overwrites another's stream settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+LLM_REQUEST = "llm.request"
+LLM_COMPLETED = "llm.completed"
+LIMIT_VIOLATION = "limit.violation"
+HEALTH_CHANGED = "health.changed"
+SCHEDULE_BACKUP = "schedule.backup"
+BACKUP_REQUESTED = "backup.requested"
+BACKUP_COMPLETED = "backup.completed"
+ALERTS = "alert.>"
+
+LIMITER_QUEUE = "limiter"
+
+
+def alert_subject(source: str, severity: str) -> str:
+    return f"alert.{source}.{severity}"
+
+
+def dead_letter_subject(subject: str) -> str:
+    return f"dlq.{subject}"
+
+
+DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: int
+    duplicate_window_s: int = 120
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            storage=StorageType.FILE,
+            max_age=self.max_age_s,
+            duplicate_window=self.duplicate_window_s,
+        )
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("LLM", (LLM_COMPLETED,), max_age_s=7 * DAY_S),
+    StreamSpec("LIMITS", (LIMIT_VIOLATION,), max_age_s=7 * DAY_S),
+    StreamSpec("ALERTS", (ALERTS,), max_age_s=7 * DAY_S),
+    StreamSpec("SCHEDULE", ("schedule.>",), max_age_s=7 * DAY_S, duplicate_window_s=3600),
+    StreamSpec("BACKUP", ("backup.>",), max_age_s=7 * DAY_S),
+    StreamSpec("DLQ", ("dlq.>",), max_age_s=30 * DAY_S),
+)
+
+STREAM_BY_NAME = {spec.name: spec for spec in STREAMS}
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create every stream that is missing and bring existing ones to these definitions."""
+    for spec in STREAMS:
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            await js.add_stream(spec.config())
+        else:
+            await js.update_stream(spec.config())
