@@ -72,6 +72,13 @@ class LimitDecision(Event):
     reserved_tokens: int = 0
     reserved_usd: Decimal = Decimal("0")
 
+    @classmethod
+    def unavailable(cls, request: LimitRequest, allowed: bool, reason: str) -> LimitDecision:
+        """The answer when no limit could be checked (storage or limiter unreachable)."""
+        now = utc_now()
+        return cls(allowed=allowed, tier=request.tier, policy=request.policy, limit=0, remaining=0, window_s=0,
+                   reset_at=now, retry_after_s=0 if allowed else 5, reason=reason, limited_by="unavailable")
+
 
 class LlmCompleted(Event):
     """Published on `llm.completed` after every provider call, success or failure."""

@@ -8,7 +8,7 @@ from typing import Literal, Protocol
 
 from redis.exceptions import RedisError
 
-from services.limiter.policy import CounterReading, LimitPlan, LimitPolicy, unavailable_decision
+from services.limiter.policy import CounterReading, LimitPlan, LimitPolicy
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Limiter:
                         type(exc).__name__, self.failure_mode, request.request_id)
             reason = ("Rate limiter storage unavailable; request allowed without a limit check"
                       if allowed else "Rate limiter storage unavailable; try again shortly")
-            return unavailable_decision(request, allowed, reason)
+            return LimitDecision.unavailable(request, allowed, reason)
         return self.policy.decision(request, plan, reading)
 
     async def settle(self, events: Sequence[LlmCompleted]) -> int:

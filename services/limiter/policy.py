@@ -132,12 +132,3 @@ def denial_message(tier: str, limited_by: str | None, limits: TierLimits, window
     if limited_by == "budget":
         return f"{name} tier daily LLM budget (${limits.daily_budget_usd}) is spent. Upgrade for more."
     return f"{name} tier limit: {limits.requests} LLM requests {_per_window(window_s)}. Upgrade for more."
-
-
-def unavailable_decision(request: LimitRequest, allowed: bool, reason: str) -> LimitDecision:
-    """The answer when the limiter's own storage cannot be reached (fail open or closed)."""
-    now = datetime.now(UTC)
-    return LimitDecision(
-        allowed=allowed, tier=request.tier, policy=request.policy, limit=0, remaining=0, window_s=0,
-        reset_at=now, retry_after_s=0 if allowed else 5, reason=reason, limited_by="unavailable",
-    )

@@ -1,0 +1,324 @@
+"""Composition root and HTTP edge of the api gateway (FastAPI).
+
+OpenAI-compatible /v1/chat/completions and /v1/models, the original /api/agent/* endpoints, and the
+service's own /health/live, /health/ready and /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import nats
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from services.api.breaker import CircuitBreaker
+from services.api.callers import (
+    ANONYMOUS,
+    Caller,
+    InvalidCredentials,
+    PgApiKeyStore,
+    bearer_token,
+    client_ip,
+    parse_networks,
+)
+from services.api.gateway import CallContext, CompletionPublisher, Gateway, LimiterClient, UnknownModel
+from services.api.providers import ProviderClient, ProviderRouter, ProvidersFailed
+from services.api.ratelimit_headers import ratelimit_headers, too_many_requests
+from services.api.requests import (
+    AgentQuery,
+    ChatCompletionRequest,
+    ChatMessage,
+    LongFormRequest,
+    estimate_prompt_tokens,
+)
+from shared.events import LimitDecision, Policy
+from shared.logs import configure_logging
+from shared.service_app import run_readiness
+from shared.settings import Settings, get_settings
+from shared.subjects import ensure_streams
+
+SERVICE = "api"
+LONG_FORM_MAX_TOKENS = 4096
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+REQUEST_SECONDS = Histogram("costwarden_api_request_seconds", "Gateway request latency", ["route", "status"])
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI's error object: {"error": {message, type, param, code}}."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class RateLimited(Exception):
+    def __init__(self, decision: LimitDecision, upgrade_url: str) -> None:
+        self.body, self.headers = too_many_requests(decision, upgrade_url)
+
+
+def parse_tags(header: str | None) -> dict[str, str]:
+    """X-Costwarden-Tags: "feature=search, team=growth" -> cost allocation tags."""
+    if not header:
+        return {}
+    tags: dict[str, str] = {}
+    for pair in header.split(","):
+        key, sep, value = pair.strip().partition("=")
+        if not sep or not TAG_PATTERN.match(key) or not TAG_PATTERN.match(value):
+            raise ApiError(400, "X-Costwarden-Tags must be comma-separated key=value pairs of [A-Za-z0-9_.:-]{1,64}",
+                           code="invalid_tags", param="X-Costwarden-Tags")
+        tags[key] = value
+    if len(tags) > 16:
+        raise ApiError(400, "at most 16 tags", code="invalid_tags", param="X-Costwarden-Tags")
+    return tags
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    return ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param,
+                    code="invalid_value")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(SERVICE, settings.log_level)
+    config = settings.file_config()
+    trusted = parse_networks(settings.trusted_proxies)
+    state: dict[str, Any] = {}
+
+    def provider_clients() -> dict[str, ProviderClient]:
+        clients = {}
+        for name, base_url, key in (("together_ai", settings.together_base_url, settings.together_api_key),
+                                    ("openai", settings.openai_base_url, settings.openai_api_key)):
+            if key is not None and key.get_secret_value():
+                clients[name] = ProviderClient(name, base_url, key, settings.provider_timeout_s,
+                                               settings.provider_connect_timeout_s)
+        return clients
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nc = await nats.connect(settings.nats_url, name="costwarden-api", max_reconnect_attempts=-1,
+                                reconnect_time_wait=1)
+        js = nc.jetstream()
+        await ensure_streams(js)
+        pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
+        clients = provider_clients()
+        breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
+                    for name in clients}
+        state.update(
+            nc=nc, pool=pool, keys=PgApiKeyStore(pool, settings.api_key_cache_s), breakers=breakers,
+            gateway=Gateway(
+                LimiterClient(nc, settings.limiter_request_timeout_s, settings.limiter_failure_mode),
+                ProviderRouter(clients, breakers, settings.provider_max_retries),
+                CompletionPublisher(js),
+                config.models,
+            ),
+        )
+        try:
+            yield
+        finally:
+            await state["gateway"].drain()
+            await nc.drain()
+            await pool.close()
+
+    app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RateLimited)
+    async def on_rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=429, headers=exc.headers)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        REQUEST_SECONDS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).observe(
+            time.perf_counter() - started)
+        return response
+
+    async def caller_of(request: Request) -> Caller:
+        try:
+            token = bearer_token(request.headers.get("authorization"))
+            if token is None:
+                return ANONYMOUS
+            return await state["keys"].caller_for(token)
+        except InvalidCredentials as exc:
+            raise ApiError(401, str(exc), code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"}) from None
+
+    async def read_body(request: Request, model: type[M]) -> M:
+        declared = request.headers.get("content-length")
+        too_large = ApiError(413, f"request body is larger than {settings.max_body_bytes} bytes",
+                             code="body_too_large")
+        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                raise too_large
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the JSON body must be an object", code="invalid_json")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+
+    def checked_max_tokens(value: int | None, param: str = "max_tokens") -> int | None:
+        cap = settings.reservation_cap_tokens
+        if value is not None and not 1 <= value <= cap:
+            raise ApiError(400, f"{param} must be between 1 and {cap}", param=param, code="invalid_value")
+        return value
+
+    def context(request: Request, caller: Caller, endpoint: str, policy: Policy,
+                session_id: str | None) -> CallContext:
+        return CallContext(
+            request_id=uuid.uuid4().hex, caller=caller,
+            client_ip=client_ip(request.client.host if request.client else None,
+                                request.headers.get("x-forwarded-for"), trusted),
+            endpoint=endpoint, policy=policy,
+            session_id=session_id or request.headers.get("x-session-id"),
+            tags=parse_tags(request.headers.get("x-costwarden-tags")),
+        )
+
+    async def admitted(ctx: CallContext, model: str, messages: list[ChatMessage], max_tokens: int | None
+                       ) -> dict[str, str]:
+        gateway: Gateway = state["gateway"]
+        try:
+            gateway.routes_for(model)
+        except UnknownModel:
+            raise ApiError(404, f"The model '{model}' does not exist or is not served by this gateway",
+                           param="model", code="model_not_found") from None
+        decision = await gateway.admit(ctx, model, estimate_prompt_tokens(messages), max_tokens)
+        if decision.allowed:
+            return {"X-Request-Id": ctx.request_id, **ratelimit_headers(decision)}
+        if decision.limited_by == "unavailable":
+            raise ApiError(503, decision.reason or "rate limiter unavailable", type_="service_unavailable",
+                           code="limiter_unavailable", headers={"Retry-After": str(int(decision.retry_after_s))})
+        raise RateLimited(decision, settings.upgrade_url)
+
+    def provider_failure(exc: ProvidersFailed) -> ApiError:
+        if exc.timed_out:
+            return ApiError(504, f"LLM provider timed out: {exc}", type_="upstream_timeout", code="provider_timeout")
+        return ApiError(502, f"LLM provider failed: {exc}", type_="upstream_error", code="provider_error")
+
+    async def complete(ctx: CallContext, model: str, payload: dict[str, Any]):
+        try:
+            return await state["gateway"].complete(ctx, model, payload)
+        except ProvidersFailed as exc:
+            raise provider_failure(exc) from None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        caller = await caller_of(request)
+        chat = await read_body(request, ChatCompletionRequest)
+        param = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
+        max_tokens = checked_max_tokens(chat.completion_limit, param)
+        ctx = context(request, caller, "/v1/chat/completions", "standard", None)
+        headers = await admitted(ctx, chat.model, chat.messages, max_tokens)
+        payload = chat.model_dump(exclude_none=True)
+        gateway: Gateway = state["gateway"]
+        if not chat.stream:
+            call = await complete(ctx, chat.model, payload)
+            return JSONResponse(call.body, headers={**headers, "X-Costwarden-Provider": call.provider})
+        try:
+            call, started = await gateway.open_stream(ctx, chat.model, payload)
+        except ProvidersFailed as exc:
+            raise provider_failure(exc) from None
+        forward_usage = bool((chat.stream_options or {}).get("include_usage"))
+        return StreamingResponse(
+            gateway.relay(ctx, chat.model, call, started, forward_usage), media_type="text/event-stream",
+            headers={**headers, "X-Costwarden-Provider": call.provider, "Cache-Control": "no-cache"},
+        )
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        created = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": routes[0].provider}
+            for name, routes in config.models.items()
+        ]}
+
+    async def agent_call(request: Request, body: AgentQuery | LongFormRequest, text: str, endpoint: str,
+                         policy: Policy, default_max_tokens: int) -> JSONResponse:
+        caller = await caller_of(request)
+        model = body.model or config.default_model
+        max_tokens = checked_max_tokens(body.max_tokens) or default_max_tokens
+        messages = [ChatMessage(role="user", content=text)]
+        ctx = context(request, caller, endpoint, policy, body.session_id)
+        headers = await admitted(ctx, model, messages, max_tokens)
+        call = await complete(ctx, model, {"model": model, "messages": [m.model_dump() for m in messages],
+                                           "max_tokens": max_tokens})
+        choice = (call.body.get("choices") or [{}])[0]
+        return JSONResponse({
+            "requestId": ctx.request_id,
+            "response": (choice.get("message") or {}).get("content"),
+            "model": model,
+            "provider": call.provider,
+            "usage": call.body.get("usage"),
+        }, headers=headers)
+
+    @app.post("/api/agent/query")
+    async def agent_query(request: Request) -> JSONResponse:
+        body = await read_body(request, AgentQuery)
+        return await agent_call(request, body, body.query, "/api/agent/query", "standard",
+                                settings.default_max_tokens)
+
+    @app.post("/api/agent/generate-long-form")
+    async def agent_long_form(request: Request) -> JSONResponse:
+        body = await read_body(request, LongFormRequest)
+        return await agent_call(request, body, body.prompt, "/api/agent/generate-long-form", "strict",
+                                min(LONG_FORM_MAX_TOKENS, settings.reservation_cap_tokens))
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "alive", "service": SERVICE}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        async def nats_connected() -> None:
+            if not state["nc"].is_connected:
+                raise ConnectionError("NATS disconnected")
+
+        async def postgres() -> None:
+            await state["pool"].fetchval("SELECT 1")
+
+        checks = await run_readiness([("nats", nats_connected), ("postgres", postgres)])
+        is_ready = all(result == "ok" for result in checks.values())
+        breakers = {name: breaker.state.value for name, breaker in state["breakers"].items()}
+        return JSONResponse({"status": "ready" if is_ready else "not ready", "service": SERVICE, "checks": checks,
+                             "providers": breakers}, status_code=200 if is_ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,172 @@
+"""LLM providers behind one interface: Together.ai first, OpenAI as fallback, each with timeouts,
+bounded retries on 429/5xx (tenacity) and a circuit breaker."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from services.api.breaker import CircuitBreaker
+from shared.settings import ModelRoute
+
+log = logging.getLogger(__name__)
+
+
+class ProviderError(Exception):
+    def __init__(self, provider: str, message: str, status: int | None = None, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+        self.timeout = timeout
+
+    @property
+    def retryable(self) -> bool:
+        return self.timeout or self.status is None or self.status == 429 or self.status >= 500
+
+    def describe(self) -> str:
+        if self.timeout:
+            return f"{self.provider}: timed out"
+        if self.status is None:
+            return f"{self.provider}: {self}"
+        return f"{self.provider}: HTTP {self.status} {self}"
+
+
+class ProvidersFailed(Exception):
+    """No provider could serve the call; `errors` says why for each one tried or skipped."""
+
+    def __init__(self, errors: Sequence[ProviderError], skipped: Sequence[str]) -> None:
+        self.errors = list(errors)
+        self.skipped = list(skipped)
+        parts = [e.describe() for e in errors] + [f"{name}: circuit open, skipped" for name in skipped]
+        super().__init__("; ".join(parts) or "no provider configured for this model")
+
+    @property
+    def timed_out(self) -> bool:
+        return bool(self.errors) and all(e.timeout for e in self.errors)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("error")
+        return str(message or response.reason_phrase)[:300]
+    except (ValueError, AttributeError):
+        return response.reason_phrase
+
+
+class ProviderClient:
+    def __init__(self, name: str, base_url: str, api_key: SecretStr, timeout_s: float, connect_timeout_s: float,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = name
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            transport=transport,
+        )
+
+    async def _send(self, payload: Mapping[str, Any], stream: bool) -> httpx.Response:
+        request = self.http.build_request("POST", "chat/completions", json=payload)
+        try:
+            response = await self.http.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise ProviderError(self.name, "timed out", timeout=True) from exc
+        except httpx.TransportError as exc:
+            raise ProviderError(self.name, f"connection failed ({type(exc).__name__})") from exc
+        if response.status_code >= 400:
+            if stream:
+                await response.aread()
+                await response.aclose()
+            raise ProviderError(self.name, _error_message(response), status=response.status_code)
+        return response
+
+    async def complete(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        response = await self._send(payload, stream=False)
+        try:
+            return response.json()
+        except json.JSONDecodeError as exc:
+            raise ProviderError(self.name, "answered with a body that is not JSON", status=502) from exc
+
+    async def open_stream(self, payload: Mapping[str, Any]) -> httpx.Response:
+        return await self._send(payload, stream=True)
+
+    async def list_models(self) -> httpx.Response:
+        return await self.http.get("models")
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+@dataclass
+class ProviderCall:
+    provider: str
+    upstream_model: str
+    body: dict[str, Any] | None = None
+    stream: httpx.Response | None = None
+    attempts: list[ProviderError] = field(default_factory=list)
+
+
+class ProviderRouter:
+    """Tries the routes of a model in order, skipping providers without a key or with an open circuit."""
+
+    def __init__(self, clients: Mapping[str, ProviderClient], breakers: Mapping[str, CircuitBreaker],
+                 max_retries: int, retry_initial_s: float = 0.1, retry_max_s: float = 2.0) -> None:
+        self.clients = dict(clients)
+        self.breakers = dict(breakers)
+        self.max_retries = max_retries
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=wait_exponential_jitter(initial=self.retry_initial_s, max=self.retry_max_s),
+            retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
+            reraise=True,
+        )
+
+    async def call(self, routes: Sequence[ModelRoute], payload: Mapping[str, Any], stream: bool) -> ProviderCall:
+        errors: list[ProviderError] = []
+        skipped: list[str] = []
+        for route in routes:
+            client = self.clients.get(route.provider)
+            if client is None:
+                continue
+            breaker = self.breakers[route.provider]
+            if not breaker.allow():
+                skipped.append(route.provider)
+                continue
+            upstream_payload = {**payload, "model": route.model}
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        if stream:
+                            result = ProviderCall(route.provider, route.model,
+                                                  stream=await client.open_stream(upstream_payload))
+                        else:
+                            result = ProviderCall(route.provider, route.model,
+                                                  body=await client.complete(upstream_payload))
+            except ProviderError as exc:
+                errors.append(exc)
+                if exc.retryable:
+                    breaker.record_failure()
+                    log.warning("provider %s failed for %s: %s", route.provider, route.model, exc.describe())
+                    continue
+                breaker.record_success()  # the provider answered; the request was what it refused
+                raise ProvidersFailed(errors, skipped) from exc
+            breaker.record_success()
+            result.attempts = errors
+            return result
+        raise ProvidersFailed(errors, skipped)
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()

@@ -1,0 +1,71 @@
+"""What callers send to the gateway, validated, and the prompt-size estimate the limiter reserves on."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TEXT_CHARS = 400_000
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request; fields the gateway does not read pass through to the provider."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = Field(default=None, max_length=256)
+
+    @property
+    def completion_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class AgentQuery(BaseModel):
+    """Body of the original POST /api/agent/query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    model: str | None = Field(default=None, max_length=256)
+    max_tokens: int | None = None
+    session_id: str | None = Field(default=None, max_length=256)
+
+
+class LongFormRequest(BaseModel):
+    """Body of the original POST /api/agent/generate-long-form (strict policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    model: str | None = Field(default=None, max_length=256)
+    max_tokens: int | None = None
+    session_id: str | None = Field(default=None, max_length=256)
+
+
+def _text_of(content: str | list[dict[str, Any]] | None) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
+
+
+def estimate_prompt_tokens(messages: list[ChatMessage]) -> int:
+    """About four characters a token plus a few tokens of framing per message: an estimate to
+    reserve on, settled to the provider's real count when the call completes."""
+    return sum(math.ceil(_text_of(m.content) / 4) + 4 for m in messages)

@@ -1,0 +1,132 @@
+"""`make run`: one command that brings a working costwarden up on a developer's machine.
+
+Applies migrations, starts a private NATS (JetStream) if none answers at NATS_URL, starts the local
+LLM simulator when no TOGETHER_API_KEY is set, then runs every service as its own process. Ctrl-C
+(or SIGTERM) stops them all, each draining its in-flight work first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nats
+
+from shared.migrate import apply_migrations
+from shared.settings import Settings
+from shared.subjects import ensure_streams
+
+log = logging.getLogger("costwarden.run")
+
+SERVICES = ("limiter", "api")
+RUN_DIR = Path(".run")
+SIMULATOR_PORT = 3010
+STOP_TIMEOUT_S = 30
+
+
+async def nats_reachable(url: str) -> bool:
+    try:
+        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False)
+    except Exception:
+        return False
+    await nc.close()
+    return True
+
+
+def nats_server_binary() -> str:
+    local = Path(sys.prefix) / "bin" / "nats-server"
+    found = str(local) if local.exists() else shutil.which("nats-server")
+    if not found:
+        raise SystemExit("no nats-server found: install the project (make run does) or set NATS_URL")
+    return found
+
+
+async def wait_until(check, what: str, seconds: float = 15) -> None:
+    for _ in range(int(seconds * 10)):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"{what} did not come up within {seconds:.0f}s")
+
+
+async def http_up(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def start(name: str, args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+    log.info("starting %s", name)
+    return await asyncio.create_subprocess_exec(*args, env=env)
+
+
+async def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s run  %(message)s")
+    settings = Settings()
+    env = dict(os.environ)
+    processes: dict[str, asyncio.subprocess.Process] = {}
+    RUN_DIR.mkdir(exist_ok=True)
+
+    if not await nats_reachable(settings.nats_url):
+        url = urlsplit(settings.nats_url)
+        log.info("no NATS at %s: starting nats-server with JetStream (data in %s)", settings.nats_url, RUN_DIR)
+        processes["nats"] = await start("nats-server", [
+            nats_server_binary(), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
+            "-sd", str(RUN_DIR / "nats")], env)
+        await wait_until(lambda: nats_reachable(settings.nats_url), "nats-server")
+
+    applied = await apply_migrations(settings.database_url)
+    log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
+    nc = await nats.connect(settings.nats_url)
+    await ensure_streams(nc.jetstream())
+    await nc.close()
+
+    if settings.together_api_key is None:
+        base_url = f"http://127.0.0.1:{SIMULATOR_PORT}/v1"
+        log.info("no TOGETHER_API_KEY set: the gateway calls the local LLM simulator at %s", base_url)
+        processes["simulator"] = await start("simulator", [
+            sys.executable, "-m", "services.simulator", "--port", str(SIMULATOR_PORT), "--name", "together_ai"], env)
+        await wait_until(lambda: http_up(SIMULATOR_PORT), "simulator")
+        env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
+
+    for name in SERVICES:
+        processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], env)
+    log.info("costwarden is up: gateway on http://%s:%d (Ctrl-C stops everything)", settings.host,
+             settings.api_port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    exits = {asyncio.create_task(p.wait()): name for name, p in processes.items()}
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *exits], return_when=asyncio.FIRST_COMPLETED)
+    failed = [exits[t] for t in done if t in exits]
+    if failed:
+        log.error("%s exited; stopping the rest", ", ".join(failed))
+
+    for name in reversed(list(processes)):
+        process = processes[name]
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    for name, process in reversed(list(processes.items())):
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("%s did not stop in %ss; killing it", name, STOP_TIMEOUT_S)
+            process.kill()
+    log.info("stopped")
+    return 1 if failed else 0
+
+
+def run() -> int:
+    return asyncio.run(main())
