@@ -82,6 +82,7 @@ def make_broker(nats_url: str, service: str, registry: CollectorRegistry = REGIS
             dead_letter_middleware(service),
         ),
         name=f"costwarden-{service}",
+        log_level=logging.DEBUG,  # one line per message would swamp the logs on the hot path
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
     )

@@ -75,8 +75,11 @@ def make_service_app(
 
 
 def serve(factory: str, port: int, host: str = "127.0.0.1") -> None:
-    """Run a service's ASGI app factory ("module:function") under uvicorn; SIGTERM drains in-flight work."""
+    """Run a service's ASGI app factory ("module:function") under uvicorn; SIGTERM drains in-flight work.
+
+    uvicorn's own X-Forwarded-For handling is off: the gateway decides which proxies it trusts.
+    """
     import uvicorn
 
-    uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False,
+    uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S))

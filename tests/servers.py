@@ -1,0 +1,157 @@
+"""Real servers for the tests: private nats-server and redis-server processes on free ports, a fresh
+Postgres database, service processes started the way `make run` starts them, and in-thread HTTP
+servers (the LLM simulator, webhook sinks)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.prefix) / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout_s}s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class ProcessServer:
+    """A server binary on a fixed free port that a test may stop and start again (fault tests)."""
+
+    def __init__(self, name: str, argv: list[str], port: int) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.process: subprocess.Popen | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: port_open(self.port), self.name)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        wait_for(lambda: not port_open(self.port), f"{self.name} to stop")
+
+
+def nats_server() -> tuple[ProcessServer, str]:
+    binary = VENV_BIN / "nats-server"
+    port = free_port()
+    store = tempfile.mkdtemp(prefix="nats-js-")
+    server = ProcessServer("nats", [str(binary if binary.exists() else "nats-server"), "-js", "-a", "127.0.0.1",
+                                    "-p", str(port), "-sd", store], port)
+    server.start()
+    return server, f"nats://127.0.0.1:{port}"
+
+
+def redis_server() -> tuple[ProcessServer, str] | None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    server = ProcessServer("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "no"], port)
+    server.start()
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
+class ServiceProcess:
+    """One costwarden service run as `python -m services.<name>`, as make run does."""
+
+    def __init__(self, name: str, env: dict[str, str], port: int) -> None:
+        self.name = name
+        self.port = port
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix=f"svc-{name}-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+        def live() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/health/live", timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(live, self.name, timeout_s)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+
+class ThreadedHttpServer:
+    """An ASGI app served by uvicorn on a free loopback port in a background thread."""
+
+    def __init__(self, app, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedHttpServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started, "http server")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
