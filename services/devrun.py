@@ -74,7 +74,6 @@ async def main() -> int:
     settings = Settings()
     env = dict(os.environ)
     processes: dict[str, asyncio.subprocess.Process] = {}
-    RUN_DIR.mkdir(exist_ok=True)
 
     if not await nats_reachable(settings.nats_url):
         url = urlsplit(settings.nats_url)
@@ -129,4 +128,5 @@ async def main() -> int:
 
 
 def run() -> int:
+    RUN_DIR.mkdir(exist_ok=True)
     return asyncio.run(main())

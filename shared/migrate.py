@@ -49,7 +49,7 @@ async def ensure_database(database_url: str) -> None:
         admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
         try:
             await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):  # another replica won the race
             pass
         finally:
             await admin.close()
