@@ -76,6 +76,32 @@ class RateLimited(Exception):
         self.body, self.headers = too_many_requests(decision, upgrade_url)
 
 
+class RequestMetrics:
+    """Request latency by route and status (a plain ASGI middleware: no extra task per request)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUEST_SECONDS.labels(route, str(status)).observe(time.perf_counter() - started)
+
+
 def parse_tags(header: str | None) -> dict[str, str]:
     """X-Costwarden-Tags: "feature=search, team=growth" -> cost allocation tags."""
     if not header:
@@ -151,14 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
         return JSONResponse(exc.body, status_code=429, headers=exc.headers)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        REQUEST_SECONDS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).observe(
-            time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics)
 
     async def caller_of(request: Request) -> Caller:
         try:

@@ -1,0 +1,210 @@
+"""`make bench`: measure the gateway and the limiter against baselines measured in the same run.
+
+1. Gateway: latency p50/p99 and requests/s of calls through the gateway (limiter and llm.completed
+   publishing on) beside the same calls made straight to the same local upstream.
+2. Limiter: decisions/s of `llm.request` beside a bare FastStream echo handler on the same NATS, then
+   the limiter's p99 at half its own peak load.
+
+Everything runs on loopback: private nats-server and redis-server, a scratch Postgres database, the
+LLM simulator as the upstream. Results are printed and written to bench/results/latest.txt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import nats
+
+from services.api.callers import create_key
+from shared.events import LimitRequest
+from shared.migrate import apply_migrations
+from tests.servers import ServiceProcess, free_port, nats_server, redis_server, wait_for, port_open
+
+RESULTS = Path(__file__).parent / "results"
+BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
+        "max_tokens": 8}
+BENCH_CONFIG = """
+tiers:
+  anonymous: {requests: 1000000000, strict_requests: 1000000, tokens_per_minute: 1000000000000, daily_budget_usd: "1000000"}
+  free: {requests: 1000000000, strict_requests: 1000000, tokens_per_minute: 1000000000000, daily_budget_usd: "1000000"}
+  pro: {requests: 1000000000, strict_requests: 1000000, tokens_per_minute: 1000000000000, daily_budget_usd: "1000000"}
+  enterprise: {requests: 1000000000, strict_requests: 1000000, tokens_per_minute: 1000000000000, daily_budget_usd: "1000000"}
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def sequential_latencies(client: httpx.AsyncClient, url: str, headers: dict, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = await client.post(url, json=BODY, headers=headers)
+        out.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+    return out
+
+
+async def throughput(url: str, headers: dict, total: int, concurrency: int) -> float:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        queue = iter(range(total))
+
+        async def worker() -> None:
+            for _ in queue:
+                (await client.post(url, json=BODY, headers=headers)).raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
+
+
+async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]) -> None:
+    upstream_port = free_port()
+    upstream = ServiceProcess("simulator", env, upstream_port)
+    upstream.process = __import__("subprocess").Popen(
+        [sys.executable, "-m", "services.simulator", "--port", str(upstream_port)], env=upstream.env)
+    wait_for(lambda: port_open(upstream_port), "simulator")
+    env = {**env, "TOGETHER_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1", "TOGETHER_API_KEY": "bench"}
+    limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(free_port())}, 0)
+    limiter.port = int(limiter.env["LIMITER_PORT"])
+    limiter.start()
+    api_port = free_port()
+    api = ServiceProcess("api", {**env, "API_PORT": str(api_port)}, api_port).start()
+    try:
+        conn = await asyncpg.connect(database_url)
+        key = await create_key(conn, "bench-user", "enterprise")
+        await conn.close()
+        direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        gateway_url = f"{api.url}/v1/chat/completions"
+        direct_headers = {"Authorization": "Bearer bench"}
+        gateway_headers = {"Authorization": f"Bearer {key}"}
+        direct: list[float] = []
+        through: list[float] = []
+        async with httpx.AsyncClient(timeout=30) as client:
+            await sequential_latencies(client, direct_url, direct_headers, 200)
+            await sequential_latencies(client, gateway_url, gateway_headers, 200)
+            for _ in range(5):  # interleaved rounds, so drift hits both sides alike
+                direct += await sequential_latencies(client, direct_url, direct_headers, 300)
+                through += await sequential_latencies(client, gateway_url, gateway_headers, 300)
+        direct_rps = await throughput(direct_url, direct_headers, 3000, 32)
+        gateway_rps = await throughput(gateway_url, gateway_headers, 3000, 32)
+    finally:
+        api.stop()
+        limiter.stop()
+        upstream.stop()
+    d50, d99, g50, g99 = pct(direct, .5), pct(direct, .99), pct(through, .5), pct(through, .99)
+    lines += [
+        "gateway (1500 sequential calls each, then 3000 calls at concurrency 32):",
+        f"  direct to upstream   p50 {d50:6.2f} ms   p99 {d99:6.2f} ms   {direct_rps:7.0f} req/s",
+        f"  through the gateway  p50 {g50:6.2f} ms   p99 {g99:6.2f} ms   {gateway_rps:7.0f} req/s",
+        f"  added latency        p50 {g50 - d50:6.2f} ms   p99 {g99 - d99:6.2f} ms   "
+        f"throughput ratio {gateway_rps / direct_rps:.2f}x",
+    ]
+
+
+async def closed_loop(nc, subject: str, payloads: list[bytes], concurrency: int) -> float:
+    queue = iter(payloads)
+
+    async def worker() -> None:
+        for payload in queue:
+            await nc.request(subject, payload, timeout=10)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(payloads) / (time.perf_counter() - started)
+
+
+async def open_loop(nc, subject: str, payloads: list[bytes], rate: float) -> list[float]:
+    latencies: list[float] = []
+
+    async def one(payload: bytes) -> None:
+        started = time.perf_counter()
+        await nc.request(subject, payload, timeout=10)
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    tasks = []
+    started = time.perf_counter()
+    for i, payload in enumerate(payloads):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(payload)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+def limit_requests(n: int) -> list[bytes]:
+    return [LimitRequest(request_id=uuid.uuid4().hex, user_id=f"bench-{i % 1000}", tier="enterprise",
+                         model="meta-llama/Llama-3-8b-chat-hf", prompt_tokens_estimate=10,
+                         max_tokens=8).model_dump_json().encode() for i in range(n)]
+
+
+async def bench_limiter(env: dict[str, str], lines: list[str]) -> None:
+    echo_port, limiter_port = free_port(), free_port()
+    echo = ServiceProcess("echo", env, echo_port)
+    echo.process = __import__("subprocess").Popen(
+        [sys.executable, "-c", "from shared.service_app import serve; serve('bench.echo_app:create_app', "
+         f"{echo_port})"], env=echo.env)
+    wait_for(lambda: port_open(echo_port), "echo")
+    limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(limiter_port)}, limiter_port).start()
+    nc = await nats.connect(env["NATS_URL"])
+    try:
+        n = 20_000
+        await closed_loop(nc, "bench.echo", limit_requests(2000), 64)
+        await closed_loop(nc, "llm.request", limit_requests(2000), 64)
+        echo_rps = await closed_loop(nc, "bench.echo", limit_requests(n), 64)
+        limiter_rps = await closed_loop(nc, "llm.request", limit_requests(n), 64)
+        half = limiter_rps / 2
+        latencies = await open_loop(nc, "llm.request", limit_requests(int(half * 5)), half)
+    finally:
+        await nc.close()
+        limiter.stop()
+        echo.stop()
+    lines += [
+        f"limiter ({n} requests at concurrency 64; then {len(latencies)} at half the limiter's peak rate):",
+        f"  bare FastStream echo  {echo_rps:7.0f} req/s",
+        f"  limiter decisions     {limiter_rps:7.0f} req/s   ratio {limiter_rps / echo_rps:.2f}x",
+        f"  limiter at {half:.0f} req/s  p50 {pct(latencies, .5):.2f} ms   p99 {pct(latencies, .99):.2f} ms",
+    ]
+
+
+async def main() -> None:
+    nats_srv, nats_url = nats_server()
+    redis_srv, redis_url = redis_server()
+    pg = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
+    db_name = f"costwarden_bench_{uuid.uuid4().hex[:8]}"
+    database_url = f"{pg}/{db_name}"
+    await apply_migrations(database_url)
+    config = Path(tempfile.mkstemp(suffix=".yaml")[1])
+    config.write_text(BENCH_CONFIG)
+    env = {"NATS_URL": nats_url, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
+           "COSTWARDEN_CONFIG": str(config), "LOG_LEVEL": "WARNING"}
+    lines = [f"costwarden bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores"]
+    try:
+        await bench_gateway(env, database_url, lines)
+        await bench_limiter(env, lines)
+    finally:
+        nats_srv.stop()
+        redis_srv.stop()
+        conn = await asyncpg.connect(f"{pg}/postgres")
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        await conn.close()
+    report = "\n".join(lines)
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.txt").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
