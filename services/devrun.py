@@ -24,19 +24,25 @@ from shared.subjects import ensure_streams
 
 log = logging.getLogger("costwarden.run")
 
-SERVICES = ("limiter", "api")
 RUN_DIR = Path(".run")
-SIMULATOR_PORT = 3010
 STOP_TIMEOUT_S = 30
 
 
 async def nats_reachable(url: str) -> bool:
+    """Does a NATS server answer there (it greets every connection with an INFO line)?"""
+    parts = urlsplit(url)
     try:
-        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False)
-    except Exception:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), 1)
+    except (OSError, TimeoutError):
         return False
-    await nc.close()
-    return True
+    try:
+        greeting = await asyncio.wait_for(reader.readline(), 1)
+    except (OSError, TimeoutError):
+        greeting = b""
+    finally:
+        writer.close()
+    return greeting.startswith(b"INFO")
 
 
 def nats_server_binary() -> str:
@@ -90,15 +96,19 @@ async def main() -> int:
     await nc.close()
 
     if settings.together_api_key is None:
-        base_url = f"http://127.0.0.1:{SIMULATOR_PORT}/v1"
+        port = settings.simulator_port
+        base_url = f"http://127.0.0.1:{port}/v1"
         log.info("no TOGETHER_API_KEY set: the gateway calls the local LLM simulator at %s", base_url)
         processes["simulator"] = await start("simulator", [
-            sys.executable, "-m", "services.simulator", "--port", str(SIMULATOR_PORT), "--name", "together_ai"], env)
-        await wait_until(lambda: http_up(SIMULATOR_PORT), "simulator")
+            sys.executable, "-m", "services.simulator", "--port", str(port), "--name", "together_ai"], env)
+        await wait_until(lambda: http_up(port), "simulator")
         env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
 
-    for name in SERVICES:
+    services = {"limiter": settings.limiter_port, "api": settings.api_port}
+    for name in services:
         processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], env)
+    for name, port in services.items():
+        await wait_until(lambda port=port: http_up(port), name, seconds=30)
     log.info("costwarden is up: gateway on http://%s:%d (Ctrl-C stops everything)", settings.host,
              settings.api_port)
 

@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     cost_port: int = 3003
     notifier_port: int = 3004
     backup_port: int = 3005
+    simulator_port: int = 3010
 
     costwarden_config: Path | None = None
     log_level: str = "INFO"
