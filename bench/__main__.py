@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import nats
 from services.api.callers import create_key
 from shared.events import LimitRequest
 from shared.migrate import apply_migrations
-from tests.servers import ServiceProcess, free_port, nats_server, redis_server, wait_for, port_open
+from tests.servers import ServiceProcess, free_port, nats_server, port_open, redis_server, wait_for
 
 RESULTS = Path(__file__).parent / "results"
 BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],

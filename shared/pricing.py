@@ -52,8 +52,8 @@ class PriceCatalog:
         self.fallback = fallback
 
     @classmethod
-    def with_overrides(cls, overrides: Mapping[str, Mapping[str, Decimal]],
-                       litellm_file: Path | None = None) -> PriceCatalog:
+    def with_overrides(cls, overrides: Mapping[str, Mapping[str, Decimal]], litellm_file: Path | None = None,
+                       fallback: ModelPrice = DEFAULT_FALLBACK_PRICE) -> PriceCatalog:
         prices = dict(DEFAULT_PRICES)
         if litellm_file is not None:
             prices.update(parse_litellm_prices(json.loads(litellm_file.read_text())))
@@ -62,7 +62,7 @@ class PriceCatalog:
                 Decimal(entry["input"]), Decimal(entry["output"]),
                 Decimal(entry["cached_input"]) if entry.get("cached_input") is not None else None,
             )
-        return cls(prices)
+        return cls(prices, fallback)
 
     def price(self, model: str) -> ModelPrice | None:
         return self._prices.get(model)

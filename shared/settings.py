@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.pricing import ModelPrice, PriceCatalog
+
 
 class TierLimits(BaseModel):
     requests: int = Field(gt=0)
@@ -62,6 +64,23 @@ DEFAULT_MODEL_MAP: dict[str, list[ModelRoute]] = {
 }
 
 
+class Levels(BaseModel):
+    warning: Decimal | None = Field(default=None, gt=0)
+    critical: Decimal | None = Field(default=None, gt=0)
+
+
+class Thresholds(BaseModel):
+    """Spend thresholds in USD (DESIGN.md): each crossing raises one alert per window."""
+
+    hourly: Levels = Levels(warning=Decimal(10), critical=Decimal(50))
+    daily: Levels = Levels(warning=Decimal(100), critical=Decimal(500))
+    monthly: Levels = Levels(warning=Decimal(1000), critical=Decimal(5000))
+    user_daily: Levels = Levels(warning=Decimal(10))
+
+    def for_period(self, period: str) -> Levels:
+        return {"hour": self.hourly, "day": self.daily, "month": self.monthly}[period]
+
+
 class FileConfig(BaseModel):
     """The part of the configuration an operator may replace with COSTWARDEN_CONFIG (YAML)."""
 
@@ -72,6 +91,19 @@ class FileConfig(BaseModel):
         default_factory=dict,
         description="Extra or overriding prices: model -> {input, output[, cached_input]} USD per 1M tokens.",
     )
+    litellm_prices_file: Path | None = Field(
+        default=None, description="A price map in LiteLLM's model_prices_and_context_window.json format.")
+    fallback_price: dict[str, Decimal] = Field(
+        default_factory=lambda: {"input": Decimal("10.00"), "output": Decimal("30.00")},
+        description="USD per 1M tokens charged for a model with no price (the row is marked unpriced).")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    retention_days: int = Field(default=90, gt=0)
+
+    def price_catalog(self) -> PriceCatalog:
+        return PriceCatalog.with_overrides(
+            self.prices, self.litellm_prices_file,
+            fallback=ModelPrice(self.fallback_price["input"], self.fallback_price["output"]),
+        )
 
     @field_validator("tiers")
     @classmethod
@@ -102,6 +134,7 @@ class Settings(BaseSettings):
     limiter_failure_mode: Literal["closed", "open"] = "closed"
     limiter_redis_timeout_s: float = 0.25
     limiter_request_timeout_s: float = 0.5
+    cost_query_timeout_s: float = 10.0
     reservation_cap_tokens: int = 32_768
     default_max_tokens: int = 1024
     reservation_ttl_s: int = 900

@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 LLM_REQUEST = "llm.request"
 LLM_COMPLETED = "llm.completed"
 LIMIT_VIOLATION = "limit.violation"
+COST_QUERY = "cost.query"
 HEALTH_CHANGED = "health.changed"
 SCHEDULE_BACKUP = "schedule.backup"
 BACKUP_REQUESTED = "backup.requested"

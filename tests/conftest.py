@@ -183,3 +183,22 @@ def unique_ip() -> str:
     """A documentation address (RFC 5737): only ever a header value, never a destination."""
     raw = uuid.uuid4().int
     return f"{('192.0.2', '198.51.100', '203.0.113')[raw % 3]}.{(raw >> 8) % 254 + 1}"
+
+
+@pytest.fixture
+async def fresh_database(pg_server_url):
+    """A migrated database of its own, for tests that need global totals no other test touches."""
+    name = f"costwarden_iso_{uuid.uuid4().hex[:10]}"
+    url = _with_database(pg_server_url, name)
+    await apply_migrations(url)
+    yield url
+    conn = await asyncpg.connect(_with_database(pg_server_url, "postgres"))
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def cost_service(base_env) -> Iterator[ServiceProcess]:
+    service = start_service("cost", base_env, "COST_PORT")
+    yield service
+    service.stop()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import nats
+import nats.errors
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
@@ -46,7 +47,7 @@ from shared.events import LimitDecision, Policy
 from shared.logs import configure_logging
 from shared.service_app import run_readiness
 from shared.settings import Settings, get_settings
-from shared.subjects import ensure_streams
+from shared.subjects import COST_QUERY, ensure_streams
 
 SERVICE = "api"
 LONG_FORM_MAX_TOKENS = 4096
@@ -316,6 +317,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = await read_body(request, LongFormRequest)
         return await agent_call(request, body, body.prompt, "/api/agent/generate-long-form", "strict",
                                 min(LONG_FORM_MAX_TOKENS, settings.reservation_cap_tokens))
+
+    async def cost_query(request: Request, query: dict[str, Any]) -> JSONResponse:
+        """Ask the cost service (`cost.query`). A normal key sees its own usage only; an admin key sees
+        everyone's, or one user's with ?user_id=."""
+        caller = await caller_of(request)
+        if caller.anonymous:
+            raise ApiError(401, "cost queries need an API key", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        requested_user = request.query_params.get("user_id")
+        if caller.is_admin:
+            query["user_id"] = requested_user
+        elif requested_user not in (None, caller.user_id):
+            raise ApiError(403, "a non-admin key can only read its own usage", type_="permission_error",
+                           code="forbidden", param="user_id")
+        else:
+            query["user_id"] = caller.user_id
+        try:
+            reply = await state["nc"].request(COST_QUERY, json.dumps(query).encode(),
+                                              timeout=settings.cost_query_timeout_s)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise ApiError(503, "the cost service did not answer", type_="service_unavailable",
+                           code="cost_unavailable") from None
+        body = json.loads(reply.data)
+        if "error" in body:
+            raise ApiError(400, body.get("reason") or body["error"], code="invalid_value")
+        return JSONResponse(body)
+
+    @app.get("/api/costs/current")
+    async def current_costs(request: Request) -> JSONResponse:
+        return await cost_query(request, {"kind": "current"})
+
+    @app.get("/api/costs/analytics")
+    async def cost_analytics(request: Request) -> JSONResponse:
+        params = request.query_params
+        if "start" not in params or "end" not in params:
+            raise ApiError(400, "start and end (ISO 8601 with a timezone) are required", code="invalid_value",
+                           param="start" if "start" not in params else "end")
+        top_n = params.get("top_n", "10")
+        if not top_n.isdigit():
+            raise ApiError(400, "top_n must be a whole number", code="invalid_value", param="top_n")
+        return await cost_query(request, {"kind": "analytics", "start": params["start"], "end": params["end"],
+                                          "top_n": int(top_n)})
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:

@@ -14,7 +14,6 @@ from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
-from shared.pricing import PriceCatalog
 from shared.service_app import make_service_app
 from shared.settings import Settings, get_settings
 from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, ensure_streams
@@ -34,7 +33,7 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
         socket_connect_timeout=settings.limiter_redis_timeout_s,
         max_connections=DECISION_WORKERS * 2,
     )
-    policy = LimitPolicy(config.tiers, PriceCatalog.with_overrides(config.prices),
+    policy = LimitPolicy(config.tiers, config.price_catalog(),
                          settings.default_max_tokens, settings.reservation_cap_tokens)
     limiter = Limiter(policy, RedisLimiterStore(redis, settings.reservation_ttl_s), settings.limiter_failure_mode)
     consumers: list[BatchConsumer] = []

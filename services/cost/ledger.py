@@ -1,0 +1,91 @@
+"""Pricing completions and folding them into rollups. Pure domain code: no I/O, Decimal only."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from shared.events import LlmCompleted
+from shared.pricing import PriceCatalog
+
+PERIODS = ("hour", "day", "month")
+
+
+def bucket_start(period: str, at: datetime) -> datetime:
+    """Start of the UTC hour, day or month that contains `at`."""
+    at = at.replace(minute=0, second=0, microsecond=0)
+    if period == "hour":
+        return at
+    at = at.replace(hour=0)
+    return at if period == "day" else at.replace(day=1)
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    event: LlmCompleted
+    cost: Decimal
+    priced: bool
+
+    @property
+    def request_id(self) -> str:
+        return self.event.request_id
+
+    @property
+    def at(self) -> datetime:
+        return self.event.occurred_at
+
+
+def price_events(events: Iterable[LlmCompleted], catalog: PriceCatalog) -> list[UsageRecord]:
+    """One record per request id (the first seen wins within a batch)."""
+    records: dict[str, UsageRecord] = {}
+    for event in events:
+        if event.request_id in records:
+            continue
+        cost = catalog.cost(event.model, event.prompt_tokens, event.completion_tokens, event.cached_prompt_tokens)
+        records[event.request_id] = UsageRecord(event, cost.usd, cost.priced)
+    return list(records.values())
+
+
+RollupKey = tuple[str, datetime, str, str]  # period, bucket, dimension, key
+
+
+@dataclass
+class RollupDelta:
+    requests: int = 0
+    successes: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    latency_ms_sum: int = 0
+
+    def add(self, record: UsageRecord) -> None:
+        event = record.event
+        self.requests += 1
+        self.successes += int(event.success)
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
+        self.cost += record.cost
+        self.latency_ms_sum += event.latency_ms
+
+
+def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:
+    dims = [("all", ""), ("model", event.model), ("endpoint", event.endpoint)]
+    if event.user_id:
+        dims.append(("user", event.user_id))
+    dims.extend(("tag", f"{name}={value}") for name, value in sorted(event.tags.items()))
+    return dims
+
+
+def rollup_deltas(records: Sequence[UsageRecord]) -> list[tuple[RollupKey, RollupDelta]]:
+    """The increments a batch makes to every rollup row, sorted so that concurrent writers lock rows
+    in the same order (no deadlocks)."""
+    deltas: dict[RollupKey, RollupDelta] = defaultdict(RollupDelta)
+    for record in records:
+        for period in PERIODS:
+            bucket = bucket_start(period, record.at)
+            for dimension, key in dimensions_of(record.event):
+                deltas[(period, bucket, dimension, key)].add(record)
+    return sorted(deltas.items(), key=lambda item: item[0])

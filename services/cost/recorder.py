@@ -1,0 +1,97 @@
+"""The cost use case: record a batch of completions exactly once, keep rollups current, claim the
+alerts the new spend makes due, then publish claimed alerts (an outbox, so none is lost)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+from prometheus_client import Counter, Histogram
+
+from services.cost.ledger import PERIODS, RollupKey, UsageRecord, bucket_start, price_events, rollup_deltas
+from services.cost.pg_usage_ledger import PgUsageLedger
+from services.cost.thresholds import (
+    AlertClaim,
+    SpendTotal,
+    projection_alert,
+    threshold_alerts,
+    unpriced_model_alert,
+)
+from shared.events import Alert, LlmCompleted, utc_now
+from shared.pricing import PriceCatalog
+from shared.settings import Thresholds
+
+log = logging.getLogger(__name__)
+
+RECORDED = Counter("costwarden_cost_events_recorded_total", "llm.completed events added to the ledger")
+DUPLICATES = Counter("costwarden_cost_events_duplicate_total", "llm.completed events already in the ledger")
+UNPRICED = Counter("costwarden_cost_unpriced_events_total", "Events of models with no price", ["model"])
+ALERTS = Counter("costwarden_cost_alerts_claimed_total", "Cost alerts claimed (each fires once)")
+BATCH_SECONDS = Histogram("costwarden_cost_batch_seconds", "Time to record one batch")
+
+
+def watched_windows(records: Sequence[UsageRecord]) -> list[RollupKey]:
+    windows: set[RollupKey] = set()
+    for record in records:
+        for period in PERIODS:
+            windows.add((period, bucket_start(period, record.at), "all", ""))
+        if record.event.user_id:
+            windows.add(("day", bucket_start("day", record.at), "user", record.event.user_id))
+    return sorted(windows)
+
+
+def alerts_due(fresh: Sequence[UsageRecord], totals: Sequence[SpendTotal], thresholds: Thresholds,
+               now: datetime, fallback: str) -> list[AlertClaim]:
+    claims = [claim for total in totals for claim in threshold_alerts(total, thresholds)]
+    this_month = bucket_start("month", now)
+    for total in totals:
+        if total.scope == "all" and total.period == "month" and total.bucket == this_month:
+            projection = projection_alert(total.cost, now, thresholds)
+            if projection:
+                claims.append(projection)
+    for model, day in sorted({(r.event.model, bucket_start("day", r.at)) for r in fresh if not r.priced}):
+        claims.append(unpriced_model_alert(model, day, fallback))
+    return claims
+
+
+class CostRecorder:
+    def __init__(self, ledger: PgUsageLedger, catalog: PriceCatalog, thresholds: Thresholds,
+                 publish_alert: Callable[[Alert], Awaitable[None]], clock: Callable[[], datetime] = utc_now) -> None:
+        self.ledger = ledger
+        self.catalog = catalog
+        self.thresholds = thresholds
+        self.publish_alert = publish_alert
+        self.clock = clock
+        fallback = catalog.fallback
+        self.fallback_text = f"${fallback.input}/${fallback.output} per 1M tokens"
+
+    async def record(self, events: Sequence[LlmCompleted]) -> None:
+        with BATCH_SECONDS.time():
+            records = price_events(events, self.catalog)
+            await self.ledger.ensure_partitions(records)
+            claimed = 0
+            async with self.ledger.transaction() as tx:
+                fresh = await tx.add_usage(records)
+                if fresh:
+                    await tx.add_rollups(rollup_deltas(fresh))
+                    totals = await tx.totals(watched_windows(fresh))
+                    claims = alerts_due(fresh, totals, self.thresholds, self.clock(), self.fallback_text)
+                    claimed = await tx.claim_alerts(claims)
+        RECORDED.inc(len(fresh))
+        DUPLICATES.inc(len(events) - len(fresh))
+        for record in fresh:
+            if not record.priced:
+                UNPRICED.labels(record.event.model).inc()
+        ALERTS.inc(claimed)
+        if claimed:
+            await self.publish_pending()
+
+    async def publish_pending(self) -> int:
+        """Publish claimed alerts not yet published (ours, or left by a replica that died)."""
+        published = 0
+        for alert_id, alert in await self.ledger.unpublished_alerts():
+            await self.publish_alert(alert)
+            await self.ledger.mark_published(alert_id)
+            published += 1
+        return published
