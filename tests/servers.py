@@ -155,3 +155,44 @@ class ThreadedHttpServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def postgres_binaries() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) if Path("/usr/lib/postgresql").exists() else []
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class PostgresServer(ProcessServer):
+    """A private PostgreSQL cluster (initdb in a temp dir) that a test may stop and start again."""
+
+    def __init__(self) -> None:
+        bindir = postgres_binaries()
+        if bindir is None:
+            raise FileNotFoundError("no initdb on this machine")
+        self.user = "postgres" if os.geteuid() == 0 else None
+        data = Path(tempfile.mkdtemp(prefix="pg-data-"))
+        socket_dir = Path(tempfile.mkdtemp(prefix="pg-sock-"))
+        if self.user:
+            shutil.chown(data, self.user)
+            shutil.chown(socket_dir, self.user)
+        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True, user=self.user)
+        port = free_port()
+        super().__init__("postgres", [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+                                      "-c", "listen_addresses=127.0.0.1", "-k", str(socket_dir),
+                                      "-c", "fsync=off"], port)
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, user=self.user)
+        wait_for(lambda: port_open(self.port), self.name)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): connected clients are cut off, as in an outage."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(30)
+        wait_for(lambda: not port_open(self.port), f"{self.name} to stop")
