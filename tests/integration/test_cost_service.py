@@ -59,7 +59,8 @@ async def test_gateway_calls_land_in_the_ledger_once(gateway, cost_service, data
         responses = [await client.post("/v1/chat/completions", json=chat_body(), headers={
             **auth(key), "X-Costwarden-Tags": "feature=search"}) for _ in range(3)]
     ids = [r.headers["x-request-id"] for r in responses]
-    rows = await eventually(lambda: db.fetch("SELECT * FROM llm_usage WHERE user_id = $1", user))
+    await eventually(lambda: db.fetchval("SELECT count(*) = 3 FROM llm_usage WHERE user_id = $1", user))
+    rows = await db.fetch("SELECT * FROM llm_usage WHERE user_id = $1", user)
     assert sorted(r["request_id"] for r in rows) == sorted(ids)
     usage = responses[0].json()["usage"]
     row = next(r for r in rows if r["request_id"] == ids[0])

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 async def completed_events(nc, request_ids: set[str]) -> list[dict]:
     events = await stream_messages(nc.jetstream(), "LLM", "llm.completed")
-    return [e for e in events if e["request_id"] in request_ids]
+    return [e for e in events if e.get("request_id") in request_ids]
 
 
 async def test_openai_sdk_plain_call(gateway, database_url, nc):

@@ -12,12 +12,13 @@ import tempfile
 import httpx
 import pytest
 
-from tests.servers import free_port, port_open, wait_for
+from tests.servers import free_port, port_open, redis_server, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, redis_url, tmp_path):
+def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_path):
+    redis_srv, redis_url = redis_server()  # a fresh one: other tests spend 127.0.0.1's anonymous quota
     ports = {name: free_port() for name in ("NATS", "API_PORT", "LIMITER_PORT", "COST_PORT", "SIMULATOR_PORT")}
     env = {k: v for k, v in os.environ.items() if k not in ("TOGETHER_API_KEY", "OPENAI_API_KEY")}
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
@@ -36,6 +37,7 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, redis_u
     finally:
         run.send_signal(signal.SIGINT)
         code = run.wait(60)
+        redis_srv.stop()
     output = open(log.name).read()
     assert code == 0, output[-3000:]
     assert "starting nats-server with JetStream" in output
