@@ -1,9 +1,12 @@
-"""`make bench`: measure the gateway and the limiter against baselines measured in the same run.
+"""`make bench`: measure the gateway, the limiter and the cost ledger against baselines measured in the
+same run (`python -m bench ledger` runs one part only).
 
 1. Gateway: latency p50/p99 and requests/s of calls through the gateway (limiter and llm.completed
    publishing on) beside the same calls made straight to the same local upstream.
 2. Limiter: decisions/s of `llm.request` beside a bare FastStream echo handler on the same NATS, then
    the limiter's p99 at half its own peak load.
+3. Cost ledger: llm.completed events/s from JetStream into Postgres (ledger rows, rollups, threshold
+   checks) for one cost process, beside nats-py's raw pull-consume-and-ack rate on the same stream.
 
 Everything runs on loopback: private nats-server and redis-server, a scratch Postgres database, the
 LLM simulator as the upstream. Results are printed and written to bench/results/latest.txt.
@@ -24,8 +27,9 @@ import httpx
 import nats
 
 from services.api.callers import create_key
-from shared.events import LimitRequest
+from shared.events import LimitRequest, LlmCompleted
 from shared.migrate import apply_migrations
+from shared.subjects import ensure_streams
 from tests.servers import ServiceProcess, free_port, nats_server, port_open, redis_server, wait_for
 
 RESULTS = Path(__file__).parent / "results"
@@ -178,6 +182,61 @@ async def bench_limiter(env: dict[str, str], lines: list[str]) -> None:
     ]
 
 
+def ledger_events(n: int) -> list[bytes]:
+    return [LlmCompleted(id=f"bench-{i}", request_id=f"bench-{i}", user_id=f"user-{i % 500}",
+                         provider="together_ai", model="meta-llama/Llama-3-70b-chat-hf", prompt_tokens=1000 + i % 97,
+                         completion_tokens=300 + i % 89, endpoint="/v1/chat/completions", success=True,
+                         latency_ms=200 + i % 50, tags={"feature": f"f{i % 5}"}).model_dump_json().encode()
+            for i in range(n)]
+
+
+async def raw_pull_rate(js, n: int) -> float:
+    """The baseline: nats-py pulling the same stream in batches of 500 and acking each message."""
+    sub = await js.pull_subscribe("llm.completed", durable="bench-raw", stream="LLM")
+    received = 0
+    started = time.perf_counter()
+    while received < n:
+        for message in await sub.fetch(500, timeout=5):
+            await message.ack()
+            received += 1
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return n / elapsed
+
+
+async def bench_ledger(env: dict[str, str], lines: list[str]) -> None:
+    n = 30_000
+    nc = await nats.connect(env["NATS_URL"])
+    js = nc.jetstream()
+    await ensure_streams(js)
+    payloads = ledger_events(n)
+    for start in range(0, n, 1000):
+        await asyncio.gather(*(js.publish("llm.completed", p, stream="LLM") for p in payloads[start:start + 1000]))
+    raw_rate = await raw_pull_rate(js, n)
+    pool = await asyncpg.create_pool(env["DATABASE_URL"])
+    cost_port = free_port()
+    cost = ServiceProcess("cost", {**env, "COST_PORT": str(cost_port)}, cost_port).start()
+    try:
+        while (first := await pool.fetchval("SELECT count(*) FROM llm_usage")) == 0:
+            await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        while (done := await pool.fetchval("SELECT count(*) FROM llm_usage")) < n:
+            await asyncio.sleep(0.05)
+        ledger_rate = (done - first) / (time.perf_counter() - started)
+        exact = await pool.fetchval("SELECT sum(cost) FROM llm_cost_rollups WHERE period = 'month' AND dimension = 'all'")
+        ledger_sum = await pool.fetchval("SELECT sum(cost) FROM llm_usage")
+    finally:
+        cost.stop()
+        await pool.close()
+        await nc.close()
+    lines += [
+        f"cost ledger ({n} llm.completed events already in the stream, one cost process):",
+        f"  raw nats-py pull + ack    {raw_rate:7.0f} events/s",
+        f"  ledger + rollups + alerts {ledger_rate:7.0f} events/s   ratio {ledger_rate / raw_rate:.2f}x"
+        f"   (rollup total equals ledger total: {exact == ledger_sum})",
+    ]
+
+
 async def main() -> None:
     nats_srv, nats_url = nats_server()
     redis_srv, redis_url = redis_server()
@@ -191,8 +250,13 @@ async def main() -> None:
            "COSTWARDEN_CONFIG": str(config), "LOG_LEVEL": "WARNING"}
     lines = [f"costwarden bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores"]
     try:
-        await bench_gateway(env, database_url, lines)
-        await bench_limiter(env, lines)
+        only = set(sys.argv[1:])
+        if not only or "gateway" in only:
+            await bench_gateway(env, database_url, lines)
+        if not only or "limiter" in only:
+            await bench_limiter(env, lines)
+        if not only or "ledger" in only:
+            await bench_ledger(env, lines)
     finally:
         nats_srv.stop()
         redis_srv.stop()

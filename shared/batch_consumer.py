@@ -40,10 +40,10 @@ class BatchConsumer(Generic[E]):
         model: type[E],
         store: Callable[[Sequence[E]], Awaitable[object]],
         service: str,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         fetch_timeout_s: float = 1.0,
         ack_wait_s: float = 30.0,
-        max_backoff_s: float = 30.0,
+        max_backoff_s: float = 15.0,
     ) -> None:
         self.js = js
         self.stream = stream
@@ -83,16 +83,30 @@ class BatchConsumer(Generic[E]):
             await self._subscription.unsubscribe()
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            try:
-                messages = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except Exception:
-                log.exception("fetch from %s failed; retrying", self.durable)
-                await self._sleep(1.0)
-                continue
-            await self._handle(messages)
+        """Fetch the next batch while the current one is being stored, so that the bus and the
+        store work at the same time."""
+        next_batch = asyncio.create_task(self._fetch(sub))
+        while True:
+            messages = await next_batch
+            if self._stopping.is_set():
+                for msg in messages:
+                    await msg.nak()  # not ours to finish: let another replica have them at once
+                return
+            next_batch = asyncio.create_task(self._fetch(sub))
+            if messages:
+                await self._handle(messages)
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        if self._stopping.is_set():
+            return []
+        try:
+            return await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            return []
+        except Exception:
+            log.exception("fetch from %s failed; retrying", self.durable)
+            await self._sleep(1.0)
+            return []
 
     async def _handle(self, messages: list[Msg]) -> None:
         events: list[E] = []

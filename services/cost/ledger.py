@@ -70,6 +70,14 @@ class RollupDelta:
         self.cost += record.cost
         self.latency_ms_sum += event.latency_ms
 
+    def merge(self, other: RollupDelta) -> None:
+        self.requests += other.requests
+        self.successes += other.successes
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost += other.cost
+        self.latency_ms_sum += other.latency_ms_sum
+
 
 def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:
     dims = [("all", ""), ("model", event.model), ("endpoint", event.endpoint)]
@@ -82,10 +90,15 @@ def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:
 def rollup_deltas(records: Sequence[UsageRecord]) -> list[tuple[RollupKey, RollupDelta]]:
     """The increments a batch makes to every rollup row, sorted so that concurrent writers lock rows
     in the same order (no deadlocks)."""
-    deltas: dict[RollupKey, RollupDelta] = defaultdict(RollupDelta)
+    by_hour: dict[datetime, dict[tuple[str, str], RollupDelta]] = defaultdict(lambda: defaultdict(RollupDelta))
     for record in records:
+        per_dimension = by_hour[bucket_start("hour", record.at)]
+        for dimension in dimensions_of(record.event):
+            per_dimension[dimension].add(record)
+    deltas: dict[RollupKey, RollupDelta] = defaultdict(RollupDelta)
+    for hour, per_dimension in by_hour.items():
         for period in PERIODS:
-            bucket = bucket_start(period, record.at)
-            for dimension, key in dimensions_of(record.event):
-                deltas[(period, bucket, dimension, key)].add(record)
+            bucket = bucket_start(period, hour)
+            for (dimension, key), delta in per_dimension.items():
+                deltas[(period, bucket, dimension, key)].merge(delta)
     return sorted(deltas.items(), key=lambda item: item[0])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -14,6 +15,8 @@ from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_sta
 from services.cost.thresholds import AlertClaim, SpendTotal
 from shared.events import Alert
 
+PARTITION_CHECK_S = 60.0
+
 CLAIM_IDS = """
 INSERT INTO llm_usage_ids (request_id, created_at)
 SELECT * FROM unnest($1::text[], $2::timestamptz[])
@@ -21,14 +24,9 @@ ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id
 """
 
-INSERT_USAGE = """
-INSERT INTO llm_usage (request_id, user_id, session_id, ip_address, tier, provider, model, prompt_tokens,
-                       completion_tokens, cached_prompt_tokens, cost, priced, endpoint, success, error_message,
-                       latency_ms, tags, created_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::int[], $9::int[], $10::int[], $11::numeric[], $12::bool[], $13::text[], $14::bool[],
-                     $15::text[], $16::int[], $17::jsonb[], $18::timestamptz[])
-"""
+USAGE_COLUMNS = ["request_id", "user_id", "session_id", "ip_address", "tier", "provider", "model", "prompt_tokens",
+                 "completion_tokens", "cached_prompt_tokens", "cost", "priced", "endpoint", "success",
+                 "error_message", "latency_ms", "tags", "created_at"]
 
 UPSERT_ROLLUPS = """
 INSERT INTO llm_cost_rollups AS r (period, bucket, dimension, key, requests, successes, prompt_tokens,
@@ -42,13 +40,7 @@ ON CONFLICT (period, bucket, dimension, key) DO UPDATE SET
     completion_tokens = r.completion_tokens + excluded.completion_tokens,
     cost = r.cost + excluded.cost,
     latency_ms_sum = r.latency_ms_sum + excluded.latency_ms_sum
-"""
-
-READ_TOTALS = """
-SELECT r.period, r.bucket, r.dimension, r.key, r.cost
-FROM llm_cost_rollups r
-JOIN unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) AS w(period, bucket, dimension, key)
-  ON (r.period, r.bucket, r.dimension, r.key) = (w.period, w.bucket, w.dimension, w.key)
+RETURNING r.period, r.bucket, r.dimension, r.key, r.cost
 """
 
 CLAIM_ALERT = """
@@ -65,31 +57,30 @@ class LedgerTransaction:
 
     async def add_usage(self, records: Sequence[UsageRecord]) -> list[UsageRecord]:
         """Store the records whose request id was never stored; return those."""
+        records = sorted(records, key=lambda r: r.request_id)  # one lock order for concurrent batches
         claimed = await self.conn.fetch(CLAIM_IDS, [r.request_id for r in records], [r.at for r in records])
         new_ids = {row["request_id"] for row in claimed}
         fresh = [r for r in records if r.request_id in new_ids]
-        if not fresh:
-            return []
-        columns = list(zip(*(
-            (r.request_id, e.user_id, e.session_id, e.client_ip, e.tier, e.provider, e.model, e.prompt_tokens,
-             e.completion_tokens, e.cached_prompt_tokens, r.cost, r.priced, e.endpoint, e.success, e.error,
-             e.latency_ms, json.dumps(e.tags), e.occurred_at)
-            for r in fresh for e in (r.event,)
-        ), strict=True))
-        await self.conn.execute(INSERT_USAGE, *columns)
+        if fresh:
+            await self.conn.copy_records_to_table("llm_usage", columns=USAGE_COLUMNS, records=[
+                (r.request_id, e.user_id, e.session_id, e.client_ip, e.tier, e.provider, e.model, e.prompt_tokens,
+                 e.completion_tokens, e.cached_prompt_tokens, r.cost, r.priced, e.endpoint, e.success, e.error,
+                 e.latency_ms, json.dumps(e.tags), e.occurred_at)
+                for r in fresh for e in (r.event,)
+            ])
         return fresh
 
-    async def add_rollups(self, deltas: Sequence[tuple[RollupKey, RollupDelta]]) -> None:
+    async def add_rollups(self, deltas: Sequence[tuple[RollupKey, RollupDelta]]) -> list[SpendTotal]:
+        """Add the deltas; return the new totals that thresholds watch (overall, and users' days)."""
         columns = list(zip(*(
             (*key, d.requests, d.successes, d.prompt_tokens, d.completion_tokens, d.cost, d.latency_ms_sum)
             for key, d in deltas
         ), strict=True))
-        await self.conn.execute(UPSERT_ROLLUPS, *columns)
-
-    async def totals(self, windows: Sequence[RollupKey]) -> list[SpendTotal]:
-        rows = await self.conn.fetch(READ_TOTALS, *zip(*windows, strict=True))
+        rows = await self.conn.fetch(UPSERT_ROLLUPS, *columns)
         return [SpendTotal(scope="all" if row["dimension"] == "all" else f"user:{row['key']}",
-                           period=row["period"], bucket=row["bucket"], cost=row["cost"]) for row in rows]
+                           period=row["period"], bucket=row["bucket"], cost=row["cost"])
+                for row in rows
+                if row["dimension"] == "all" or (row["dimension"] == "user" and row["period"] == "day")]
 
     async def claim_alerts(self, claims: Sequence[AlertClaim]) -> int:
         """Claim each alert's key; an alert already claimed (by any replica, ever) is dropped."""
@@ -109,25 +100,38 @@ class LedgerTransaction:
 class PgUsageLedger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._checked: dict[datetime, float] = {}
 
     async def ensure_partitions(self, records: Sequence[UsageRecord]) -> None:
-        """Create the monthly partitions a batch needs, each in its own short transaction (not cached:
-        another replica's retention may have dropped one since)."""
+        """Create the monthly partitions a batch needs, each in its own short transaction. A month seen
+        in the last minute is not checked again (retention only drops months long past)."""
+        now = time.monotonic()
         for month in sorted({bucket_start("month", r.at) for r in records}):
+            if self._checked.get(month, 0.0) > now:
+                continue
             await self.pool.execute("SELECT ensure_llm_usage_partition($1)", month)
+            self._checked[month] = now + PARTITION_CHECK_S
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[LedgerTransaction]:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield LedgerTransaction(conn)
+        except asyncpg.CheckViolationError:
+            self._checked.clear()  # a partition was dropped under us: check again on the retry
+            raise
+
+    async def publish_unpublished(self, publish: Callable[[Alert], Awaitable[None]], limit: int = 100) -> int:
+        """Publish claimed alerts not yet published and mark them. Rows are locked while they are
+        published (SKIP LOCKED), so two replicas never publish the same alert; if the process dies
+        before the mark commits, the alert stays unpublished and is published again later."""
         async with self.pool.acquire() as conn, conn.transaction():
-            yield LedgerTransaction(conn)
-
-    async def unpublished_alerts(self, limit: int = 100) -> list[tuple[int, Alert]]:
-        rows = await self.pool.fetch(
-            "SELECT id, event FROM cost_alerts WHERE published_at IS NULL ORDER BY id LIMIT $1", limit)
-        return [(row["id"], Alert.model_validate_json(row["event"])) for row in rows]
-
-    async def mark_published(self, alert_id: int) -> None:
-        await self.pool.execute("UPDATE cost_alerts SET published_at = now() WHERE id = $1", alert_id)
+            rows = await conn.fetch("SELECT id, event FROM cost_alerts WHERE published_at IS NULL ORDER BY id"
+                                    " LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+            for row in rows:
+                await publish(Alert.model_validate_json(row["event"]))
+                await conn.execute("UPDATE cost_alerts SET published_at = now() WHERE id = $1", row["id"])
+        return len(rows)
 
     async def month_to_date(self, now: datetime) -> Decimal:
         value = await self.pool.fetchval(
@@ -137,4 +141,5 @@ class PgUsageLedger:
 
     async def cleanup(self, retention_days: int) -> list[str]:
         rows = await self.pool.fetch("SELECT cleanup_old_llm_usage($1) AS name", timedelta(days=retention_days))
+        self._checked.clear()
         return [row["name"] for row in rows]

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from prometheus_client import Counter, Histogram
 
-from services.cost.ledger import PERIODS, RollupKey, UsageRecord, bucket_start, price_events, rollup_deltas
+from services.cost.ledger import UsageRecord, bucket_start, price_events, rollup_deltas
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.thresholds import (
     AlertClaim,
@@ -29,16 +29,6 @@ DUPLICATES = Counter("costwarden_cost_events_duplicate_total", "llm.completed ev
 UNPRICED = Counter("costwarden_cost_unpriced_events_total", "Events of models with no price", ["model"])
 ALERTS = Counter("costwarden_cost_alerts_claimed_total", "Cost alerts claimed (each fires once)")
 BATCH_SECONDS = Histogram("costwarden_cost_batch_seconds", "Time to record one batch")
-
-
-def watched_windows(records: Sequence[UsageRecord]) -> list[RollupKey]:
-    windows: set[RollupKey] = set()
-    for record in records:
-        for period in PERIODS:
-            windows.add((period, bucket_start(period, record.at), "all", ""))
-        if record.event.user_id:
-            windows.add(("day", bucket_start("day", record.at), "user", record.event.user_id))
-    return sorted(windows)
 
 
 def alerts_due(fresh: Sequence[UsageRecord], totals: Sequence[SpendTotal], thresholds: Thresholds,
@@ -74,8 +64,7 @@ class CostRecorder:
             async with self.ledger.transaction() as tx:
                 fresh = await tx.add_usage(records)
                 if fresh:
-                    await tx.add_rollups(rollup_deltas(fresh))
-                    totals = await tx.totals(watched_windows(fresh))
+                    totals = await tx.add_rollups(rollup_deltas(fresh))
                     claims = alerts_due(fresh, totals, self.thresholds, self.clock(), self.fallback_text)
                     claimed = await tx.claim_alerts(claims)
         RECORDED.inc(len(fresh))
@@ -89,9 +78,4 @@ class CostRecorder:
 
     async def publish_pending(self) -> int:
         """Publish claimed alerts not yet published (ours, or left by a replica that died)."""
-        published = 0
-        for alert_id, alert in await self.ledger.unpublished_alerts():
-            await self.publish_alert(alert)
-            await self.ledger.mark_published(alert_id)
-            published += 1
-        return published
+        return await self.ledger.publish_unpublished(self.publish_alert)

@@ -217,6 +217,9 @@ async def test_retention_drops_whole_old_partitions_only(pool):
     assert dropped == [old.strftime("llm_usage_%Y_%m")]
     assert [r["request_id"] for r in await pool.fetch("SELECT request_id FROM llm_usage")] == ["recent-1"]
     assert await ledger.cleanup(90) == []
-    # the ledger still writes into a month whose partition was dropped (it is created again)
+    # a late event for a dropped month: a replica that still believed the partition existed fails
+    # once (the batch is redelivered), then creates it again and records the event
+    with pytest.raises(asyncpg.CheckViolationError):
+        await rec.record([event(at=old, request_id="old-2")])
     await rec.record([event(at=old, request_id="old-2")])
     assert await pool.fetchval("SELECT count(*) FROM llm_usage WHERE request_id = 'old-2'") == 1

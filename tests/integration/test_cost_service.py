@@ -16,7 +16,6 @@ import nats
 import pytest
 
 from shared.events import LlmCompleted
-from shared.subjects import ensure_streams
 from tests.conftest import start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, chat_body, new_key, stream_messages
 from tests.servers import PostgresServer, nats_server, postgres_binaries
