@@ -101,7 +101,7 @@ class BatchConsumer(Generic[E]):
             return []
         try:
             return await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
-        except (NatsTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             return []
         except Exception:
             log.exception("fetch from %s failed; retrying", self.durable)
