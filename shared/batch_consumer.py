@@ -40,7 +40,7 @@ class BatchConsumer(Generic[E]):
         model: type[E],
         store: Callable[[Sequence[E]], Awaitable[object]],
         service: str,
-        batch_size: int = 2000,
+        batch_size: int = 500,
         fetch_timeout_s: float = 1.0,
         ack_wait_s: float = 30.0,
         max_backoff_s: float = 15.0,

@@ -24,6 +24,7 @@ from shared.subjects import COST_QUERY, LLM_COMPLETED, alert_subject, ensure_str
 SERVICE = "cost"
 SWEEP_INTERVAL_S = 10.0
 RETENTION_INTERVAL_S = 6 * 3600.0
+LEDGER_BATCH = 4000  # larger batches share one rollup upsert among more events (see make bench)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     @app.after_startup
     async def start_work() -> None:
         consumer = BatchConsumer(jetstream(broker), stream="LLM", subject=LLM_COMPLETED, durable="cost-ledger",
-                                 model=LlmCompleted, store=state["recorder"].record, service=SERVICE)
+                                 model=LlmCompleted, store=state["recorder"].record, service=SERVICE,
+                                 batch_size=LEDGER_BATCH)
         await consumer.start()
         state["consumer"] = consumer
 
