@@ -86,3 +86,16 @@ def test_logs_scrub_secrets():
     line = scrub("calling with Authorization: Bearer sk-abc123 to postgresql://user:hunter2@db/x api_key=zzz")
     assert "sk-abc123" not in line and "hunter2" not in line and "zzz" not in line
     assert "https://hooks.slack.com/services/***" == scrub("https://hooks.slack.com/services/T0/B0/XYZ")
+
+
+def test_litellm_price_file_and_fallback_from_yaml(tmp_path):
+    prices = tmp_path / "model_prices_and_context_window.json"
+    prices.write_text(json.dumps({"vendor/model-x": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05}}))
+    config_file = tmp_path / "costwarden.yaml"
+    config_file.write_text(f"litellm_prices_file: {prices}\nfallback_price: {{input: '1', output: '2'}}\n"
+                           "prices:\n  vendor/model-x: {input: '2.5', output: '12'}\n  only-yaml: {input: '1', output: '1'}\n")
+    catalog = Settings(costwarden_config=config_file).file_config().price_catalog()
+    assert catalog.price("vendor/model-x").input == Decimal("2.5")  # the YAML wins over the file
+    assert catalog.cost("only-yaml", 1_000_000, 1_000_000).usd == Decimal(2)
+    unknown = catalog.cost("nobody-priced-this", 1_000_000, 1_000_000)
+    assert (unknown.usd, unknown.priced) == (Decimal(3), False)
