@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -44,6 +45,7 @@ class BatchConsumer(Generic[E]):
         fetch_timeout_s: float = 1.0,
         ack_wait_s: float = 30.0,
         max_backoff_s: float = 15.0,
+        linger_s: float = 0.0,
     ) -> None:
         self.js = js
         self.stream = stream
@@ -56,6 +58,7 @@ class BatchConsumer(Generic[E]):
         self.fetch_timeout_s = fetch_timeout_s
         self.ack_wait_s = ack_wait_s
         self.max_backoff_s = max_backoff_s
+        self.linger_s = linger_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failures_in_a_row = 0
@@ -97,10 +100,20 @@ class BatchConsumer(Generic[E]):
                 await self._handle(messages)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """One batch. With `linger_s`, a batch that is not full keeps filling for that long after its
+        first message, so that a burst is handled together (the notifier's digests)."""
         if self._stopping.is_set():
             return []
+        messages = await self._fetch_some(sub, self.batch_size, self.fetch_timeout_s)
+        if messages and self.linger_s > 0:
+            deadline = time.monotonic() + self.linger_s
+            while len(messages) < self.batch_size and (left := deadline - time.monotonic()) > 0.01:
+                messages += await self._fetch_some(sub, self.batch_size - len(messages), left)
+        return messages
+
+    async def _fetch_some(self, sub: JetStreamContext.PullSubscription, n: int, timeout_s: float) -> list[Msg]:
         try:
-            return await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+            return await sub.fetch(n, timeout=timeout_s)
         except (TimeoutError, NatsTimeoutError):
             return []
         except Exception:
@@ -121,6 +134,7 @@ class BatchConsumer(Generic[E]):
                 await msg.ack()
         if not events:
             return
+        heartbeat = asyncio.create_task(self._keep_in_progress(accepted))
         try:
             await self.store(events)
         except Exception as exc:
@@ -128,13 +142,24 @@ class BatchConsumer(Generic[E]):
             delay = min(self.max_backoff_s, 0.5 * 2 ** min(self.failures_in_a_row, 8))
             log.warning("storing %d events from %s failed (%s); redelivery in %.1fs",
                         len(events), self.durable, type(exc).__name__, delay)
+            heartbeat.cancel()
             for msg in accepted:
                 await msg.nak(delay=delay)
             await self._sleep(delay)
             return
+        finally:
+            heartbeat.cancel()
         self.failures_in_a_row = 0
         for msg in accepted:
             await msg.ack()
+
+    async def _keep_in_progress(self, messages: list[Msg]) -> None:
+        """While a batch is being stored, tell the server it is still being worked on, so that a slow
+        store is not redelivered elsewhere, while a dead consumer's batch is, after one ack wait."""
+        while True:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            for msg in messages:
+                await msg.in_progress()
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -127,6 +127,7 @@ class Alert(Event):
     actual: Decimal | None = None
     overage: Decimal | None = None
     window: str | None = None
+    resolves: str | None = Field(default=None, description="For a resolved alert: the key of the alert it ends.")
 
 
 class DeadLetter(BaseModel):

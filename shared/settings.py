@@ -81,6 +81,21 @@ class Thresholds(BaseModel):
         return {"hour": self.hourly, "day": self.daily, "month": self.monthly}[period]
 
 
+class Route(BaseModel):
+    """Alerts of these severities (and sources, when given) go to these channels."""
+
+    severities: list[Literal["warning", "critical", "resolved"]]
+    sources: list[Literal["cost", "health", "backup"]] | None = None
+    channels: list[Literal["slack", "email", "webhook"]]
+
+
+DEFAULT_ROUTES = [
+    Route(severities=["warning"], channels=["slack", "webhook"]),
+    Route(severities=["critical"], channels=["slack", "email", "webhook"]),
+    Route(severities=["resolved"], channels=["slack", "webhook"]),
+]
+
+
 class FileConfig(BaseModel):
     """The part of the configuration an operator may replace with COSTWARDEN_CONFIG (YAML)."""
 
@@ -98,6 +113,8 @@ class FileConfig(BaseModel):
         description="USD per 1M tokens charged for a model with no price (the row is marked unpriced).")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     retention_days: int = Field(default=90, gt=0)
+    routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES),
+                                description="First matching route wins; resolved alerts follow their original.")
 
     def price_catalog(self) -> PriceCatalog:
         return PriceCatalog.with_overrides(
@@ -152,6 +169,24 @@ class Settings(BaseSettings):
     notifier_port: int = 3004
     backup_port: int = 3005
     simulator_port: int = 3010
+
+    slack_webhook_url: SecretStr | None = None
+    alert_email: str | None = None
+    alert_email_from: str = "costwarden@localhost"
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = 10.0
+    alert_webhook_url: SecretStr | None = None
+    alert_webhook_secret: SecretStr | None = None
+    notify_repeat_interval_s: float = 4 * 3600
+    notify_claim_lease_s: float = 60.0
+    notify_group_window_s: float = 2.0
+    notify_max_attempts: int = 5
+    notify_backoff_initial_s: float = 1.0
+    notify_backoff_max_s: float = 20.0
 
     costwarden_config: Path | None = None
     log_level: str = "INFO"

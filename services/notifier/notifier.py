@@ -1,0 +1,105 @@
+"""The notifier use case: route each alert, claim it per channel, deliver a message (or a digest when
+several arrive together) with retries, and record every attempt and outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client import Counter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from services.notifier.channels import DeliveryFailed
+from services.notifier.pg_delivery_log import PgDeliveryLog
+from services.notifier.routing import channels_for
+from shared.events import Alert
+from shared.settings import Route
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter("costwarden_notifier_messages_total", "Notifications sent or failed", ["channel", "outcome"])
+SKIPPED = Counter("costwarden_notifier_duplicates_skipped_total", "Alert deliveries already claimed", ["channel"])
+
+
+class DeliveryInProgress(Exception):
+    """Some alert of the batch is being delivered under another live claim: the batch must come back
+    later (nak), so that it is acked only once that delivery is known to have finished."""
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(self, alerts: Sequence[Alert]) -> None: ...
+
+
+class Notifier:
+    def __init__(self, log_store: PgDeliveryLog, channels: Mapping[str, Channel], routes: Sequence[Route],
+                 max_attempts: int, backoff_initial_s: float, backoff_max_s: float,
+                 dead_letter: Callable[[Sequence[Alert], str, str], Awaitable[None]]) -> None:
+        self.store = log_store
+        self.channels = dict(channels)
+        self.routes = list(routes)
+        self.max_attempts = max_attempts
+        self.backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s)
+        self.dead_letter = dead_letter
+
+    async def route(self, alert: Alert) -> list[str]:
+        """Resolved alerts go wherever the alert they resolve went; others follow the routes."""
+        if alert.severity == "resolved" and alert.resolves:
+            earlier = [c for c in await self.store.channels_that_got(alert.resolves) if c in self.channels]
+            if earlier:
+                return earlier
+        return channels_for(alert, self.routes, self.channels)
+
+    async def handle(self, alerts: Sequence[Alert]) -> None:
+        """Deliver a batch: the alerts claimed for one channel go out as one message (a digest when
+        there are several), every channel at the same time."""
+        per_channel: dict[str, list[Alert]] = defaultdict(list)
+        busy = 0
+        for alert in alerts:
+            for channel in await self.route(alert):
+                outcome = await self.store.claim(alert.key, channel)
+                if outcome == "claimed":
+                    per_channel[channel].append(alert)
+                elif outcome == "busy":
+                    busy += 1
+                else:
+                    SKIPPED.labels(channel).inc()
+        await asyncio.gather(*(self.deliver(channel, claimed) for channel, claimed in per_channel.items()))
+        if busy:
+            raise DeliveryInProgress(f"{busy} deliveries are held by a live claim")
+
+    def _wait(self, state: RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, DeliveryFailed) and failure.retry_after_s is not None:
+            return failure.retry_after_s
+        return self.backoff(state)
+
+    async def deliver(self, channel: str, alerts: list[Alert]) -> None:
+        sender = self.channels[channel]
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.max_attempts), wait=self._wait, reraise=True,
+                retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryFailed) and exc.retryable),
+            ):
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    try:
+                        await sender.send(alerts)
+                    except DeliveryFailed as failure:
+                        final = not failure.retryable or number >= self.max_attempts
+                        await self.store.record(alerts, channel, number, "failed" if final else "retrying",
+                                                failure.reason)
+                        raise
+                    await self.store.record(alerts, channel, number, "sent", None)
+        except DeliveryFailed as failure:
+            MESSAGES.labels(channel, "failed").inc()
+            await self.store.finish(alerts, channel, "failed")
+            log.error("%s delivery of %d alert(s) failed for good: %s", channel, len(alerts), failure.reason)
+            await self.dead_letter(alerts, channel, failure.reason)
+            return
+        MESSAGES.labels(channel, "sent").inc()
+        await self.store.finish(alerts, channel, "sent")

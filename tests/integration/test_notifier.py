@@ -1,0 +1,255 @@
+"""The notifier as a process on real NATS and Postgres, delivering to a real SMTP server and HTTP
+receivers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from decimal import Decimal
+
+import asyncpg
+import httpx
+import nats
+import pytest
+
+from services.notifier.messages import verify
+from shared.events import Alert
+from tests.conftest import start_service, unique
+from tests.integration.helpers import stream_messages
+from tests.servers import nats_server
+from tests.sinks import HttpSink, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+SLACK_SECRET_PATH = "/services/T000/B000/slack-url-s3cret"
+WEBHOOK_SECRET = "signing-s3cret"
+SMTP_PASSWORD = "smtp-pass-s3cret"
+
+
+@pytest.fixture
+async def stack(base_env, fresh_database):
+    nats_srv, nats_url = nats_server()
+    http_sink, smtp = HttpSink(), SmtpSink(password=SMTP_PASSWORD)
+    env = {**base_env, "NATS_URL": nats_url, "DATABASE_URL": fresh_database,
+           "SLACK_WEBHOOK_URL": f"{http_sink.url}/slack{SLACK_SECRET_PATH}",
+           "ALERT_WEBHOOK_URL": f"{http_sink.url}/hook/incoming", "ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+           "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port), "SMTP_USERNAME": "alerts",
+           "SMTP_PASSWORD": SMTP_PASSWORD, "ALERT_EMAIL": "oncall@example.com",
+           "NOTIFY_BACKOFF_INITIAL_S": "0.2", "NOTIFY_BACKOFF_MAX_S": "1", "NOTIFY_CLAIM_LEASE_S": "3"}
+    nc = await nats.connect(nats_url)
+    pool = await asyncpg.create_pool(fresh_database)
+    services = []
+
+    def start_notifier(**overrides):
+        service = start_service("notifier", {**env, **overrides}, "NOTIFIER_PORT")
+        services.append(service)
+        return service
+
+    yield {"env": env, "nc": nc, "js": nc.jetstream(), "pool": pool, "http": http_sink, "smtp": smtp,
+           "start": start_notifier}
+    for service in services:
+        service.stop()
+    await nc.close()
+    await pool.close()
+    http_sink.stop()
+    smtp.stop()
+    nats_srv.stop()
+
+
+def cost_alert(severity: str = "critical", **extra) -> Alert:
+    fields = dict(key=unique("cost:all:hour"), source="cost", severity=severity, title="LLM Cost Alert",
+                  text=f"{severity.upper()}: Hourly LLM cost ($52.34) exceeded {severity} threshold ($50)",
+                  period="hourly", threshold=Decimal(50), actual=Decimal("52.34"), overage=Decimal("2.34"),
+                  window="2026-11-27T10:00:00+00:00")
+    return Alert(**{**fields, **extra})
+
+
+async def publish(js, alert: Alert, msg_id: str | None = None) -> None:
+    await js.publish(f"alert.{alert.source}.{alert.severity}", alert.model_dump_json().encode(), stream="ALERTS",
+                     headers={"Nats-Msg-Id": msg_id or unique("msg")})
+
+
+async def eventually(check, timeout_s: float = 20.0):
+    for _ in range(int(timeout_s * 20)):
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def test_critical_alert_reaches_slack_email_and_a_signed_webhook(stack):
+    stack["start"]()
+    alert = cost_alert()
+    await publish(stack["js"], alert)
+    http, smtp = stack["http"], stack["smtp"]
+    assert await eventually(lambda: http.delivered("/slack") and http.delivered("/hook") and smtp.messages)
+
+    slack = json.loads(http.delivered("/slack")[0]["body"])
+    assert slack["text"].startswith("🚨 LLM Cost Alert")
+    assert "CRITICAL: Hourly LLM cost ($52.34) exceeded critical threshold ($50)" in slack["text"]
+    assert "Period: hourly\nThreshold: $50\nActual Cost: $52.34\nOverage: $2.34" in slack["text"]
+    assert slack["blocks"][0]["type"] == "header" and len(slack["blocks"]) <= 50
+    fields = [f["text"] for f in slack["blocks"][2]["fields"]]
+    assert fields == ["*Period:*\nhourly", "*Threshold:*\n$50", "*Actual Cost:*\n$52.34", "*Overage:*\n$2.34"]
+
+    [mail] = smtp.messages
+    assert mail["To"] == "oncall@example.com" and mail["Subject"].startswith("[CRITICAL] LLM Cost Alert")
+    assert "Overage: $2.34" in mail.get_body(("plain",)).get_content()
+    assert "<table>" in mail.get_body(("html",)).get_content()
+    assert smtp.logins == [True]  # the notifier logged in with SMTP_USERNAME / SMTP_PASSWORD
+
+    hook = http.delivered("/hook")[0]
+    headers = hook["headers"]
+    assert verify(WEBHOOK_SECRET.encode(), headers["x-costwarden-timestamp"], hook["body"],
+                  headers["x-costwarden-signature"])
+    assert not verify(b"wrong-secret", headers["x-costwarden-timestamp"], hook["body"], headers["x-costwarden-signature"])
+    assert json.loads(hook["body"])["alerts"][0]["key"] == alert.key
+
+    rows = await eventually(lambda: _sent(stack["pool"], alert.key, 3))
+    assert sorted(r["channel"] for r in rows) == ["email", "slack", "webhook"]
+
+
+async def _sent(pool, key: str, n: int):
+    rows = await pool.fetch("SELECT * FROM alert_deliveries WHERE alert_key = $1 AND status = 'sent'", key)
+    return rows if len(rows) >= n else None
+
+
+async def test_warning_goes_to_slack_not_email(stack):
+    stack["start"]()
+    alert = cost_alert("warning")
+    await publish(stack["js"], alert)
+    assert await eventually(lambda: _sent(stack["pool"], alert.key, 2))
+    await asyncio.sleep(0.5)
+    assert stack["smtp"].messages == []
+    channels = {r["channel"] for r in await stack["pool"].fetch("SELECT channel FROM alert_deliveries")}
+    assert channels == {"slack", "webhook"}
+
+
+async def test_slack_429_and_500s_are_retried_honouring_retry_after(stack):
+    http = stack["http"]
+    http.fail_next("/slack", (429, 1), (500, None), (500, None))
+    stack["start"]()
+    alert = cost_alert("warning")
+    await publish(stack["js"], alert)
+    assert await eventually(lambda: http.delivered("/slack"))
+    slack_calls = [r for r in http.received if r["path"].startswith("/slack")]
+    assert [c["status"] for c in slack_calls] == [429, 500, 500, 200]
+    assert slack_calls[1]["at"] - slack_calls[0]["at"] >= 0.95  # waited as Retry-After asked
+    rows = await stack["pool"].fetch("SELECT attempt, status, error FROM alert_deliveries WHERE alert_key = $1"
+                                     " AND channel = 'slack' ORDER BY attempt", alert.key)
+    assert [(r["attempt"], r["status"], r["error"]) for r in rows] == [
+        (1, "retrying", "HTTP 429"), (2, "retrying", "HTTP 500"), (3, "retrying", "HTTP 500"), (4, "sent", None)]
+
+
+async def test_smtp_4xx_is_retried_and_5xx_is_not(stack):
+    smtp = stack["smtp"]
+    smtp.faults.append("451 4.3.0 try again later")
+    stack["start"]()
+    first = cost_alert()
+    await publish(stack["js"], first)
+    assert await eventually(lambda: smtp.messages)
+    smtp.faults.append("554 5.7.1 rejected")
+    second = cost_alert()
+    await publish(stack["js"], second)
+    rows = await eventually(lambda: _rows(stack["pool"], second.key, "email", "failed"))
+    assert rows[0]["attempt"] == 1 and rows[0]["error"].startswith("SMTP 554")
+    letters = await eventually(lambda: _letters(stack["js"]))
+    letter = next(m for m in letters if second.key in m["payload"])
+    assert letter["subject"] == "alert" and "email delivery failed: SMTP 554" in letter["reason"]
+    assert len(smtp.messages) == 1
+
+
+async def _rows(pool, key, channel, status):
+    rows = await pool.fetch("SELECT * FROM alert_deliveries WHERE alert_key = $1 AND channel = $2 AND status = $3",
+                            key, channel, status)
+    return rows or None
+
+
+async def _letters(js):
+    return [m for m in await stream_messages(js, "DLQ", "dlq.>")] or None
+
+
+async def test_an_alert_published_twice_to_two_replicas_is_delivered_once(stack):
+    stack["start"]()
+    stack["start"]()
+    alert = cost_alert("warning")
+    await publish(stack["js"], alert, msg_id="first")
+    await publish(stack["js"], alert, msg_id="second")  # a second copy that JetStream keeps
+    assert await eventually(lambda: _sent(stack["pool"], alert.key, 2))
+    await asyncio.sleep(2)
+    assert len(stack["http"].delivered("/slack")) == 1 and len(stack["http"].delivered("/hook")) == 1
+    info = await stack["js"].consumer_info("ALERTS", "notifier")
+    assert info.num_pending == 0
+
+
+async def test_a_notifier_killed_mid_delivery_neither_loses_nor_duplicates(stack):
+    http = stack["http"]
+    http.fail_next("/slack", (500, None))
+    notifier = stack["start"](NOTIFY_BACKOFF_INITIAL_S="4", NOTIFY_BACKOFF_MAX_S="4", ALERT_WEBHOOK_URL="",
+                              SMTP_HOST="")
+    alert = cost_alert("warning")
+    await publish(stack["js"], alert)
+    assert await eventually(lambda: http.received), notifier.logs()[-3000:]  # first attempt failed; 4 s to retry
+    notifier.stop(signal.SIGKILL)
+    stack["start"](ALERT_WEBHOOK_URL="", SMTP_HOST="")
+    assert await eventually(lambda: http.delivered("/slack"), timeout_s=40)
+    await asyncio.sleep(1)
+    assert [r["status"] for r in http.received] == [500, 200]
+
+
+async def test_a_burst_of_50_alerts_becomes_a_few_digests(stack):
+    stack["start"](SMTP_HOST="")
+    alerts = [cost_alert("warning", text=f"WARNING: alert number {i}") for i in range(50)]
+    for alert in alerts:
+        await publish(stack["js"], alert)
+        await asyncio.sleep(0.01)
+    assert await eventually(lambda: _all_sent(stack["pool"], 50), timeout_s=30)
+    slack_messages = stack["http"].delivered("/slack")
+    assert 1 <= len(slack_messages) <= 3
+    for message in slack_messages:
+        payload = json.loads(message["body"])
+        assert len(payload["blocks"]) <= 50
+        assert all(len(b["text"]["text"]) <= 3000 for b in payload["blocks"] if b["type"] == "section")
+    assert "costwarden alerts" in json.loads(slack_messages[0]["body"])["text"]
+    assert len(stack["http"].delivered("/hook")) <= 3
+
+
+async def _all_sent(pool, n):
+    return await pool.fetchval("SELECT count(DISTINCT alert_key) FROM alert_deliveries WHERE channel = 'slack'"
+                               " AND status = 'sent'") >= n
+
+
+async def test_resolved_health_alert_follows_the_original(stack):
+    stack["start"]()
+    down = Alert(key="health:redis:down:1", source="health", severity="critical", title="Redis is down",
+                 text="CRITICAL: redis failed 3 checks in a row")
+    await publish(stack["js"], down)
+    assert await eventually(lambda: _sent(stack["pool"], down.key, 3))
+    up = Alert(key="health:redis:down:1:resolved", source="health", severity="resolved", title="Redis is back",
+               text="RESOLVED: redis is healthy again", resolves=down.key)
+    await publish(stack["js"], up)
+    rows = await eventually(lambda: _sent(stack["pool"], up.key, 3))
+    assert sorted(r["channel"] for r in rows) == ["email", "slack", "webhook"]  # email too, as the original
+
+
+async def test_invalid_alerts_are_dead_lettered_and_secrets_stay_out_of_everything(stack):
+    notifier = stack["start"]()
+    await stack["js"].publish("alert.cost.critical", b'{"key": "k", "severity": "apocalyptic"}')
+    stack["http"].fail_next("/slack", (500, None))
+    good = cost_alert()
+    await publish(stack["js"], good)
+    assert await eventually(lambda: _sent(stack["pool"], good.key, 3))
+    letters = await eventually(lambda: _letters(stack["js"]))
+    invalid = next(m for m in letters if m["subject"] == "alert.cost.critical")
+    assert "severity" in invalid["reason"] and invalid["service"] == "notifier"
+
+    deliveries = json.dumps([dict(r) for r in await stack["pool"].fetch("SELECT * FROM alert_deliveries")], default=str)
+    everything = notifier.logs() + deliveries + json.dumps(letters)
+    for secret in ("slack-url-s3cret", WEBHOOK_SECRET, SMTP_PASSWORD):
+        assert secret not in everything
+    metrics = httpx.get(f"{notifier.url}/metrics").text
+    assert 'costwarden_notifier_messages_total{channel="slack",outcome="sent"}' in metrics
