@@ -105,7 +105,7 @@ async def main() -> int:
         env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
 
     services = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
-                "api": settings.api_port}
+                "health": settings.health_port, "api": settings.api_port}
     for name in services:
         processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], env)
     for name, port in services.items():

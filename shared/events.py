@@ -130,6 +130,16 @@ class Alert(Event):
     resolves: str | None = Field(default=None, description="For a resolved alert: the key of the alert it ends.")
 
 
+class HealthChanged(Event):
+    """Published on `health.changed` whenever a dependency's status changes."""
+
+    dependency: str
+    previous: str | None
+    current: str
+    message: str
+    latency_ms: int | None = None
+
+
 class DeadLetter(BaseModel):
     """Published on `dlq.<subject>` for anything a service could not parse or validate."""
 

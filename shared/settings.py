@@ -96,6 +96,15 @@ DEFAULT_ROUTES = [
 ]
 
 
+class HttpCheck(BaseModel):
+    """An extra HTTP dependency the health service watches (the original checked the Supabase API)."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    url: str
+    expect_status: int = 200
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
 class FileConfig(BaseModel):
     """The part of the configuration an operator may replace with COSTWARDEN_CONFIG (YAML)."""
 
@@ -113,6 +122,7 @@ class FileConfig(BaseModel):
         description="USD per 1M tokens charged for a model with no price (the row is marked unpriced).")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     retention_days: int = Field(default=90, gt=0)
+    health_checks: list[HttpCheck] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES),
                                 description="First matching route wins; resolved alerts follow their original.")
 
@@ -187,6 +197,10 @@ class Settings(BaseSettings):
     notify_max_attempts: int = 5
     notify_backoff_initial_s: float = 1.0
     notify_backoff_max_s: float = 20.0
+
+    health_interval_s: float = Field(default=10.0, gt=0)
+    health_check_timeout_s: float = Field(default=3.0, gt=0)
+    health_failure_threshold: int = Field(default=3, ge=1)
 
     costwarden_config: Path | None = None
     log_level: str = "INFO"

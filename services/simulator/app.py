@@ -40,10 +40,8 @@ def create_app(name: str = "simulator") -> Starlette:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and bool(token.strip())
 
-    async def completions(request: Request) -> Response:
-        stats["completions"] += 1
-        if not authorized(request):
-            return _error(401, "missing or invalid API key")
+    async def injected_fault() -> Response | None:
+        """The delay and failure set by POST /_sim/faults, for every API call."""
         if faults["delay_s"]:
             await asyncio.sleep(faults["delay_s"])
         if faults["count"] > 0 and faults["status"]:
@@ -52,6 +50,14 @@ def create_app(name: str = "simulator") -> Starlette:
             if faults["retry_after"] is not None:
                 response.headers["Retry-After"] = str(faults["retry_after"])
             return response
+        return None
+
+    async def completions(request: Request) -> Response:
+        stats["completions"] += 1
+        if not authorized(request):
+            return _error(401, "missing or invalid API key")
+        if fault := await injected_fault():
+            return fault
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
@@ -97,6 +103,8 @@ def create_app(name: str = "simulator") -> Starlette:
         stats["models"] += 1
         if not authorized(request):
             return _error(401, "missing or invalid API key")
+        if fault := await injected_fault():
+            return fault
         return JSONResponse({"object": "list", "data": [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": name} for m in MODELS]})
 

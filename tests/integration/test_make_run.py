@@ -20,11 +20,11 @@ pytestmark = pytest.mark.integration
 def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_path):
     redis_srv, redis_url = redis_server()  # a fresh one: other tests spend 127.0.0.1's anonymous quota
     ports = {name: free_port() for name in ("NATS", "API_PORT", "LIMITER_PORT", "COST_PORT", "NOTIFIER_PORT",
-                                            "SIMULATOR_PORT")}
+                                            "HEALTH_PORT", "SIMULATOR_PORT")}
     env = {k: v for k, v in os.environ.items() if k not in ("TOGETHER_API_KEY", "OPENAI_API_KEY")}
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
                API_PORT=str(ports["API_PORT"]), LIMITER_PORT=str(ports["LIMITER_PORT"]), COST_PORT=str(ports["COST_PORT"]),
-               NOTIFIER_PORT=str(ports["NOTIFIER_PORT"]),
+               NOTIFIER_PORT=str(ports["NOTIFIER_PORT"]), HEALTH_PORT=str(ports["HEALTH_PORT"]),
                SIMULATOR_PORT=str(ports["SIMULATOR_PORT"]))
     log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)
     run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=tmp_path,

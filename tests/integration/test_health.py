@@ -1,0 +1,215 @@
+"""The health service on real servers: outages of a private Redis and Postgres, failing and slow
+providers, transitions and alerts on the bus, and both response formats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import jsonschema
+import nats
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from services.simulator.app import create_app as create_simulator
+from shared.migrate import apply_migrations
+from tests.conftest import set_faults, start_service
+from tests.integration.helpers import stream_messages
+from tests.servers import PostgresServer, ThreadedHttpServer, nats_server, postgres_binaries, redis_server
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(postgres_binaries() is None, reason="needs PostgreSQL server binaries")]
+
+# The response shape of draft-inadarei-api-health-check.
+HEALTH_JSON_SCHEMA = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"enum": ["pass", "fail", "warn"]},
+        "version": {"type": "string"}, "releaseId": {"type": "string"}, "serviceId": {"type": "string"},
+        "description": {"type": "string"}, "notes": {"type": "array"}, "output": {"type": "string"},
+        "checks": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[^:]+(:[^:]+)?$"},
+            "additionalProperties": {"type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "componentId": {"type": "string"}, "componentType": {"type": "string"},
+                    "observedValue": {}, "observedUnit": {"type": "string"},
+                    "status": {"enum": ["pass", "fail", "warn"]},
+                    "time": {"type": "string", "format": "date-time"}, "output": {"type": "string"},
+                },
+                "additionalProperties": False,
+            }},
+        },
+    },
+}
+
+
+async def wait_until(check, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    return None
+
+
+@pytest.fixture
+async def world(base_env, tmp_path):
+    pg = PostgresServer()
+    pg.start()
+    database_url = pg.url.rsplit("/", 1)[0] + "/costwarden"
+    await apply_migrations(database_url)
+    redis_srv, redis_url = redis_server()
+    nats_srv, nats_url = nats_server()
+    together = ThreadedHttpServer(create_simulator("together_ai")).start()
+    openai_sim = ThreadedHttpServer(create_simulator("openai")).start()
+
+    async def slow(request):
+        await asyncio.sleep(5)
+        return PlainTextResponse("late")
+
+    supabase = ThreadedHttpServer(Starlette(routes=[Route("/rest/v1/", slow)])).start()
+    config = tmp_path / "costwarden.yaml"
+    config.write_text(f"health_checks:\n  - {{name: supabase, url: '{supabase.url}/rest/v1/', timeout_s: 1}}\n")
+    env = {**base_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "NATS_URL": nats_url,
+           "TOGETHER_BASE_URL": f"{together.url}/v1", "OPENAI_BASE_URL": f"{openai_sim.url}/v1",
+           "HEALTH_INTERVAL_S": "0.5", "HEALTH_CHECK_TIMEOUT_S": "1", "HEALTH_FAILURE_THRESHOLD": "2",
+           "COSTWARDEN_CONFIG": str(config)}
+    nc = await nats.connect(nats_url)
+    changes: list[dict] = []
+
+    async def on_change(msg):
+        changes.append(json.loads(msg.data))
+
+    await nc.subscribe("health.changed", cb=on_change)
+    health = start_service("health", env, "HEALTH_PORT")
+    client = httpx.AsyncClient(base_url=health.url, timeout=10)
+    yield {"pg": pg, "redis": redis_srv, "together": together, "openai": openai_sim, "client": client,
+           "nc": nc, "changes": changes, "env": env, "health": health}
+    await client.aclose()
+    health.stop()
+    await nc.close()
+    for server in (together, openai_sim, supabase):
+        server.stop()
+    redis_srv.stop()
+    nats_srv.stop()
+    pg.stop()
+
+
+async def dependency(client, name):
+    body = (await client.get("/health/dependencies")).json()
+    return body["dependencies"].get(name)
+
+
+async def test_outages_and_recoveries_change_status_codes_events_and_alerts(world):
+    client, changes = world["client"], world["changes"]
+    assert await wait_until(lambda: _status(client, "/health/startup", 200))
+    body = (await client.get("/health")).json()
+    assert set(body) == {"status", "timestamp", "version", "uptime", "dependencies"}
+    assert body["dependencies"]["database"]["status"] == "healthy"
+    assert body["dependencies"]["database"]["message"] == "Database responding normally"
+    assert body["dependencies"]["togetherAI"]["message"] == "Together.ai API responding normally"
+    assert set(body["dependencies"]["database"]) == {"status", "latency", "message", "lastChecked"}
+    assert body["dependencies"]["supabase"]["status"] == "unhealthy"  # the slow extra dependency
+    assert body["status"] == "degraded" and (await client.get("/health")).status_code == 200
+
+    world["redis"].stop()
+    assert await wait_until(lambda: _status(client, "/health", 503))
+    assert (await dependency(client, "redis"))["status"] == "unhealthy"
+    assert (await client.get("/health/live")).status_code == 200
+    assert (await client.get("/health/ready")).status_code == 200  # Redis is not a readiness dependency
+    world["redis"].start()
+    assert await wait_until(lambda: _status(client, "/health", 200))
+
+    world["pg"].stop()
+    assert await wait_until(lambda: _status(client, "/health/ready", 503))
+    assert (await client.get("/health")).status_code == 503
+    assert (await client.get("/health/live")).status_code == 200
+    world["pg"].start()
+    assert await wait_until(lambda: _status(client, "/health/ready", 200), timeout_s=30)
+
+    redis_changes = [(c["previous"], c["current"]) for c in changes if c["dependency"] == "redis"]
+    assert ("healthy", "unhealthy") in redis_changes and ("unhealthy", "healthy") in redis_changes
+    alerts = await stream_messages(world["nc"].jetstream(), "ALERTS", "alert.>")
+    keys = [(a["key"], a["severity"]) for a in alerts]
+    assert ("health:redis:down", "critical") in keys and ("health:redis:down:resolved", "resolved") in keys
+    assert ("health:database:down", "critical") in keys and ("health:database:down:resolved", "resolved") in keys
+    resolved = next(a for a in alerts if a["key"] == "health:database:down:resolved")
+    assert resolved["resolves"] == "health:database:down"
+    metrics = (await client.get("/metrics")).text
+    assert 'costwarden_dependency_up{dependency="redis"} 1.0' in metrics
+    assert 'costwarden_dependency_latency_seconds{dependency="database"}' in metrics
+
+
+async def _status(client, path, code):
+    try:
+        return (await client.get(path)).status_code == code
+    except httpx.HTTPError:
+        return False
+
+
+async def test_failing_and_slow_providers_while_liveness_stays_up(world):
+    client = world["client"]
+    set_faults(world["openai"], status=500, count=100000)
+    assert await wait_until(lambda: _dep_status(client, "openAI", "unhealthy"))
+    assert (await dependency(client, "openAI"))["message"] == "HTTP 500"
+    body = (await client.get("/health")).json()
+    assert body["status"] in ("degraded",)  # Together.ai still serves: degraded, not failing
+    assert (await client.get("/health/ready")).status_code == 200
+
+    set_faults(world["together"], delay_s=3)
+    assert await wait_until(lambda: _dep_status(client, "togetherAI", "unhealthy"))
+    assert (await dependency(client, "togetherAI"))["message"] == "timed out after 1s"
+    assert (await client.get("/health")).status_code == 503  # no provider left
+    assert (await client.get("/health/live")).status_code == 200
+
+
+async def _dep_status(client, name, status):
+    dep = await dependency(client, name)
+    return dep is not None and dep["status"] == status
+
+
+async def test_health_json_follows_the_draft(world):
+    client = world["client"]
+    assert await wait_until(lambda: _status(client, "/health/startup", 200))
+    response = await client.get("/health", headers={"Accept": "application/health+json"})
+    assert response.headers["content-type"].startswith("application/health+json")
+    document = response.json()
+    jsonschema.validate(document, HEALTH_JSON_SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert document["status"] == "warn"
+    assert document["checks"]["database:responseTime"][0]["status"] == "pass"
+    assert document["checks"]["database:responseTime"][0]["observedUnit"] == "ms"
+    assert document["checks"]["supabase:responseTime"][0]["status"] == "fail"
+
+
+async def test_a_slow_dependency_never_slows_the_endpoints(world):
+    client = world["client"]
+    assert await wait_until(lambda: _status(client, "/health/startup", 200))
+    for path in ("/health", "/health/dependencies", "/health/ready", "/health/live"):
+        started = time.monotonic()
+        await client.get(path)
+        assert time.monotonic() - started < 1.0, path  # the supabase check takes 5 s; the timeout is 1 s
+    assert (await dependency(client, "supabase"))["message"] == "timed out after 1s"
+
+
+async def test_a_provider_without_a_key_is_skipped_not_failed(base_env):
+    nats_srv, nats_url = nats_server()
+    env = {**base_env, "NATS_URL": nats_url, "OPENAI_API_KEY": "", "HEALTH_INTERVAL_S": "0.5"}
+    health = start_service("health", env, "HEALTH_PORT")
+    try:
+        async with httpx.AsyncClient(base_url=health.url) as client:
+            assert await wait_until(lambda: _dep_status(client, "openAI", "skipped"))
+            dep = await dependency(client, "openAI")
+            body = (await client.get("/health")).json()
+    finally:
+        health.stop()
+        nats_srv.stop()
+    assert dep["message"] == "not checked: no OPENAI_API_KEY configured"
+    assert body["status"] == "healthy"
