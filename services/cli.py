@@ -63,6 +63,110 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _backup_run(args: argparse.Namespace) -> int:
+    import nats
+
+    from shared.events import BackupRequested
+    from shared.subjects import BACKUP_REQUESTED, ensure_streams
+
+    settings = get_settings()
+    request = BackupRequested(restore_test=args.restore_test)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await js.publish(BACKUP_REQUESTED, request.model_dump_json().encode(), stream="BACKUP",
+                         headers={"Nats-Msg-Id": request.id})
+    finally:
+        await nc.close()
+    print(f"backup requested ({request.id})")
+    if not args.wait:
+        return 0
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        for _ in range(int(args.timeout * 2)):
+            row = await conn.fetchrow("SELECT status, object_key, size_bytes, sha256, error FROM backup_logs"
+                                      " WHERE request_id = $1", request.id)
+            if row and row["status"] != "running":
+                break
+            await asyncio.sleep(0.5)
+        else:
+            print("no result yet; see backup_logs", file=sys.stderr)
+            return 1
+    finally:
+        await conn.close()
+    if row["status"] == "success":
+        print(f"{row['object_key']}  {row['size_bytes']} bytes  sha256 {row['sha256']}")
+        return 0
+    print(f"backup failed: {row['error']}", file=sys.stderr)
+    return 1
+
+
+def _store():
+    from services.backup.app import make_store
+
+    return make_store(get_settings())
+
+
+async def _backup_list(args: argparse.Namespace) -> int:
+    store = _store()
+    backups = await asyncio.to_thread(store.list_backups)
+    for backup in backups:
+        manifest = await asyncio.to_thread(store.manifest, backup.name) if backup.complete else None
+        size = f"{manifest.size_bytes:>14,} bytes" if manifest else " " * 20
+        state = "complete" if backup.complete else "INCOMPLETE (no manifest)"
+        print(f"{backup.name}  {backup.created_at:%Y-%m-%d %H:%M:%S}Z  {size}  {state}")
+    if not backups:
+        print("no backups under the prefix")
+    return 0
+
+
+async def _restore(args: argparse.Namespace) -> int:
+    from services.backup.pipeline import BackupError, restore
+    from services.backup.worker import table_row_counts
+
+    settings = get_settings()
+    store = _store()
+    target = args.target or settings.backup_database_url or settings.database_url
+    if args.latest:
+        complete = [b for b in await asyncio.to_thread(store.list_backups) if b.complete]
+        if not complete:
+            print("no complete backup to restore", file=sys.stderr)
+            return 1
+        name = complete[-1].name
+    else:
+        name = args.file
+    manifest = await asyncio.to_thread(store.manifest, name)
+    if manifest is None:
+        print(f"{name} has no manifest: it is missing or incomplete; refusing to restore it", file=sys.stderr)
+        return 1
+    conn = await asyncpg.connect(target)
+    try:
+        tables = await conn.fetchval("SELECT count(*) FROM pg_stat_user_tables")
+    finally:
+        await conn.close()
+    if tables and not args.force:
+        print(f"the target database has {tables} tables; restore into an empty database or pass --force "
+              "(which drops and recreates what the backup contains)", file=sys.stderr)
+        return 1
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        print(f"\rrestoring {name}: {done[0] * 100 // max(manifest.size_bytes, 1):3d}%", end="", file=sys.stderr)
+
+    print(f"verifying {name} ({manifest.size_bytes:,} bytes) against its SHA-256", file=sys.stderr)
+    try:
+        await asyncio.to_thread(restore, store, name, target, manifest.sha256, bool(tables), settings.pg_restore_path,
+                                progress)
+    except BackupError as exc:
+        print(f"\nrestore refused or failed: {exc}", file=sys.stderr)
+        return 1
+    counts = await table_row_counts(target)
+    print(f"\nrestored {name}: {len(counts)} tables, {sum(counts.values())} rows")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="costwarden", description="costwarden control plane")
     commands = root.add_subparsers(dest="command", required=True)
@@ -83,6 +187,23 @@ def parser() -> argparse.ArgumentParser:
     listing = keys.add_parser("list", help="list keys (prefixes only)")
     listing.add_argument("--user")
     listing.set_defaults(handler=_keys_list)
+
+    backup = commands.add_parser("backup", help="database backups").add_subparsers(dest="backup_command",
+                                                                                  required=True)
+    run = backup.add_parser("run", help="ask the backup worker for a backup now")
+    run.add_argument("--restore-test", action="store_true", help="also restore it into a scratch database")
+    run.add_argument("--wait", action="store_true", help="wait for the result")
+    run.add_argument("--timeout", type=float, default=3600)
+    run.set_defaults(handler=_backup_run)
+    backup.add_parser("list", help="list the backups in S3").set_defaults(handler=_backup_list)
+
+    restore = commands.add_parser("restore", help="restore a backup (checksum verified first)")
+    which = restore.add_mutually_exclusive_group(required=True)
+    which.add_argument("--latest", action="store_true", help="the newest complete backup")
+    which.add_argument("--file", help="a backup's name, as `backup list` prints it")
+    restore.add_argument("--target", help="DATABASE_URL to restore into (default: DATABASE_URL)")
+    restore.add_argument("--force", action="store_true", help="restore into a database that has tables")
+    restore.set_defaults(handler=_restore)
     return root
 
 

@@ -106,6 +106,10 @@ async def main() -> int:
 
     services = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
                 "health": settings.health_port, "api": settings.api_port}
+    if settings.s3_backup_bucket:
+        services["backup"] = settings.backup_port
+    else:
+        log.info("no S3_BACKUP_BUCKET set: the backup worker is not started")
     for name in services:
         processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], env)
     for name, port in services.items():

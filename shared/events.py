@@ -140,6 +140,29 @@ class HealthChanged(Event):
     latency_ms: int | None = None
 
 
+class BackupRequested(Event):
+    """Published on `backup.requested` (by `costwarden backup run`)."""
+
+    restore_test: bool = False
+
+
+class BackupTick(Event):
+    """Published on `schedule.backup` once per cron slot; the slot is also the Nats-Msg-Id."""
+
+    slot: str
+
+
+class BackupCompleted(Event):
+    """Published on `backup.completed` after a verified backup."""
+
+    name: str
+    key: str
+    sha256: str
+    size_bytes: int
+    duration_s: float
+    tables: dict[str, int] | None = None
+
+
 class DeadLetter(BaseModel):
     """Published on `dlq.<subject>` for anything a service could not parse or validate."""
 

@@ -202,6 +202,20 @@ class Settings(BaseSettings):
     health_check_timeout_s: float = Field(default=3.0, gt=0)
     health_failure_threshold: int = Field(default=3, ge=1)
 
+    s3_backup_bucket: str | None = None
+    s3_backup_prefix: str = Field(default="database-backups", min_length=1, pattern=r"^[^/].*[^/]$|^[^/]$")
+    aws_region: str | None = None
+    backup_database_url: str | None = Field(default=None, description="What to back up; DATABASE_URL if unset.")
+    backup_sse: Literal["AES256", "aws:kms"] = "AES256"
+    backup_kms_key_id: str | None = None
+    backup_storage_class: str = "STANDARD_IA"
+    backup_part_size_mb: int = Field(default=16, ge=5)
+    backup_schedule: str = "0 2 * * *"
+    backup_retention_days: int = Field(default=90, ge=1)
+    backup_keep_last: int = Field(default=7, ge=1)
+    pg_dump_path: str = "pg_dump"
+    pg_restore_path: str = "pg_restore"
+
     costwarden_config: Path | None = None
     log_level: str = "INFO"
 

@@ -54,3 +54,16 @@ def test_routes_pick_channels_by_severity_and_source():
     routes = [Route(severities=["critical"], sources=["backup"], channels=["email"]), *DEFAULT_ROUTES]
     assert channels_for(alert(source="backup"), routes, configured) == ["email"]
     assert channels_for(alert(source="cost"), routes, configured) == ["slack", "email", "webhook"]
+
+
+def test_backup_slots_follow_the_cron_schedule():
+    from datetime import UTC, datetime
+
+    from services.backup.app import next_slot
+    from services.backup.store import backup_name, created_at_of
+
+    after = datetime(2026, 11, 27, 2, 0, 0, tzinfo=UTC)
+    assert next_slot("0 2 * * *", after) == datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+    assert next_slot("0 2 * * *", datetime(2026, 11, 27, 1, 59, tzinfo=UTC)) == after
+    assert backup_name(after) == "costwarden_backup_20261127_020000.dump.gz"
+    assert created_at_of(backup_name(after)) == after and created_at_of("notes.txt") is None

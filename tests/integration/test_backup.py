@@ -1,0 +1,275 @@
+"""The backup worker against a real Postgres and an S3-compatible server on loopback (moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from services.backup.retention import StoredBackup, to_delete
+from services.backup.store import Manifest, S3BackupStore, backup_name
+from services.backup.worker import BackupBusy, BackupWorker
+from tests.conftest import _with_database, start_service
+from tests.servers import free_port, nats_server
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "costwarden-test-backups"
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+def store(prefix: str = "database-backups", part_size: int = 5 * 1024 * 1024, bucket: str = BUCKET) -> S3BackupStore:
+    return S3BackupStore(bucket, prefix, "us-east-1", "AES256", None, "STANDARD_IA", part_size)
+
+
+async def fill(database_url: str, rows: int = 20_000) -> None:
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("""CREATE TABLE sample (id int PRIMARY KEY, name text, amount numeric(12,4),
+                          at timestamptz, payload jsonb)""")
+    await conn.execute("""INSERT INTO sample SELECT i, md5(i::text), i * 1.2345, timestamptz '2024-01-01' + i * interval '1 minute',
+                          jsonb_build_object('i', i, 'r', md5((i * 7)::text)) FROM generate_series(1, $1) AS i""", rows)
+    await conn.execute("""INSERT INTO api_keys (key_hash, key_prefix, user_id, tier) VALUES ('h1', 'cw_1', 'alice', 'pro')""")
+    await conn.close()
+
+
+async def fingerprint(database_url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {
+            "sample": await conn.fetchval("SELECT md5(string_agg(s::text, ',' ORDER BY id)) FROM sample s"),
+            "api_keys": await conn.fetchval("SELECT md5(string_agg(k::text, ',' ORDER BY id)) FROM api_keys k"),
+            "migrations": await conn.fetchval("SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"),
+        }
+    finally:
+        await conn.close()
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.completed, self.alerts = [], []
+
+    async def on_completed(self, event) -> None:
+        self.completed.append(event)
+
+    async def on_alert(self, alert) -> None:
+        self.alerts.append(alert)
+
+
+@pytest.fixture
+async def source(fresh_database):
+    await fill(fresh_database)
+    pool = await asyncpg.create_pool(fresh_database, min_size=1, max_size=4)
+    yield fresh_database, pool
+    await pool.close()
+
+
+def worker(pool, database_url, s3: S3BackupStore, captured: Captured, pg_dump: str = "pg_dump",
+           clock=lambda: datetime.now(UTC)) -> BackupWorker:
+    return BackupWorker(pool, s3, database_url, 90, 2, pg_dump, "pg_restore", captured.on_completed,
+                        captured.on_alert, clock=clock)
+
+
+@pytest.fixture
+async def empty_database(pg_server_url):
+    name = f"costwarden_restore_{os.urandom(4).hex()}"
+    admin = await asyncpg.connect(_with_database(pg_server_url, "postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(pg_server_url, name)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_backup_list_restore_gives_identical_data(s3_env, source, empty_database, pg_server_url):
+    database_url, pool = source
+    captured = Captured()
+    s3 = store(prefix="roundtrip", part_size=5 * 1024 * 1024)
+    assert await worker(pool, database_url, s3, captured).run("manual", request_id="r1", restore_test=True) == "success"
+
+    [log] = await pool.fetch("SELECT * FROM backup_logs")
+    assert log["status"] == "success" and log["size_bytes"] > 0 and len(log["sha256"]) == 64
+    [event] = captured.completed
+    assert event.tables["public.sample"] == 20_000 and event.tables["public.api_keys"] == 1
+    head = s3.head(event.name)
+    assert head["Metadata"]["sha256"] == log["sha256"] and head["ContentLength"] == log["size_bytes"]
+    assert head["ServerSideEncryption"] == "AES256" and head.get("StorageClass") == "STANDARD_IA"
+    assert s3.manifest(event.name).sha256 == log["sha256"]
+
+    env = {"S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "roundtrip", **s3_env}
+    listing = cli("backup", "list", env=env)
+    assert listing.returncode == 0 and event.name in listing.stdout and "complete" in listing.stdout
+    restored = cli("restore", "--latest", "--target", empty_database, env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert "restored" in restored.stdout and "100%" in restored.stderr
+    assert await fingerprint(empty_database) == await fingerprint(database_url)
+    again = cli("restore", "--latest", "--target", empty_database, env=env)
+    assert again.returncode == 1 and "--force" in again.stderr
+    forced = cli("restore", "--file", event.name, "--target", empty_database, "--force", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert await fingerprint(empty_database) == await fingerprint(database_url)
+
+
+async def test_a_flipped_byte_makes_restore_refuse(s3_env, source, empty_database):
+    database_url, pool = source
+    s3 = store(prefix="flipped")
+    captured = Captured()
+    await worker(pool, database_url, s3, captured).run("manual")
+    name = captured.completed[0].name
+    client = boto3.client("s3")
+    data = bytearray(client.get_object(Bucket=BUCKET, Key=s3.key(name))["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    client.put_object(Bucket=BUCKET, Key=s3.key(name), Body=bytes(data))
+    result = cli("restore", "--file", name, "--target", empty_database,
+                 env={"S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "flipped", **s3_env})
+    assert result.returncode == 1
+    assert "does not match its recorded SHA-256" in result.stderr and "nothing restored" in result.stderr
+    conn = await asyncpg.connect(empty_database)
+    assert await conn.fetchval("SELECT count(*) FROM pg_stat_user_tables") == 0
+    await conn.close()
+
+
+async def test_a_missing_manifest_is_refused(s3_env, source, empty_database):
+    database_url, pool = source
+    s3 = store(prefix="nomanifest")
+    captured = Captured()
+    await worker(pool, database_url, s3, captured).run("manual")
+    name = captured.completed[0].name
+    boto3.client("s3").delete_object(Bucket=BUCKET, Key=s3.manifest_key(name))
+    env = {"S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "nomanifest", **s3_env}
+    assert "INCOMPLETE" in cli("backup", "list", env=env).stdout
+    result = cli("restore", "--file", name, "--target", empty_database, env=env)
+    assert result.returncode == 1 and "has no manifest" in result.stderr
+    assert cli("restore", "--latest", "--target", empty_database, env=env).returncode == 1
+
+
+async def test_a_dump_killed_midway_leaves_no_complete_looking_backup(s3_env, source, tmp_path):
+    database_url, pool = source
+    script = tmp_path / "pg_dump_dies"
+    script.write_text("#!/bin/sh\npg_dump \"$@\" | head -c 20000\necho 'pg_dump: killed' >&2\nexit 1\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    s3 = store(prefix="killed")
+    captured = Captured()
+    assert await worker(pool, database_url, s3, captured, pg_dump=str(script)).run("manual") == "failed"
+    assert s3.list_backups() == []
+    uploads = boto3.client("s3").list_multipart_uploads(Bucket=BUCKET, Prefix="killed/").get("Uploads", [])
+    assert uploads == []  # aborted, nothing left to complete later
+    [log] = await pool.fetch("SELECT status, error FROM backup_logs")
+    assert log["status"] == "failed" and "pg_dump failed (exit 1)" in log["error"]
+    [alert] = captured.alerts
+    assert alert.severity == "critical" and alert.source == "backup" and "pg_dump failed" in alert.text
+    assert captured.completed == []
+
+
+async def test_wrong_bucket_is_a_clear_failure(s3_env, source):
+    database_url, pool = source
+    captured = Captured()
+    result = await worker(pool, database_url, store(bucket="no-such-bucket"), captured).run("manual")
+    assert result == "failed"
+    error = await pool.fetchval("SELECT error FROM backup_logs")
+    assert error.startswith("S3 HeadBucket failed: 404")
+    assert "no-such-bucket" in captured.alerts[0].text or "404" in captured.alerts[0].text
+
+
+async def test_one_backup_at_a_time_and_one_run_per_slot(s3_env, source):
+    database_url, pool = source
+    s3 = store(prefix="slots")
+    first, second = Captured(), Captured()
+    results = await asyncio.gather(worker(pool, database_url, s3, first).run("schedule", slot="2026-11-27T02:00"),
+                                   worker(pool, database_url, s3, second).run("schedule", slot="2026-11-27T02:00"),
+                                   return_exceptions=True)
+    # one ran; the other found it running (BackupBusy: its trigger is retried) or found the slot done
+    assert results.count("success") == 1
+    assert all(r == "success" or r is None or isinstance(r, BackupBusy) for r in results)
+    assert await worker(pool, database_url, s3, Captured()).run("schedule", slot="2026-11-27T02:00") is None
+    assert await pool.fetchval("SELECT count(*) FROM backup_logs WHERE slot = '2026-11-27T02:00'") == 1
+
+
+def test_retention_keeps_the_newest_and_the_minimum(s3_env):
+    s3 = store(prefix="retention")
+    client = boto3.client("s3")
+    now = datetime(2026, 11, 27, 3, tzinfo=UTC)
+    ages = [200, 150, 120, 95, 91, 30, 1]
+    for days in ages:
+        name = backup_name(now - timedelta(days=days))
+        client.put_object(Bucket=BUCKET, Key=s3.key(name), Body=b"x")
+        s3.write_manifest(Manifest(name=name, key=s3.key(name), sha256="0" * 64, size_bytes=1,
+                                   started_at="", finished_at="", database="d"))
+    orphan = backup_name(now - timedelta(days=3))
+    client.put_object(Bucket=BUCKET, Key=s3.key(orphan), Body=b"partial")
+    client.put_object(Bucket=BUCKET, Key="other-team/costwarden_backup_20200101_000000.dump.gz", Body=b"keep")
+    backups = s3.list_backups()
+    doomed = to_delete(backups, now, timedelta(days=90), keep_last=3)
+    # older than 90 days: 200, 150, 120, 95 and 91; the 3 newest (1, 30, 91) are kept whatever their age
+    assert doomed == sorted([backup_name(now - timedelta(days=d)) for d in (200, 150, 120, 95)] + [orphan])
+    for name in doomed:
+        s3.delete(name)
+    left = {b.name for b in s3.list_backups()}
+    assert left == {backup_name(now - timedelta(days=d)) for d in (91, 30, 1)}
+    assert client.get_object(Bucket=BUCKET, Key="other-team/costwarden_backup_20200101_000000.dump.gz")
+    # however old, the newest complete backup stays
+    only_old = [StoredBackup("a", now - timedelta(days=400), True), StoredBackup("b", now - timedelta(days=300), True)]
+    assert to_delete(only_old, now, timedelta(days=90), keep_last=1) == ["a"]
+
+
+async def test_the_worker_process_runs_requests_and_dedups_schedule_ticks(s3_env, base_env, source):
+    database_url, pool = source
+    nats_srv, nats_url = nats_server()
+    env = {**base_env, **s3_env, "NATS_URL": nats_url, "DATABASE_URL": database_url,
+           "S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "service"}
+    service = start_service("backup", env, "BACKUP_PORT")
+    try:
+        result = await asyncio.to_thread(cli, "backup", "run", "--wait", "--timeout", "60", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "service/costwarden_backup_" in result.stdout
+        import nats
+
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        tick = b'{"slot": "2026-11-28T02:00:00+00:00"}'
+        for msg_id in ("backup:2026-11-28T02:00:00+00:00", "backup:2026-11-28T02:00:00+00:00", "another-id"):
+            await js.publish("schedule.backup", tick, headers={"Nats-Msg-Id": msg_id})
+        for _ in range(200):
+            row = await pool.fetchrow("SELECT status FROM backup_logs WHERE slot = '2026-11-28T02:00:00+00:00'")
+            if row and row["status"] != "running":
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+        assert row["status"] == "success"
+        assert await pool.fetchval("SELECT count(*) FROM backup_logs WHERE slot IS NOT NULL") == 1
+        completed = await js.pull_subscribe("backup.completed", stream="BACKUP")
+        messages = await completed.fetch(10, timeout=2)
+        assert len(messages) == 2
+        await nc.close()
+    finally:
+        service.stop()
+        nats_srv.stop()
