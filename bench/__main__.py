@@ -7,6 +7,7 @@ same run (`python -m bench ledger` runs one part only).
    the limiter's p99 at half its own peak load.
 3. Cost ledger: llm.completed events/s from JetStream into Postgres (ledger rows, rollups, threshold
    checks) for one cost process, beside nats-py's raw pull-consume-and-ack rate on the same stream.
+4. Backup: the streamed backup of a 500 MB database beside `pg_dump | gzip` (bench/backup_bench.py).
 
 Everything runs on loopback: private nats-server and redis-server, a scratch Postgres database, the
 LLM simulator as the upstream. Results are printed and written to bench/results/latest.txt.
@@ -257,6 +258,10 @@ async def main() -> None:
             await bench_limiter(env, lines)
         if not only or "ledger" in only:
             await bench_ledger(env, lines)
+        if not only or "backup" in only:
+            from bench.backup_bench import bench_backup
+
+            await bench_backup(lines)
     finally:
         nats_srv.stop()
         redis_srv.stop()
