@@ -1,5 +1,5 @@
 """The backup and restore pipelines: pg_dump → gzip → SHA-256 → S3 multipart upload, streamed with no
-temporary file and one part in memory; and the way back. Blocking code, run in a worker thread."""
+temporary file and at most two parts in memory; and the way back. Blocking code, run in a worker thread."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,9 +66,12 @@ class Uploaded:
 def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump: str = "pg_dump",
                     compress_level: int = 6) -> Uploaded:
     """Stream a dump into a multipart upload; on any failure abort the upload, so that no partial object
-    is left (and no manifest is written: the backup is not complete)."""
+    is left (and no manifest is written: the backup is not complete). One part uploads while the next
+    is being compressed: at most two parts are in memory."""
     dsn, env = libpq_target(database_url)
     upload_id = store.begin_upload(name)
+    uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-upload")
+    in_flight: Future | None = None
     try:
         process = subprocess.Popen([pg_dump, "--format=custom", "--compress=0", "--no-owner", "--dbname", dsn],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -76,7 +80,11 @@ def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump:
         digest, size, buffer, parts = hashlib.sha256(), 0, bytearray(), []
 
         def upload(part: bytes) -> None:
-            parts.append(store.upload_part(name, upload_id, len(parts) + 1, part))
+            """Hand the part to the uploader thread and go on compressing; at most one part waits."""
+            nonlocal in_flight
+            if in_flight is not None:
+                parts.append(in_flight.result())
+            in_flight = uploader.submit(store.upload_part, name, upload_id, len(parts) + 1, part)
 
         def emit(data: bytes) -> None:
             nonlocal size
@@ -93,12 +101,17 @@ def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump:
         if code != 0:
             raise BackupError(f"pg_dump failed (exit {code}): {errors.text()}")
         emit(compressor.flush())
-        if buffer or not parts:
+        if buffer or (not parts and in_flight is None):
             upload(bytes(buffer))
+        parts.append(in_flight.result())
         store.finish_upload(name, upload_id, parts)
     except BaseException:
+        if in_flight is not None:
+            in_flight.cancel()
         store.abort_upload(name, upload_id)
         raise
+    finally:
+        uploader.shutdown(wait=True)
     return Uploaded(digest.hexdigest(), size, len(parts))
 
 
