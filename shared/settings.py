@@ -189,6 +189,7 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
+    smtp_ca_file: str | None = Field(default=None, description="CA bundle to verify the SMTP server (STARTTLS).")
     alert_webhook_url: SecretStr | None = None
     alert_webhook_secret: SecretStr | None = None
     notify_repeat_interval_s: float = 4 * 3600

@@ -64,7 +64,7 @@ class _MailHandler:
 class SmtpSink:
     """aiosmtpd on a free port, accepting AUTH LOGIN/PLAIN for one user without TLS (loopback only)."""
 
-    def __init__(self, username: str = "alerts", password: str = "smtp-pass-s3cret") -> None:
+    def __init__(self, username: str = "alerts", password: str = "smtp-pass-s3cret", tls_context=None) -> None:
         self.messages = []
         self.logins = []
         self.faults: list[str] = []  # SMTP replies to give before accepting, e.g. "451 try later"
@@ -74,9 +74,39 @@ class SmtpSink:
             ok = auth_data.login.decode() == username and auth_data.password.decode() == password
             return AuthResult(success=ok)
 
+        tls = {"tls_context": tls_context, "require_starttls": True} if tls_context else {}
         self.controller = Controller(_MailHandler(self), hostname="127.0.0.1", port=self.port,
-                                     authenticator=authenticate, auth_require_tls=False)
+                                     authenticator=authenticate, auth_require_tls=tls_context is not None, **tls)
         self.controller.start()
 
     def stop(self) -> None:
         self.controller.stop()
+
+
+def self_signed_tls(directory) -> tuple:
+    """A certificate for 127.0.0.1 and the server's TLS context; returns (context, certificate path)."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "smtp.pem", directory / "smtp.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context, cert_path

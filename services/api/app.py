@@ -38,6 +38,7 @@ from services.api.providers import ProviderClient, ProviderRouter, ProvidersFail
 from services.api.ratelimit_headers import ratelimit_headers, too_many_requests
 from services.api.requests import (
     AgentQuery,
+    AgentRequest,
     ChatCompletionRequest,
     ChatMessage,
     LongFormRequest,
@@ -287,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for name, routes in config.models.items()
         ]}
 
-    async def agent_call(request: Request, body: AgentQuery | LongFormRequest, text: str, endpoint: str,
+    async def agent_call(request: Request, body: AgentRequest, text: str, endpoint: str,
                          policy: Policy, default_max_tokens: int) -> JSONResponse:
         caller = await caller_of(request)
         model = body.model or config.default_model

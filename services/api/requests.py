@@ -35,26 +35,26 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class AgentQuery(BaseModel):
+class AgentRequest(BaseModel):
+    """What the original /api/agent/* endpoints accept besides their text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, max_length=256)
+    max_tokens: int | None = None
+    session_id: str | None = Field(default=None, max_length=256)
+
+
+class AgentQuery(AgentRequest):
     """Body of the original POST /api/agent/query."""
 
-    model_config = ConfigDict(extra="forbid")
-
     query: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    model: str | None = Field(default=None, max_length=256)
-    max_tokens: int | None = None
-    session_id: str | None = Field(default=None, max_length=256)
 
 
-class LongFormRequest(BaseModel):
+class LongFormRequest(AgentRequest):
     """Body of the original POST /api/agent/generate-long-form (strict policy)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    model: str | None = Field(default=None, max_length=256)
-    max_tokens: int | None = None
-    session_id: str | None = Field(default=None, max_length=256)
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> int:

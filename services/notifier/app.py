@@ -41,7 +41,7 @@ def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Any
     if settings.smtp_host and settings.alert_email:
         channels["email"] = EmailChannel(settings.smtp_host, settings.smtp_port, settings.alert_email_from,
                                          settings.alert_email, settings.smtp_username, settings.smtp_password,
-                                         settings.smtp_starttls, settings.smtp_timeout_s)
+                                         settings.smtp_starttls, settings.smtp_timeout_s, settings.smtp_ca_file)
     if _set(settings.alert_webhook_url):
         secret = settings.alert_webhook_secret if _set(settings.alert_webhook_secret) else None
         channels["webhook"] = WebhookChannel(settings.alert_webhook_url, secret, http)

@@ -253,3 +253,49 @@ async def test_invalid_alerts_are_dead_lettered_and_secrets_stay_out_of_everythi
         assert secret not in everything
     metrics = httpx.get(f"{notifier.url}/metrics").text
     assert 'costwarden_notifier_messages_total{channel="slack",outcome="sent"}' in metrics
+
+
+async def test_starttls_and_login_when_configured(base_env, fresh_database, tmp_path):
+    from tests.sinks import self_signed_tls
+
+    context, cert = self_signed_tls(tmp_path)
+    smtp = SmtpSink(password=SMTP_PASSWORD, tls_context=context)
+    nats_srv, nats_url = nats_server()
+    env = {**base_env, "NATS_URL": nats_url, "DATABASE_URL": fresh_database, "SMTP_HOST": "127.0.0.1",
+           "SMTP_PORT": str(smtp.port), "SMTP_USERNAME": "alerts", "SMTP_PASSWORD": SMTP_PASSWORD,
+           "ALERT_EMAIL": "oncall@example.com", "NOTIFY_BACKOFF_INITIAL_S": "0.2", "NOTIFY_MAX_ATTEMPTS": "2"}
+    plain = start_service("notifier", {**env, "SMTP_STARTTLS": "false"}, "NOTIFIER_PORT")
+    nc = await nats.connect(nats_url)
+    pool = await asyncpg.create_pool(fresh_database)
+    try:
+        refused = cost_alert()
+        await publish(nc.jetstream(), refused)
+        rows = await eventually(lambda: _rows(pool, refused.key, "email", "failed"))
+        # the server offers AUTH only after STARTTLS, so a plain session cannot log in
+        assert rows and "AUTH extension is not supported" in rows[0]["error"]
+        plain.stop()
+        secure = start_service("notifier", {**env, "SMTP_STARTTLS": "true", "SMTP_CA_FILE": str(cert)},
+                               "NOTIFIER_PORT")
+        delivered = cost_alert()
+        await publish(nc.jetstream(), delivered)
+        assert await eventually(lambda: smtp.messages)
+        assert smtp.logins == [True]
+        secure.stop()
+    finally:
+        await nc.close()
+        await pool.close()
+        smtp.stop()
+        nats_srv.stop()
+
+
+async def test_the_same_alert_notifies_again_only_after_the_repeat_interval(stack):
+    stack["start"](NOTIFY_REPEAT_INTERVAL_S="3", SMTP_HOST="", ALERT_WEBHOOK_URL="")
+    alert = cost_alert("warning")
+    await publish(stack["js"], alert)
+    assert await eventually(lambda: len(stack["http"].delivered("/slack")) == 1)
+    await publish(stack["js"], alert)  # within the interval: not again
+    await asyncio.sleep(1.5)
+    assert len(stack["http"].delivered("/slack")) == 1
+    await asyncio.sleep(2)
+    await publish(stack["js"], alert)  # the condition still holds after the interval: remind
+    assert await eventually(lambda: len(stack["http"].delivered("/slack")) == 2)
