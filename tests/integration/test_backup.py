@@ -273,3 +273,40 @@ async def test_the_worker_process_runs_requests_and_dedups_schedule_ticks(s3_env
     finally:
         service.stop()
         nats_srv.stop()
+
+
+async def test_two_scheduler_replicas_trigger_each_slot_once(s3_env, base_env, source):
+    """Both replicas publish a tick for every slot (here every 3 seconds); each slot runs once."""
+    database_url, pool = source
+    nats_srv, nats_url = nats_server()
+    env = {**base_env, **s3_env, "NATS_URL": nats_url, "DATABASE_URL": database_url, "S3_BACKUP_BUCKET": BUCKET,
+           "S3_BACKUP_PREFIX": "scheduled", "BACKUP_SCHEDULE": "* * * * * */3"}
+    replicas = [start_service("backup", env, "BACKUP_PORT") for _ in range(2)]
+    try:
+        for _ in range(150):
+            done = await pool.fetchval("SELECT count(*) FROM backup_logs WHERE status = 'success'")
+            if done >= 3:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        for replica in replicas:
+            replica.stop()
+    import nats
+
+    nc = await nats.connect(nats_url)
+    ticks = (await nc.jetstream().stream_info("SCHEDULE")).state.messages
+    await nc.close()
+    nats_srv.stop()
+    slots = [r["slot"] for r in await pool.fetch("SELECT slot FROM backup_logs ORDER BY slot")]
+    assert len(slots) >= 3 and len(slots) == len(set(slots))
+    assert ticks == len(slots) or ticks == len(slots) + 1  # one tick per slot (a last one may be in flight)
+
+
+async def test_kms_encryption_when_configured(s3_env, source):
+    database_url, pool = source
+    key_id = boto3.client("kms").create_key(Description="costwarden backups")["KeyMetadata"]["KeyId"]
+    s3 = S3BackupStore(BUCKET, "kms", "us-east-1", "aws:kms", key_id, "STANDARD_IA", 5 * 1024 * 1024)
+    captured = Captured()
+    assert await worker(pool, database_url, s3, captured).run("manual") == "success"
+    head = s3.head(captured.completed[0].name)
+    assert head["ServerSideEncryption"] == "aws:kms" and key_id in head["SSEKMSKeyId"]
