@@ -63,8 +63,6 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("DLQ", ("dlq.>",), max_age_s=30 * DAY_S),
 )
 
-STREAM_BY_NAME = {spec.name: spec for spec in STREAMS}
-
 
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create every stream that is missing and bring existing ones to these definitions."""

@@ -98,9 +98,6 @@ class ProviderClient:
     async def open_stream(self, payload: Mapping[str, Any]) -> httpx.Response:
         return await self._send(payload, stream=True)
 
-    async def list_models(self) -> httpx.Response:
-        return await self.http.get("models")
-
     async def aclose(self) -> None:
         await self.http.aclose()
 

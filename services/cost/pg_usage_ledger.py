@@ -133,12 +133,6 @@ class PgUsageLedger:
                 await conn.execute("UPDATE cost_alerts SET published_at = now() WHERE id = $1", row["id"])
         return len(rows)
 
-    async def month_to_date(self, now: datetime) -> Decimal:
-        value = await self.pool.fetchval(
-            "SELECT cost FROM llm_cost_rollups WHERE period = 'month' AND dimension = 'all' AND key = ''"
-            " AND bucket = $1", bucket_start("month", now))
-        return value or Decimal(0)
-
     async def cleanup(self, retention_days: int) -> list[str]:
         rows = await self.pool.fetch("SELECT cleanup_old_llm_usage($1) AS name", timedelta(days=retention_days))
         self._checked.clear()
