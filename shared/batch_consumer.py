@@ -142,7 +142,6 @@ class BatchConsumer(Generic[E]):
             delay = min(self.max_backoff_s, 0.5 * 2 ** min(self.failures_in_a_row, 8))
             log.warning("storing %d events from %s failed (%s); redelivery in %.1fs",
                         len(events), self.durable, type(exc).__name__, delay)
-            heartbeat.cancel()
             for msg in accepted:
                 await msg.nak(delay=delay)
             await self._sleep(delay)

@@ -75,7 +75,7 @@ def make_service_app(
 
 
 def serve(factory: str, port: int, host: str = "127.0.0.1") -> None:
-    """Run a service's ASGI app factory ("module:function") under uvicorn; SIGTERM drains in-flight work.
+    """Run an ASGI app factory ("module:function") under uvicorn; SIGTERM drains in-flight work.
 
     uvicorn's own X-Forwarded-For handling is off: the gateway decides which proxies it trusts.
     """
@@ -83,3 +83,11 @@ def serve(factory: str, port: int, host: str = "127.0.0.1") -> None:
 
     uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S))
+
+
+def serve_service(name: str) -> None:
+    """`python -m services.<name>`: services/<name>/app.py:create_app on the port <NAME>_PORT."""
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    serve(f"services.{name}.app:create_app", getattr(settings, f"{name}_port"), settings.host)

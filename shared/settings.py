@@ -234,6 +234,11 @@ class Settings(BaseSettings):
         return FileConfig.model_validate(raw)
 
 
+def is_set(secret: SecretStr | None) -> bool:
+    """A secret setting counts as given only when it is not empty (KEY= in a .env file is "off")."""
+    return secret is not None and bool(secret.get_secret_value())
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()

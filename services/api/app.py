@@ -47,7 +47,7 @@ from services.api.requests import (
 from shared.events import LimitDecision, Policy
 from shared.logs import configure_logging
 from shared.service_app import run_readiness
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, is_set
 from shared.subjects import COST_QUERY, ensure_streams
 
 SERVICE = "api"
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         clients = {}
         for name, base_url, key in (("together_ai", settings.together_base_url, settings.together_api_key),
                                     ("openai", settings.openai_base_url, settings.openai_api_key)):
-            if key is not None and key.get_secret_value():
+            if is_set(key):
                 clients[name] = ProviderClient(name, base_url, key, settings.provider_timeout_s,
                                                settings.provider_connect_timeout_s)
         return clients

@@ -60,7 +60,6 @@ class _Drain(threading.Thread):
 class Uploaded:
     sha256: str
     size_bytes: int
-    parts: int
 
 
 def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump: str = "pg_dump",
@@ -112,7 +111,7 @@ def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump:
         raise
     finally:
         uploader.shutdown(wait=True)
-    return Uploaded(digest.hexdigest(), size, len(parts))
+    return Uploaded(digest.hexdigest(), size)
 
 
 def _feed(argv: list[str], chunks: Iterable[bytes], env: dict[str, str],

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from services.health.status import CheckResult
+from shared.settings import is_set
 
 Probe = Callable[[], Awaitable[str]]  # returns the message for a healthy result, raises otherwise
 SLOW_FRACTION = 0.8  # answering in more than this share of the timeout counts as degraded
@@ -80,7 +81,7 @@ def nats_probe(nc: Nats) -> Probe:
 def provider_probe(http: httpx.AsyncClient, label: str, base_url: str, key: SecretStr | None, env_name: str,
                    healthy_message: str) -> Probe:
     async def probe() -> str:
-        if key is None or not key.get_secret_value():
+        if not is_set(key):
             raise SkippedCheck(f"not checked: no {env_name} configured")
         response = await http.get(f"{base_url.rstrip('/')}/models",
                                   headers={"Authorization": f"Bearer {key.get_secret_value()}"})

@@ -1,5 +1,3 @@
-from shared.service_app import serve
-from shared.settings import get_settings
+from shared.service_app import serve_service
 
-settings = get_settings()
-serve("services.limiter.app:create_app", settings.limiter_port, settings.host)
+serve_service("limiter")

@@ -1,5 +1,3 @@
-from shared.service_app import serve
-from shared.settings import get_settings
+from shared.service_app import serve_service
 
-settings = get_settings()
-serve("services.notifier.app:create_app", settings.notifier_port, settings.host)
+serve_service("notifier")

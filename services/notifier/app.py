@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 import httpx
 from faststream.asgi import AsgiFastStream
-from pydantic import SecretStr
 
 from services.notifier.channels import EmailChannel, SlackChannel, WebhookChannel
 from services.notifier.notifier import Notifier
@@ -20,7 +19,7 @@ from shared.bus import jetstream, make_broker, publish_dead_letter
 from shared.events import Alert
 from shared.logs import configure_logging
 from shared.service_app import make_service_app
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, is_set
 from shared.subjects import ALERTS, ensure_streams
 
 SERVICE = "notifier"
@@ -29,21 +28,17 @@ DELIVERY_FAILED_SUBJECT = "alert"  # final delivery failures go to dlq.alert
 log = logging.getLogger(__name__)
 
 
-def _set(secret: SecretStr | None) -> bool:
-    return secret is not None and bool(secret.get_secret_value())
-
-
 def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Any]:
     """The channels whose settings are given; an empty value counts as not given."""
     channels: dict[str, Any] = {}
-    if _set(settings.slack_webhook_url):
+    if is_set(settings.slack_webhook_url):
         channels["slack"] = SlackChannel(settings.slack_webhook_url, http)
     if settings.smtp_host and settings.alert_email:
         channels["email"] = EmailChannel(settings.smtp_host, settings.smtp_port, settings.alert_email_from,
                                          settings.alert_email, settings.smtp_username, settings.smtp_password,
                                          settings.smtp_starttls, settings.smtp_timeout_s, settings.smtp_ca_file)
-    if _set(settings.alert_webhook_url):
-        secret = settings.alert_webhook_secret if _set(settings.alert_webhook_secret) else None
+    if is_set(settings.alert_webhook_url):
+        secret = settings.alert_webhook_secret if is_set(settings.alert_webhook_secret) else None
         channels["webhook"] = WebhookChannel(settings.alert_webhook_url, secret, http)
     return channels
 
