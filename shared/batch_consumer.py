@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -28,6 +27,10 @@ from shared.bus import describe_invalid, malformed_json_reason, publish_dead_let
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=BaseModel)
+
+# After a linger, what has arrived is already at the client or answers a no-wait pull at once;
+# this only bounds the wait when nothing has.
+LINGER_COLLECT_TIMEOUT_S = 0.05
 
 
 class BatchConsumer(Generic[E]):
@@ -100,15 +103,15 @@ class BatchConsumer(Generic[E]):
                 await self._handle(messages)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """One batch. With `linger_s`, a batch that is not full keeps filling for that long after its
-        first message, so that a burst is handled together (the notifier's digests)."""
+        """One batch. With `linger_s`, a batch that is not full waits that long after its first message
+        and then takes everything that arrived meanwhile, so that a burst is handled together (the
+        notifier's digests) with one pull request per batch rather than one per message."""
         if self._stopping.is_set():
             return []
         messages = await self._fetch_some(sub, self.batch_size, self.fetch_timeout_s)
-        if messages and self.linger_s > 0:
-            deadline = time.monotonic() + self.linger_s
-            while len(messages) < self.batch_size and (left := deadline - time.monotonic()) > 0.01:
-                messages += await self._fetch_some(sub, self.batch_size - len(messages), left)
+        if messages and self.linger_s > 0 and len(messages) < self.batch_size:
+            await self._sleep(self.linger_s)
+            messages += await self._fetch_some(sub, self.batch_size - len(messages), LINGER_COLLECT_TIMEOUT_S)
         return messages
 
     async def _fetch_some(self, sub: JetStreamContext.PullSubscription, n: int, timeout_s: float) -> list[Msg]:

@@ -9,6 +9,7 @@ from typing import Any
 from faststream import BaseMiddleware
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import ValidationError
@@ -49,6 +50,11 @@ async def publish_dead_letter(js: JetStreamContext, subject: str, payload: bytes
 def jetstream(broker: NatsBroker) -> JetStreamContext:
     """The JetStream context of a connected FastStream broker."""
     return broker.config.connection_state.stream
+
+
+def nats_client(broker: NatsBroker) -> Nats:
+    """The nats-py connection of a connected FastStream broker."""
+    return broker.config.connection_state.connection
 
 
 def dead_letter_middleware(service: str) -> type[BaseMiddleware]:

@@ -79,16 +79,15 @@ class CompletionPublisher:
         self.attempts = attempts
 
     async def publish(self, event: LlmCompleted) -> bool:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            retry=retry_if_exception_type((nats.errors.Error, asyncio.TimeoutError)),
+            reraise=True,
+        )
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential(multiplier=0.1, max=1.0),
-                retry=retry_if_exception_type((nats.errors.Error, asyncio.TimeoutError)),
-                reraise=True,
-            ):
-                with attempt:
-                    await self.js.publish(LLM_COMPLETED, event.model_dump_json().encode(), stream="LLM",
-                                          headers={"Nats-Msg-Id": event.request_id}, timeout=2.0)
+            await retrying(self.js.publish, LLM_COMPLETED, event.model_dump_json().encode(), stream="LLM",
+                           headers={"Nats-Msg-Id": event.request_id}, timeout=2.0)
         except (TimeoutError, nats.errors.Error) as exc:
             UNPUBLISHED.inc()
             log.error("could not publish llm.completed for %s: %s", event.request_id, type(exc).__name__)

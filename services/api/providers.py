@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from services.api.breaker import CircuitBreaker
 from shared.settings import ModelRoute
@@ -65,8 +65,9 @@ class ProviderClient:
     def __init__(self, name: str, base_url: str, api_key: SecretStr, timeout_s: float, connect_timeout_s: float,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = name
+        # An absolute URL parsed once: httpx would otherwise parse and join a relative one on every call.
+        self.completions_url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
@@ -74,7 +75,7 @@ class ProviderClient:
         )
 
     async def _send(self, payload: Mapping[str, Any], stream: bool) -> httpx.Response:
-        request = self.http.build_request("POST", "chat/completions", json=payload)
+        request = self.http.build_request("POST", self.completions_url, json=payload)
         try:
             response = await self.http.send(request, stream=stream)
         except httpx.TimeoutException as exc:
@@ -125,10 +126,18 @@ class ProviderRouter:
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait_exponential_jitter(initial=self.retry_initial_s, max=self.retry_max_s),
+            wait=(wait_exponential(multiplier=self.retry_initial_s, max=self.retry_max_s)
+                  + wait_random(0, self.retry_initial_s)),
             retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
             reraise=True,
         )
+
+    @staticmethod
+    async def _attempt(client: ProviderClient, model: str, payload: Mapping[str, Any], stream: bool) -> ProviderCall:
+        upstream_payload = {**payload, "model": model}
+        if stream:
+            return ProviderCall(client.name, model, stream=await client.open_stream(upstream_payload))
+        return ProviderCall(client.name, model, body=await client.complete(upstream_payload))
 
     async def call(self, routes: Sequence[ModelRoute], payload: Mapping[str, Any], stream: bool) -> ProviderCall:
         errors: list[ProviderError] = []
@@ -141,16 +150,8 @@ class ProviderRouter:
             if not breaker.allow():
                 skipped.append(route.provider)
                 continue
-            upstream_payload = {**payload, "model": route.model}
             try:
-                async for attempt in self._retrying():
-                    with attempt:
-                        if stream:
-                            result = ProviderCall(route.provider, route.model,
-                                                  stream=await client.open_stream(upstream_payload))
-                        else:
-                            result = ProviderCall(route.provider, route.model,
-                                                  body=await client.complete(upstream_payload))
+                result = await self._retrying()(self._attempt, client, route.model, payload, stream)
             except ProviderError as exc:
                 errors.append(exc)
                 if exc.retryable:

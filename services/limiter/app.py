@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
+import nats.errors
 from faststream.asgi import AsgiFastStream
 from redis.asyncio import Redis
 
@@ -11,14 +14,16 @@ from services.limiter.pg_violation_log import PgViolationLog
 from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.batch_consumer import BatchConsumer
-from shared.bus import jetstream, make_broker
+from shared.bus import jetstream, make_broker, nats_client
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
+from shared.request_responder import RequestResponder
 from shared.service_app import make_service_app
 from shared.settings import Settings, get_settings
 from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, ensure_streams
 
 SERVICE = "limiter"
+log = logging.getLogger(__name__)
 DECISION_WORKERS = 64
 # Settlements and violation records wait this long to fill a batch: fewer, larger round trips that
 # take less time away from decisions on the same event loop.
@@ -39,17 +44,18 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     policy = LimitPolicy(config.tiers, config.price_catalog(),
                          settings.default_max_tokens, settings.reservation_cap_tokens)
     limiter = Limiter(policy, RedisLimiterStore(redis, settings.reservation_ttl_s), settings.limiter_failure_mode)
-    consumers: list[BatchConsumer] = []
+    consumers: list[BatchConsumer | RequestResponder] = []
     pools: list[asyncpg.Pool] = []
 
-    @broker.subscriber(LLM_REQUEST, queue=LIMITER_QUEUE, max_workers=DECISION_WORKERS,
-                       title="llm.request", description="Grant or deny one LLM call (request-reply).")
     async def decide(request: LimitRequest) -> LimitDecision:
         decision = await limiter.decide(request)
         if not decision.allowed and decision.limited_by != "unavailable":
             violation = violation_of(request, decision)
-            await broker.publish(violation.model_dump_json(), LIMIT_VIOLATION, stream="LIMITS",
-                                 headers={"Nats-Msg-Id": violation.id})
+            try:
+                await jetstream(broker).publish(LIMIT_VIOLATION, violation.model_dump_json().encode(),
+                                                stream="LIMITS", headers={"Nats-Msg-Id": violation.id})
+            except (nats.errors.Error, TimeoutError) as exc:  # the caller still gets its denial
+                log.warning("could not publish limit.violation for %s: %s", request.request_id, type(exc).__name__)
         return decision
 
     async def redis_ready() -> None:
@@ -67,6 +73,8 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     async def start_consumers() -> None:
         js = jetstream(broker)
         consumers.extend([
+            RequestResponder(nats_client(broker), js, subject=LLM_REQUEST, queue=LIMITER_QUEUE,
+                             model=LimitRequest, handle=decide, service=SERVICE, max_in_flight=DECISION_WORKERS),
             BatchConsumer(js, stream="LLM", subject=LLM_COMPLETED, durable="limiter-settlement",
                           model=LlmCompleted, store=limiter.settle, service=SERVICE, linger_s=BACKGROUND_LINGER_S),
             BatchConsumer(js, stream="LIMITS", subject=LIMIT_VIOLATION, durable="limiter-violations",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from decimal import Decimal
 
 import pytest
@@ -46,12 +47,35 @@ async def test_three_replicas_and_500_concurrent_callers_never_exceed_the_limit(
             replica.stop()
 
 
+async def test_a_replica_told_to_stop_mid_stream_answers_every_request_it_took(base_env, limiter, nc):
+    second = start_service("limiter", base_env, "LIMITER_PORT")
+    user = unique("drain")
+    pending: list[asyncio.Task] = []
+
+    async def steady_stream(seconds: float) -> None:
+        for _ in range(int(seconds * 400)):
+            pending.append(asyncio.create_task(nc.request("llm.request", ask(user, tier="enterprise"), timeout=5)))
+            await asyncio.sleep(1 / 400)
+
+    stream = asyncio.create_task(steady_stream(1.0))
+    await asyncio.sleep(0.4)
+    took = received_requests(second)
+    second.process.send_signal(signal.SIGTERM)
+    await stream
+    replies = await asyncio.gather(*pending, return_exceptions=True)
+    assert await asyncio.to_thread(second.process.wait, 30) in (0, -signal.SIGTERM)
+    assert took > 0, "the second replica had a share of the stream before it was told to stop"
+    failures = [r for r in replies if isinstance(r, BaseException)]
+    assert not failures, failures[:3]
+    assert all(LimitDecision.model_validate_json(r.data).allowed for r in replies)
+
+
 def received_requests(service) -> float:
     import httpx
 
     metrics = httpx.get(f"{service.url}/metrics").text
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("faststream_received_messages_total") and 'handler="llm.request"' in line)
+               if line.startswith("costwarden_requests_handled_seconds_count") and 'subject="llm.request"' in line)
 
 
 def tight_policy(tokens_per_minute: int = 1000, budget: str = "1.00") -> LimitPolicy:
