@@ -6,6 +6,7 @@ service's own /health/live, /health/ready and /metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -158,7 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gateway=Gateway(
                 LimiterClient(nc, settings.limiter_request_timeout_s, settings.limiter_failure_mode),
                 ProviderRouter(clients, breakers, settings.provider_max_retries),
-                CompletionPublisher(js),
+                CompletionPublisher(nc, js),
                 config.models,
             ),
         )
@@ -166,7 +167,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await state["gateway"].drain()
-            await nc.drain()
+            try:
+                await nc.drain()
+            except nats.errors.Error:  # NATS is away; nats-py may then fail to flush to the dead socket
+                with contextlib.suppress(RuntimeError):
+                    await nc.close()
             await pool.close()
 
     app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan)

@@ -160,3 +160,44 @@ async def test_a_provider_rejecting_the_request_is_not_retried_or_failed_over(fl
     assert response.status_code == 502
     assert "together_ai: HTTP 400" in response.json()["error"]["message"]
     assert sim_stats(together)["completions"] == 1 and sim_stats(openai_sim)["completions"] == 0
+
+
+async def test_calls_served_while_nats_is_down_reach_the_stream_once_it_is_back(base_env, database_url):
+    """With the bus away (limiter failing open), calls are still answered, and their llm.completed
+    events wait in the gateway's backlog until NATS is back, then land in the stream once each."""
+    import nats
+
+    from tests.servers import nats_server
+
+    nats_srv, nats_url = nats_server()
+    api = start_service("api", {**base_env, "NATS_URL": nats_url, "LIMITER_FAILURE_MODE": "open"}, "API_PORT")
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            before = await client.post("/api/agent/query", json={"query": "before the outage"})
+            nats_srv.stop()
+            during = [await client.post("/api/agent/query", json={"query": f"during {i}"}) for i in range(3)]
+            backlog_during = metric(await client.get("/metrics"), "costwarden_api_unpublished_backlog")
+            nats_srv.start()
+            ids = {r.json()["requestId"] for r in [before, *during]}
+            nc = await nats.connect(nats_url)
+            try:
+                for _ in range(100):
+                    events = await completed_events(nc, ids)
+                    if len(events) >= len(ids):
+                        break
+                    await asyncio.sleep(0.2)
+            finally:
+                await nc.close()
+            backlog_after = metric(await client.get("/metrics"), "costwarden_api_unpublished_backlog")
+    finally:
+        api.stop()
+        nats_srv.stop()
+    assert [r.status_code for r in [before, *during]] == [200, 200, 200, 200]
+    assert backlog_during == 3 and backlog_after == 0
+    assert sorted(e["request_id"] for e in events) == sorted(ids)
+    assert "backlog of unpublished llm.completed events cleared" in api.logs()
+
+
+def metric(response: httpx.Response, name: str) -> float:
+    [value] = [float(line.rsplit(" ", 1)[1]) for line in response.text.splitlines() if line.startswith(name + " ")]
+    return value
