@@ -10,6 +10,9 @@ in ~0.35 ms; `python -m bench limiter` prints both), which alone would use a fif
 - what cannot be parsed or validated gets a JSON error reply (the caller does not wait for a
   timeout) and a dead letter on `dlq.<subject>` with the reason;
 - `stop()` stops taking requests and waits for the ones in flight.
+
+A handler that raises sends no answer: the caller's timeout then applies its own failure mode, as it
+would if no replica were running.
 """
 
 from __future__ import annotations
