@@ -70,6 +70,33 @@ async def test_a_replica_told_to_stop_mid_stream_answers_every_request_it_took(b
     assert all(LimitDecision.model_validate_json(r.data).allowed for r in replies)
 
 
+async def test_the_limiter_answers_again_after_nats_restarts(base_env):
+    import nats
+
+    from tests.servers import nats_server
+
+    nats_srv, nats_url = nats_server()
+    limiter = start_service("limiter", {**base_env, "NATS_URL": nats_url}, "LIMITER_PORT")
+    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    try:
+        before = await nc.request("llm.request", ask(unique()), timeout=5)
+        nats_srv.stop()
+        nats_srv.start()
+        after = None
+        for _ in range(40):
+            try:
+                after = await nc.request("llm.request", ask(unique()), timeout=1)
+                break
+            except Exception:  # reconnecting: the client or the limiter is not back yet
+                await asyncio.sleep(0.25)
+    finally:
+        await nc.close()
+        limiter.stop()
+        nats_srv.stop()
+    assert LimitDecision.model_validate_json(before.data).allowed
+    assert after is not None and LimitDecision.model_validate_json(after.data).allowed
+
+
 def received_requests(service) -> float:
     import httpx
 
