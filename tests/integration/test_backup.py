@@ -95,6 +95,13 @@ def worker(pool, database_url, s3: S3BackupStore, captured: Captured, pg_dump: s
                         captured.on_alert, clock=clock)
 
 
+async def one_backup(pool, database_url, s3: S3BackupStore) -> str:
+    """Run one manual backup that must succeed; its object's name."""
+    captured = Captured()
+    assert await worker(pool, database_url, s3, captured).run("manual") == "success"
+    return captured.completed[0].name
+
+
 @pytest.fixture
 async def empty_database(pg_server_url):
     name = f"costwarden_restore_{os.urandom(4).hex()}"
@@ -142,9 +149,7 @@ async def test_backup_list_restore_gives_identical_data(s3_env, source, empty_da
 async def test_a_flipped_byte_makes_restore_refuse(s3_env, source, empty_database):
     database_url, pool = source
     s3 = store(prefix="flipped")
-    captured = Captured()
-    await worker(pool, database_url, s3, captured).run("manual")
-    name = captured.completed[0].name
+    name = await one_backup(pool, database_url, s3)
     client = boto3.client("s3")
     data = bytearray(client.get_object(Bucket=BUCKET, Key=s3.key(name))["Body"].read())
     data[len(data) // 2] ^= 0xFF
@@ -161,9 +166,7 @@ async def test_a_flipped_byte_makes_restore_refuse(s3_env, source, empty_databas
 async def test_a_missing_manifest_is_refused(s3_env, source, empty_database):
     database_url, pool = source
     s3 = store(prefix="nomanifest")
-    captured = Captured()
-    await worker(pool, database_url, s3, captured).run("manual")
-    name = captured.completed[0].name
+    name = await one_backup(pool, database_url, s3)
     boto3.client("s3").delete_object(Bucket=BUCKET, Key=s3.manifest_key(name))
     env = {"S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "nomanifest", **s3_env}
     assert "INCOMPLETE" in cli("backup", "list", env=env).stdout
@@ -306,7 +309,5 @@ async def test_kms_encryption_when_configured(s3_env, source):
     database_url, pool = source
     key_id = boto3.client("kms").create_key(Description="costwarden backups")["KeyMetadata"]["KeyId"]
     s3 = S3BackupStore(BUCKET, "kms", "us-east-1", "aws:kms", key_id, "STANDARD_IA", 5 * 1024 * 1024)
-    captured = Captured()
-    assert await worker(pool, database_url, s3, captured).run("manual") == "success"
-    head = s3.head(captured.completed[0].name)
+    head = s3.head(await one_backup(pool, database_url, s3))
     assert head["ServerSideEncryption"] == "aws:kms" and key_id in head["SSEKMSKeyId"]
