@@ -2,9 +2,13 @@
 same run (`python -m bench ledger` runs one part only).
 
 1. Gateway: latency p50/p99 and requests/s of calls through the gateway (limiter and llm.completed
-   publishing on) beside the same calls made straight to the same local upstream.
-2. Limiter: decisions/s of `llm.request` beside a bare FastStream echo handler on the same NATS, then
-   the limiter's p99 at half its own peak load.
+   publishing on) beside the same calls made straight to the same local upstream, and beside a bare
+   relay that makes the same three round trips with no code of ours (bench/bare_gateway.py): the floor
+   that this machine puts under any gateway built this way.
+2. Limiter: decisions/s of `llm.request` beside a bare FastStream echo handler and a bare nats-py echo
+   on the same NATS; p50/p99 under open-loop load beside the nats-py echo at the same rate; and one
+   round trip back to back beside one after the machine was idle, which is what each hop of a
+   sequential gateway call pays.
 3. Cost ledger: llm.completed events/s from JetStream into Postgres (ledger rows, rollups, threshold
    checks) for one cost process, beside nats-py's raw pull-consume-and-ack rate on the same stream.
 4. Backup: the streamed backup of a 500 MB database beside `pg_dump | gzip` (bench/backup_bench.py).
@@ -85,7 +89,13 @@ def start_script(name: str, env: dict[str, str], args: list[str], port: int | No
 async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]) -> None:
     upstream_port = free_port()
     upstream = start_script("simulator", env, ["-m", "services.simulator", "--port", str(upstream_port)], upstream_port)
+    direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
     env = {**env, "TOGETHER_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1", "TOGETHER_API_KEY": "bench"}
+    nats_echo = start_script("nats-echo", env, ["-m", "bench.nats_echo", env["NATS_URL"]])
+    bare_port = free_port()
+    bare = start_script("bare-gateway", {**env, "BENCH_UPSTREAM_URL": direct_url},
+                        ["-c", f"from shared.service_app import serve; serve('bench.bare_gateway:create_app', {bare_port})"],
+                        bare_port)
     limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(free_port())}, 0)
     limiter.port = int(limiter.env["LIMITER_PORT"])
     limiter.start()
@@ -95,31 +105,32 @@ async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]
         conn = await asyncpg.connect(database_url)
         key = await create_key(conn, "bench-user", "enterprise")
         await conn.close()
-        direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        gateway_url = f"{api.url}/v1/chat/completions"
-        direct_headers = {"Authorization": "Bearer bench"}
-        gateway_headers = {"Authorization": f"Bearer {key}"}
-        direct: list[float] = []
-        through: list[float] = []
+        targets = {"direct": (direct_url, {"Authorization": "Bearer bench"}),
+                   "bare": (f"{bare.url}/v1/chat/completions", {}),
+                   "gateway": (f"{api.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"})}
+        latencies: dict[str, list[float]] = {name: [] for name in targets}
         async with httpx.AsyncClient(timeout=30) as client:
-            await sequential_latencies(client, direct_url, direct_headers, 200)
-            await sequential_latencies(client, gateway_url, gateway_headers, 200)
-            for _ in range(5):  # interleaved rounds, so drift hits both sides alike
-                direct += await sequential_latencies(client, direct_url, direct_headers, 300)
-                through += await sequential_latencies(client, gateway_url, gateway_headers, 300)
-        direct_rps = await throughput(direct_url, direct_headers, 3000, 32)
-        gateway_rps = await throughput(gateway_url, gateway_headers, 3000, 32)
+            for url, headers in targets.values():
+                await sequential_latencies(client, url, headers, 200)
+            for _ in range(5):  # interleaved rounds, so drift hits every target alike
+                for name, (url, headers) in targets.items():
+                    latencies[name] += await sequential_latencies(client, url, headers, 300)
+        rates = {name: await throughput(url, headers, 3000, 32) for name, (url, headers) in targets.items()}
     finally:
-        api.stop()
-        limiter.stop()
-        upstream.stop()
-    d50, d99, g50, g99 = pct(direct, .5), pct(direct, .99), pct(through, .5), pct(through, .99)
+        for process in (api, limiter, bare, nats_echo, upstream):
+            process.stop()
+    p50 = {name: pct(values, .5) for name, values in latencies.items()}
+    p99 = {name: pct(values, .99) for name, values in latencies.items()}
     lines += [
         "gateway (1500 sequential calls each, then 3000 calls at concurrency 32):",
-        f"  direct to upstream   p50 {d50:6.2f} ms   p99 {d99:6.2f} ms   {direct_rps:7.0f} req/s",
-        f"  through the gateway  p50 {g50:6.2f} ms   p99 {g99:6.2f} ms   {gateway_rps:7.0f} req/s",
-        f"  added latency        p50 {g50 - d50:6.2f} ms   p99 {g99 - d99:6.2f} ms   "
-        f"throughput ratio {gateway_rps / direct_rps:.2f}x",
+        f"  direct to upstream   p50 {p50['direct']:6.2f} ms   p99 {p99['direct']:6.2f} ms   {rates['direct']:7.0f} req/s",
+        f"  bare relay (floor)   p50 {p50['bare']:6.2f} ms   p99 {p99['bare']:6.2f} ms   {rates['bare']:7.0f} req/s",
+        f"  through the gateway  p50 {p50['gateway']:6.2f} ms   p99 {p99['gateway']:6.2f} ms   {rates['gateway']:7.0f} req/s",
+        f"  added by the floor   p50 {p50['bare'] - p50['direct']:6.2f} ms   p99 {p99['bare'] - p99['direct']:6.2f} ms",
+        f"  added latency        p50 {p50['gateway'] - p50['direct']:6.2f} ms   p99 {p99['gateway'] - p99['direct']:6.2f} ms"
+        f"   throughput ratio {rates['gateway'] / rates['direct']:.2f}x",
+        f"  gateway above floor  p50 {p50['gateway'] - p50['bare']:6.2f} ms   "
+        f"added latency {(p50['gateway'] - p50['direct']) / (p50['bare'] - p50['direct']):.2f}x the floor's",
     ]
 
 
@@ -162,6 +173,18 @@ async def open_loop(nc, subject: str, payloads: list[bytes], rate: float) -> lis
     return latencies
 
 
+async def idle_gap_round_trips(nc, subject: str, payloads: list[bytes], gap_s: float) -> list[float]:
+    """Sequential round trips with the machine idle for `gap_s` before each one: what a hop costs
+    when the process it wakes was asleep, as in a gateway call, whose hops each wait for the last."""
+    latencies = []
+    for payload in payloads:
+        await asyncio.sleep(gap_s)
+        started = time.perf_counter()
+        await nc.request(subject, payload, timeout=10)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
 def limit_requests(n: int) -> list[bytes]:
     return [LimitRequest(request_id=uuid.uuid4().hex, user_id=f"bench-{i % 1000}", tier="enterprise",
                          model="meta-llama/Llama-3-8b-chat-hf", prompt_tokens_estimate=10,
@@ -185,20 +208,29 @@ async def bench_limiter(env: dict[str, str], lines: list[str]) -> None:
         open_loops = []
         for label, rate in (("half the FastStream echo's peak", echo_rps / 2),
                             ("half the limiter's own peak", limiter_rps / 2)):
-            latencies = await open_loop(nc, "llm.request", limit_requests(int(rate * 5)), rate)
-            open_loops.append(f"  limiter at {rate:5.0f} req/s ({label}, {len(latencies)} requests)"
-                              f"   p50 {pct(latencies, .5):.2f} ms   p99 {pct(latencies, .99):.2f} ms")
+            payloads = limit_requests(int(rate * 5))
+            open_loops.append(f"  at {rate:5.0f} req/s, {label} ({len(payloads)} requests each):")
+            for name, subject in (("nats-py echo", "bench.nats-echo"), ("limiter", "llm.request")):
+                latencies = await open_loop(nc, subject, payloads, rate)
+                open_loops.append(f"    {name:<13} p50 {pct(latencies, .5):5.2f} ms   p99 {pct(latencies, .99):5.2f} ms")
+        wake_ups = ["  sequential round trips (1000 each), back to back and after 5 ms idle:"]
+        for name, subject in (("nats-py echo", "bench.nats-echo"), ("limiter", "llm.request")):
+            busy = await idle_gap_round_trips(nc, subject, limit_requests(1000), 0)
+            idle = await idle_gap_round_trips(nc, subject, limit_requests(1000), 0.005)
+            wake_ups.append(f"    {name:<13} p50 {pct(busy, .5):5.2f} ms back to back   {pct(idle, .5):5.2f} ms after idle")
     finally:
         await nc.close()
         for process in (limiter, nats_echo, echo):
             process.stop()
     lines += [
-        f"limiter ({n} requests at concurrency 64 each; then open-loop load for 5 s at two rates):",
+        f"limiter ({n} requests at concurrency 64 each; then open-loop load for 5 s at two rates,"
+        " beside the nats-py echo at the same rate):",
         f"  bare FastStream echo  {echo_rps:7.0f} req/s",
         f"  bare nats-py echo     {nats_echo_rps:7.0f} req/s",
         f"  limiter decisions     {limiter_rps:7.0f} req/s   ratio {limiter_rps / echo_rps:.2f}x the FastStream echo, "
         f"{limiter_rps / nats_echo_rps:.2f}x the nats-py echo",
         *open_loops,
+        *wake_ups,
     ]
 
 
