@@ -96,9 +96,8 @@ async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]
     bare = start_script("bare-gateway", {**env, "BENCH_UPSTREAM_URL": direct_url},
                         ["-c", f"from shared.service_app import serve; serve('bench.bare_gateway:create_app', {bare_port})"],
                         bare_port)
-    limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(free_port())}, 0)
-    limiter.port = int(limiter.env["LIMITER_PORT"])
-    limiter.start()
+    limiter_port = free_port()
+    limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(limiter_port)}, limiter_port).start()
     api_port = free_port()
     api = ServiceProcess("api", {**env, "API_PORT": str(api_port)}, api_port).start()
     try:

@@ -36,12 +36,13 @@ def create_app(name: str = "simulator") -> Starlette:
     faults: dict[str, Any] = {"status": None, "count": 0, "delay_s": 0.0, "retry_after": None}
     stats = {"completions": 0, "models": 0}
 
-    def authorized(request: Request) -> bool:
+    async def refusal(request: Request, endpoint: str) -> Response | None:
+        """Count the call; then what answers it before its body is read: a missing key (401), or the
+        delay and failure set by POST /_sim/faults."""
+        stats[endpoint] += 1
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and bool(token.strip())
-
-    async def injected_fault() -> Response | None:
-        """The delay and failure set by POST /_sim/faults, for every API call."""
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "missing or invalid API key")
         if faults["delay_s"]:
             await asyncio.sleep(faults["delay_s"])
         if faults["count"] > 0 and faults["status"]:
@@ -53,11 +54,8 @@ def create_app(name: str = "simulator") -> Starlette:
         return None
 
     async def completions(request: Request) -> Response:
-        stats["completions"] += 1
-        if not authorized(request):
-            return _error(401, "missing or invalid API key")
-        if fault := await injected_fault():
-            return fault
+        if refused := await refusal(request, "completions"):
+            return refused
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
@@ -100,11 +98,8 @@ def create_app(name: str = "simulator") -> Starlette:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     async def models(request: Request) -> Response:
-        stats["models"] += 1
-        if not authorized(request):
-            return _error(401, "missing or invalid API key")
-        if fault := await injected_fault():
-            return fault
+        if refused := await refusal(request, "models"):
+            return refused
         return JSONResponse({"object": "list", "data": [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": name} for m in MODELS]})
 
