@@ -65,8 +65,14 @@ async def sequential_latencies(client: httpx.AsyncClient, url: str, headers: dic
     return out
 
 
+# Below uvicorn's 5 s keep-alive timeout: a pooled connection reused just as the server closes it
+# would fail the run with a ReadError.
+KEEPALIVE_EXPIRY_S = 2.0
+
+
 async def throughput(url: str, headers: dict, total: int, concurrency: int) -> float:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=KEEPALIVE_EXPIRY_S)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         queue = iter(range(total))
 
         async def worker() -> None:
@@ -108,7 +114,7 @@ async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]
                    "bare": (f"{bare.url}/v1/chat/completions", {}),
                    "gateway": (f"{api.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"})}
         latencies: dict[str, list[float]] = {name: [] for name in targets}
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)) as client:
             for url, headers in targets.values():
                 await sequential_latencies(client, url, headers, 200)
             for _ in range(5):  # interleaved rounds, so drift hits every target alike

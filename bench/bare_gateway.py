@@ -38,7 +38,7 @@ def create_app():
                     state["nc"] = nc = await nats.connect(os.environ["NATS_URL"])
                     state["js"] = js = nc.jetstream()
                     await js.add_stream(name=STREAM, subjects=[SUBJECT], max_msgs=100_000)
-                    state["http"] = httpx.AsyncClient(timeout=30)
+                    state["http"] = httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=2.0))
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await state["http"].aclose()
