@@ -40,6 +40,7 @@ class Event(BaseModel):
 
 
 Policy = Literal["standard", "strict"]
+UsageSource = Literal["provider", "estimated"]
 
 
 class LimitRequest(Event):
@@ -98,6 +99,10 @@ class LlmCompleted(Event):
     error: str | None = Field(default=None, max_length=2000)
     latency_ms: int = Field(ge=0)
     tags: dict[str, str] = Field(default_factory=dict)
+    usage_source: UsageSource = Field(
+        default="provider",
+        description="provider: the provider's own usage; estimated: counted by the sender because the provider "
+                    "sent none (stream abandoned or broken, usage omitted).")
 
 
 class LimitViolation(Event):

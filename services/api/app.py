@@ -6,6 +6,7 @@ service's own /health/live, /health/ready and /metrics.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -37,14 +38,8 @@ from services.api.callers import (
 from services.api.gateway import CallContext, CompletionPublisher, Gateway, LimiterClient, UnknownModel
 from services.api.providers import ProviderClient, ProviderRouter, ProvidersFailed
 from services.api.ratelimit_headers import ratelimit_headers, too_many_requests
-from services.api.requests import (
-    AgentQuery,
-    AgentRequest,
-    ChatCompletionRequest,
-    ChatMessage,
-    LongFormRequest,
-    estimate_prompt_tokens,
-)
+from services.api.requests import AgentQuery, AgentRequest, ChatCompletionRequest, LongFormRequest
+from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from shared.events import LimitDecision, Policy
 from shared.logs import configure_logging
 from shared.service_app import run_readiness
@@ -77,6 +72,18 @@ class ApiError(Exception):
 class RateLimited(Exception):
     def __init__(self, decision: LimitDecision, upgrade_url: str) -> None:
         self.body, self.headers = too_many_requests(decision, upgrade_url)
+
+
+class RelayResponse(StreamingResponse):
+    """A relayed stream that is closed as soon as the response ends, however it ends. Starlette cancels
+    a streaming response whose client disconnects; the relay may then be parked at a `yield` and would
+    otherwise only be closed whenever the garbage collector finds it (and only then record the call)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 class RequestMetrics:
@@ -154,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         clients = provider_clients()
         breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
                     for name in clients}
+        counter = await asyncio.to_thread(TiktokenTokenCounter.cl100k)
         state.update(
             nc=nc, pool=pool, keys=PgApiKeyStore(pool, settings.api_key_cache_s), breakers=breakers,
             gateway=Gateway(
@@ -161,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ProviderRouter(clients, breakers, settings.provider_max_retries),
                 CompletionPublisher(nc, js),
                 config.models,
+                counter,
             ),
         )
         try:
@@ -224,26 +233,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(400, f"{param} must be between 1 and {cap}", param=param, code="invalid_value")
         return value
 
-    def context(request: Request, caller: Caller, endpoint: str, policy: Policy,
-                session_id: str | None) -> CallContext:
+    async def context(request: Request, caller: Caller, endpoint: str, policy: Policy, session_id: str | None,
+                      payload: dict[str, Any], max_tokens: int | None) -> CallContext:
+        tags = parse_tags(request.headers.get("x-costwarden-tags"))
         return CallContext(
             request_id=uuid.uuid4().hex, caller=caller,
             client_ip=client_ip(request.client.host if request.client else None,
                                 request.headers.get("x-forwarded-for"), trusted),
-            endpoint=endpoint, policy=policy,
-            session_id=session_id or request.headers.get("x-session-id"),
-            tags=parse_tags(request.headers.get("x-costwarden-tags")),
+            endpoint=endpoint, prompt_tokens=await state["gateway"].count_prompt(payload), max_tokens=max_tokens,
+            policy=policy, session_id=session_id or request.headers.get("x-session-id"), tags=tags,
         )
 
-    async def admitted(ctx: CallContext, model: str, messages: list[ChatMessage], max_tokens: int | None
-                       ) -> dict[str, str]:
+    async def admitted(ctx: CallContext, model: str) -> dict[str, str]:
         gateway: Gateway = state["gateway"]
         try:
             gateway.routes_for(model)
         except UnknownModel:
             raise ApiError(404, f"The model '{model}' does not exist or is not served by this gateway",
                            param="model", code="model_not_found") from None
-        decision = await gateway.admit(ctx, model, estimate_prompt_tokens(messages), max_tokens)
+        decision = await gateway.admit(ctx, model)
         if decision.allowed:
             return {"X-Request-Id": ctx.request_id, **ratelimit_headers(decision)}
         if decision.limited_by == "unavailable":
@@ -268,9 +276,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chat = await read_body(request, ChatCompletionRequest)
         param = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
         max_tokens = checked_max_tokens(chat.completion_limit, param)
-        ctx = context(request, caller, "/v1/chat/completions", "standard", None)
-        headers = await admitted(ctx, chat.model, chat.messages, max_tokens)
         payload = chat.model_dump(exclude_none=True)
+        ctx = await context(request, caller, "/v1/chat/completions", "standard", None, payload, max_tokens)
+        headers = await admitted(ctx, chat.model)
         gateway: Gateway = state["gateway"]
         if not chat.stream:
             call = await complete(ctx, chat.model, payload)
@@ -280,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ProvidersFailed as exc:
             raise provider_failure(exc) from None
         forward_usage = bool((chat.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
+        return RelayResponse(
             gateway.relay(ctx, chat.model, call, started, forward_usage), media_type="text/event-stream",
             headers={**headers, "X-Costwarden-Provider": call.provider, "Cache-Control": "no-cache"},
         )
@@ -298,11 +306,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         caller = await caller_of(request)
         model = body.model or config.default_model
         max_tokens = checked_max_tokens(body.max_tokens) or default_max_tokens
-        messages = [ChatMessage(role="user", content=text)]
-        ctx = context(request, caller, endpoint, policy, body.session_id)
-        headers = await admitted(ctx, model, messages, max_tokens)
-        call = await complete(ctx, model, {"model": model, "messages": [m.model_dump() for m in messages],
-                                           "max_tokens": max_tokens})
+        payload = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+        ctx = await context(request, caller, endpoint, policy, body.session_id, payload, max_tokens)
+        headers = await admitted(ctx, model)
+        call = await complete(ctx, model, payload)
         choice = (call.body.get("choices") or [{}])[0]
         return JSONResponse({
             "requestId": ctx.request_id,

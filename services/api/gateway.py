@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
 import nats.errors
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
@@ -19,6 +20,15 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from services.api.callers import Caller
 from services.api.providers import ProviderCall, ProviderRouter, ProvidersFailed
+from services.api.usage import (
+    StreamTally,
+    TokenCounter,
+    Usage,
+    billed_prompt,
+    prompt_chars,
+    prompt_tokens,
+    usage_of_answer,
+)
 from shared.events import LimitDecision, LimitRequest, LlmCompleted, Policy
 from shared.settings import ModelRoute
 from shared.subjects import LLM_COMPLETED, LLM_REQUEST
@@ -30,6 +40,8 @@ LIMITER_DECISIONS = Counter("costwarden_api_limiter_decisions_total", "Limiter a
 PROVIDER_CALLS = Counter("costwarden_api_provider_calls_total", "Provider calls by outcome", ["provider", "outcome"])
 UNPUBLISHED = Counter("costwarden_api_unpublished_events_total",
                       "llm.completed events lost: the backlog was full, or NATS did not take them before shutdown")
+ESTIMATED = Counter("costwarden_api_estimated_usage_total",
+                    "Calls whose usage the gateway counted because the provider sent none", ["model"])
 BACKLOG = Gauge("costwarden_api_unpublished_backlog", "llm.completed events waiting for NATS to take them")
 PUBLISH_ERRORS = (nats.errors.Error, TimeoutError)
 
@@ -44,6 +56,8 @@ class CallContext:
     caller: Caller
     client_ip: str
     endpoint: str
+    prompt_tokens: int
+    max_tokens: int | None
     policy: Policy = "standard"
     session_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -139,21 +153,26 @@ class CompletionPublisher:
                       len(self.backlog))
 
 
-def usage_of(body: Mapping[str, Any] | None) -> tuple[int, int, int]:
-    """(prompt, completion, cached prompt) tokens from an OpenAI-style usage object."""
-    usage = (body or {}).get("usage") or {}
-    details = usage.get("prompt_tokens_details") or {}
-    return (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-            int(details.get("cached_tokens") or 0))
+PROVIDER_STREAM_ERRORS = (httpx.HTTPError, ValueError)  # transport failures, and chunks that are not JSON
+# Above this many characters a prompt is counted in a thread, so that one huge prompt does not stall
+# every other call on the event loop.
+COUNT_IN_THREAD_CHARS = 20_000
+
+
+def sse_error(message: str, code: str) -> bytes:
+    """An error inside an event stream, in OpenAI's shape (the openai SDK raises it as an APIError)."""
+    body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return f"data: {json.dumps(body)}\n\n".encode()
 
 
 class Gateway:
     def __init__(self, limiter: LimiterClient, router: ProviderRouter, publisher: CompletionPublisher,
-                 model_map: Mapping[str, Sequence[ModelRoute]]) -> None:
+                 model_map: Mapping[str, Sequence[ModelRoute]], counter: TokenCounter) -> None:
         self.limiter = limiter
         self.router = router
         self.publisher = publisher
         self.model_map = model_map
+        self.counter = counter
         self._background: set[asyncio.Task[Any]] = set()
 
     def routes_for(self, model: str) -> Sequence[ModelRoute]:
@@ -162,20 +181,29 @@ class Gateway:
             raise UnknownModel(model)
         return routes
 
-    async def admit(self, ctx: CallContext, model: str, prompt_estimate: int, max_tokens: int | None) -> LimitDecision:
+    async def count_prompt(self, payload: Mapping[str, Any]) -> int:
+        """The prompt's tokens: what the limiter reserves on, and what is billed if the provider sends
+        no usage."""
+        if prompt_chars(payload) > COUNT_IN_THREAD_CHARS:
+            return await asyncio.to_thread(prompt_tokens, self.counter, payload)
+        return prompt_tokens(self.counter, payload)
+
+    async def admit(self, ctx: CallContext, model: str) -> LimitDecision:
         return await self.limiter.ask(LimitRequest(
             request_id=ctx.request_id, user_id=ctx.caller.user_id, client_ip=ctx.client_ip,
             tier=ctx.caller.tier, endpoint=ctx.endpoint, policy=ctx.policy, model=model,
-            prompt_tokens_estimate=prompt_estimate, max_tokens=max_tokens,
+            prompt_tokens_estimate=ctx.prompt_tokens, max_tokens=ctx.max_tokens,
         ))
 
-    def _event(self, ctx: CallContext, provider: str, model: str, started: float, usage: tuple[int, int, int],
+    def completed_event(self, ctx: CallContext, provider: str, model: str, started: float, usage: Usage,
                error: str | None) -> LlmCompleted:
-        prompt, completion, cached = usage
+        if usage.source == "estimated":
+            ESTIMATED.labels(model).inc()
         return LlmCompleted(
             id=ctx.request_id, request_id=ctx.request_id, user_id=ctx.caller.user_id, session_id=ctx.session_id,
             client_ip=ctx.client_ip, tier=ctx.caller.tier, provider=provider, model=model,
-            prompt_tokens=prompt, completion_tokens=completion, cached_prompt_tokens=cached,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens, usage_source=usage.source,
             endpoint=ctx.endpoint, success=error is None, error=error,
             latency_ms=int((time.perf_counter() - started) * 1000), tags=dict(ctx.tags),
         )
@@ -188,14 +216,16 @@ class Gateway:
         except ProvidersFailed as exc:
             PROVIDER_CALLS.labels("none", "failed").inc()
             last = exc.errors[-1].provider if exc.errors else "none"
-            await self.publisher.publish(self._event(ctx, last, model, started, (0, 0, 0), str(exc)))
+            usage = billed_prompt(ctx.prompt_tokens, sum(attempt.billable for attempt in exc.attempts))
+            await self.publisher.publish(self.completed_event(ctx, last, model, started, usage, str(exc)))
             raise
         PROVIDER_CALLS.labels(call.provider, "ok").inc()
         return call, started
 
     async def complete(self, ctx: CallContext, model: str, payload: Mapping[str, Any]) -> ProviderCall:
         call, started = await self._call(ctx, model, payload, stream=False)
-        await self.publisher.publish(self._event(ctx, call.provider, model, started, usage_of(call.body), None))
+        usage = usage_of_answer(self.counter, call.body, ctx.prompt_tokens, ctx.max_tokens)
+        await self.publisher.publish(self.completed_event(ctx, call.provider, model, started, usage, None))
         return call
 
     async def open_stream(self, ctx: CallContext, model: str, payload: Mapping[str, Any]
@@ -205,39 +235,26 @@ class Gateway:
                           "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
         return await self._call(ctx, model, stream_payload, stream=True)
 
-    async def relay(self, ctx: CallContext, model: str, call: ProviderCall, started: float,
-                    forward_usage_chunk: bool) -> AsyncIterator[bytes]:
-        """Relay the provider's Server-Sent Events; publish `llm.completed` (usage from the final chunk)
-        before the closing `[DONE]`, or when the stream breaks or the client goes away."""
-        assert call.stream is not None
-        usage = (0, 0, 0)
-        error: str | None = "stream ended before [DONE]"
-        published = False
+    def relay(self, ctx: CallContext, model: str, call: ProviderCall, started: float,
+              forward_usage_chunk: bool) -> StreamRelay:
+        return StreamRelay(self, ctx, model, call, started, forward_usage_chunk)
+
+    def finish_stream(self, relay: StreamRelay, error: str | None) -> None:
+        """Close the upstream and, for a stream that did not complete, publish its event. Both run in a
+        task of their own: a client's disconnect cancels the task that relays, and anything it awaited
+        after that would be cancelled too."""
+        if error is None:
+            self._run_in_background(relay.call.close())
+            return
+        usage = relay.tally.usage(self.counter, relay.ctx.prompt_tokens, relay.ctx.max_tokens)
+        event = self.completed_event(relay.ctx, relay.call.provider, relay.model, relay.started, usage, error)
+        self._run_in_background(self._close_and_publish(relay.call, event))
+
+    async def _close_and_publish(self, call: ProviderCall, event: LlmCompleted) -> None:
         try:
-            async for line in call.stream.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    error = None
-                    published = True
-                    await self.publisher.publish(self._event(ctx, call.provider, model, started, usage, None))
-                    yield b"data: [DONE]\n\n"
-                    break
-                chunk = json.loads(data)
-                if chunk.get("usage"):
-                    usage = usage_of(chunk)
-                    if not chunk.get("choices") and not forward_usage_chunk:
-                        continue
-                yield f"data: {data}\n\n".encode()
-        except Exception as exc:
-            error = f"stream interrupted: {type(exc).__name__}"
-            raise
+            await call.close()
         finally:
-            await call.stream.aclose()
-            if not published:
-                event = self._event(ctx, call.provider, model, started, usage, error)
-                self._run_in_background(self.publisher.publish(event))
+            await self.publisher.publish(event)
 
     def _run_in_background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -249,3 +266,68 @@ class Gateway:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.publisher.drain(publish_timeout_s)
         await self.router.aclose()
+
+
+class StreamRelay:
+    """The body of a streamed answer: the provider's Server-Sent Events, relayed chunk by chunk.
+
+    `llm.completed` is published before the closing `[DONE]` when the stream completes; otherwise (the
+    client went away, the provider broke the stream) at once, with the usage counted from what was
+    relayed. `aclose()` ends it however far it got, even if it never started."""
+
+    def __init__(self, gateway: Gateway, ctx: CallContext, model: str, call: ProviderCall, started: float,
+                 forward_usage_chunk: bool) -> None:
+        self.gateway = gateway
+        self.ctx = ctx
+        self.model = model
+        self.call = call
+        self.started = started
+        self.forward_usage_chunk = forward_usage_chunk
+        self.tally = StreamTally()
+        self._events = self._relay()
+        self._finished = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+        self._finish("client disconnected before the stream began")
+
+    def _finish(self, error: str | None) -> None:
+        if not self._finished:
+            self._finished = True
+            self.gateway.finish_stream(self, error)
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        assert self.call.stream is not None
+        error: str | None = "client disconnected before the stream ended"
+        try:
+            async for line in self.call.stream.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                self.tally.add(chunk)
+                if self.tally.reported is not None and not chunk.get("choices") and not self.forward_usage_chunk:
+                    continue
+                yield f"data: {data}\n\n".encode()
+            else:
+                if not self.tally.finished:  # a stream may omit [DONE], but not the end of its answer
+                    error = f"{self.call.provider} ended the stream before the answer was finished"
+                    yield sse_error(error, "provider_stream_incomplete")
+                    return
+            usage = self.tally.usage(self.gateway.counter, self.ctx.prompt_tokens, self.ctx.max_tokens)
+            await self.gateway.publisher.publish(
+                self.gateway.completed_event(self.ctx, self.call.provider, self.model, self.started, usage, None))
+            error = None
+            yield b"data: [DONE]\n\n"
+        except PROVIDER_STREAM_ERRORS as exc:
+            error = f"{self.call.provider} stream interrupted: {type(exc).__name__}"
+            log.warning("stream of request %s interrupted after %d chunks: %s", self.ctx.request_id,
+                        self.tally.chunks, type(exc).__name__)
+            yield sse_error(error, "provider_stream_interrupted")
+        finally:
+            self._finish(error)

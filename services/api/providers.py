@@ -20,11 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class ProviderError(Exception):
-    def __init__(self, provider: str, message: str, status: int | None = None, timeout: bool = False) -> None:
+    """One failed attempt. `billable`: the provider had the request and may have worked on it (a timeout
+    while waiting for the answer, a connection cut mid-answer); providers bill such attempts."""
+
+    def __init__(self, provider: str, message: str, status: int | None = None, timeout: bool = False,
+                 billable: bool = False) -> None:
         super().__init__(message)
         self.provider = provider
         self.status = status
         self.timeout = timeout
+        self.billable = billable
 
     @property
     def retryable(self) -> bool:
@@ -41,9 +46,11 @@ class ProviderError(Exception):
 class ProvidersFailed(Exception):
     """No provider could serve the call; `errors` says why for each one tried or skipped."""
 
-    def __init__(self, errors: Sequence[ProviderError], skipped: Sequence[str]) -> None:
+    def __init__(self, errors: Sequence[ProviderError], skipped: Sequence[str],
+                 attempts: Sequence[ProviderError] = ()) -> None:
         self.errors = list(errors)
         self.skipped = list(skipped)
+        self.attempts = list(attempts)
         parts = [e.describe() for e in errors] + [f"{name}: circuit open, skipped" for name in skipped]
         super().__init__("; ".join(parts) or "no provider configured for this model")
 
@@ -78,10 +85,14 @@ class ProviderClient:
         request = self.http.build_request("POST", self.completions_url, json=payload)
         try:
             response = await self.http.send(request, stream=stream)
-        except httpx.TimeoutException as exc:
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ProviderError(self.name, "timed out", timeout=True) from exc
-        except httpx.TransportError as exc:
+        except httpx.TimeoutException as exc:
+            raise ProviderError(self.name, "timed out", timeout=True, billable=True) from exc
+        except (httpx.ConnectError, httpx.WriteError) as exc:
             raise ProviderError(self.name, f"connection failed ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise ProviderError(self.name, f"connection failed ({type(exc).__name__})", billable=True) from exc
         if response.status_code >= 400:
             if stream:
                 await response.aread()
@@ -94,7 +105,8 @@ class ProviderClient:
         try:
             return response.json()
         except json.JSONDecodeError as exc:
-            raise ProviderError(self.name, "answered with a body that is not JSON", status=502) from exc
+            raise ProviderError(self.name, "answered with a body that is not JSON", status=502,
+                                billable=True) from exc
 
     async def open_stream(self, payload: Mapping[str, Any]) -> httpx.Response:
         return await self._send(payload, stream=True)
@@ -110,6 +122,10 @@ class ProviderCall:
     body: dict[str, Any] | None = None
     stream: httpx.Response | None = None
     attempts: list[ProviderError] = field(default_factory=list)
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
 
 
 class ProviderRouter:
@@ -133,14 +149,22 @@ class ProviderRouter:
         )
 
     @staticmethod
-    async def _attempt(client: ProviderClient, model: str, payload: Mapping[str, Any], stream: bool) -> ProviderCall:
+    async def _attempt(client: ProviderClient, model: str, payload: Mapping[str, Any], stream: bool,
+                       attempts: list[ProviderError]) -> ProviderCall:
         upstream_payload = {**payload, "model": model}
-        if stream:
-            return ProviderCall(client.name, model, stream=await client.open_stream(upstream_payload))
-        return ProviderCall(client.name, model, body=await client.complete(upstream_payload))
+        try:
+            if stream:
+                return ProviderCall(client.name, model, stream=await client.open_stream(upstream_payload))
+            return ProviderCall(client.name, model, body=await client.complete(upstream_payload))
+        except ProviderError as exc:
+            attempts.append(exc)
+            raise
 
     async def call(self, routes: Sequence[ModelRoute], payload: Mapping[str, Any], stream: bool) -> ProviderCall:
+        """The first provider that answers. Every failed attempt, retries included, is kept in
+        `attempts` of the result or of the ProvidersFailed raised."""
         errors: list[ProviderError] = []
+        attempts: list[ProviderError] = []
         skipped: list[str] = []
         for route in routes:
             client = self.clients.get(route.provider)
@@ -151,7 +175,7 @@ class ProviderRouter:
                 skipped.append(route.provider)
                 continue
             try:
-                result = await self._retrying()(self._attempt, client, route.model, payload, stream)
+                result = await self._retrying()(self._attempt, client, route.model, payload, stream, attempts)
             except ProviderError as exc:
                 errors.append(exc)
                 if exc.retryable:
@@ -159,11 +183,11 @@ class ProviderRouter:
                     log.warning("provider %s failed for %s: %s", route.provider, route.model, exc.describe())
                     continue
                 breaker.record_success()  # the provider answered; the request was what it refused
-                raise ProvidersFailed(errors, skipped) from exc
+                raise ProvidersFailed(errors, skipped, attempts) from exc
             breaker.record_success()
-            result.attempts = errors
+            result.attempts = attempts
             return result
-        raise ProvidersFailed(errors, skipped)
+        raise ProvidersFailed(errors, skipped, attempts)
 
     async def aclose(self) -> None:
         for client in self.clients.values():

@@ -1,8 +1,7 @@
-"""What callers send to the gateway, validated, and the prompt-size estimate the limiter reserves on."""
+"""What callers send to the gateway, validated."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,16 +55,3 @@ class LongFormRequest(AgentRequest):
 
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 
-
-def _text_of(content: str | list[dict[str, Any]] | None) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return len(content)
-    return sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
-
-
-def estimate_prompt_tokens(messages: list[ChatMessage]) -> int:
-    """About four characters a token plus a few tokens of framing per message: an estimate to
-    reserve on, settled to the provider's real count when the call completes."""
-    return sum(math.ceil(_text_of(m.content) / 4) + 4 for m in messages)

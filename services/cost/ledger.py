@@ -60,6 +60,8 @@ class RollupDelta:
     completion_tokens: int = 0
     cost: Decimal = Decimal(0)
     latency_ms_sum: int = 0
+    estimated_requests: int = 0
+    estimated_cost: Decimal = Decimal(0)
 
     def add(self, record: UsageRecord) -> None:
         event = record.event
@@ -69,6 +71,9 @@ class RollupDelta:
         self.completion_tokens += event.completion_tokens
         self.cost += record.cost
         self.latency_ms_sum += event.latency_ms
+        if event.usage_source == "estimated":
+            self.estimated_requests += 1
+            self.estimated_cost += record.cost
 
     def merge(self, other: RollupDelta) -> None:
         self.requests += other.requests
@@ -77,6 +82,8 @@ class RollupDelta:
         self.completion_tokens += other.completion_tokens
         self.cost += other.cost
         self.latency_ms_sum += other.latency_ms_sum
+        self.estimated_requests += other.estimated_requests
+        self.estimated_cost += other.estimated_cost
 
 
 def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:

@@ -26,20 +26,22 @@ RETURNING request_id
 
 USAGE_COLUMNS = ["request_id", "user_id", "session_id", "ip_address", "tier", "provider", "model", "prompt_tokens",
                  "completion_tokens", "cached_prompt_tokens", "cost", "priced", "endpoint", "success",
-                 "error_message", "latency_ms", "tags", "created_at"]
+                 "error_message", "latency_ms", "tags", "usage_source", "created_at"]
 
 UPSERT_ROLLUPS = """
 INSERT INTO llm_cost_rollups AS r (period, bucket, dimension, key, requests, successes, prompt_tokens,
-                                   completion_tokens, cost, latency_ms_sum)
+                                   completion_tokens, cost, latency_ms_sum, estimated_requests, estimated_cost)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::numeric[], $10::bigint[])
+                     $7::bigint[], $8::bigint[], $9::numeric[], $10::bigint[], $11::bigint[], $12::numeric[])
 ON CONFLICT (period, bucket, dimension, key) DO UPDATE SET
     requests = r.requests + excluded.requests,
     successes = r.successes + excluded.successes,
     prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
     completion_tokens = r.completion_tokens + excluded.completion_tokens,
     cost = r.cost + excluded.cost,
-    latency_ms_sum = r.latency_ms_sum + excluded.latency_ms_sum
+    latency_ms_sum = r.latency_ms_sum + excluded.latency_ms_sum,
+    estimated_requests = r.estimated_requests + excluded.estimated_requests,
+    estimated_cost = r.estimated_cost + excluded.estimated_cost
 RETURNING r.period, r.bucket, r.dimension, r.key, r.cost
 """
 
@@ -65,7 +67,7 @@ class LedgerTransaction:
             await self.conn.copy_records_to_table("llm_usage", columns=USAGE_COLUMNS, records=[
                 (r.request_id, e.user_id, e.session_id, e.client_ip, e.tier, e.provider, e.model, e.prompt_tokens,
                  e.completion_tokens, e.cached_prompt_tokens, r.cost, r.priced, e.endpoint, e.success, e.error,
-                 e.latency_ms, json.dumps(e.tags), e.occurred_at)
+                 e.latency_ms, json.dumps(e.tags), e.usage_source, e.occurred_at)
                 for r in fresh for e in (r.event,)
             ])
         return fresh
@@ -73,7 +75,8 @@ class LedgerTransaction:
     async def add_rollups(self, deltas: Sequence[tuple[RollupKey, RollupDelta]]) -> list[SpendTotal]:
         """Add the deltas; return the new totals that thresholds watch (overall, and users' days)."""
         columns = list(zip(*(
-            (*key, d.requests, d.successes, d.prompt_tokens, d.completion_tokens, d.cost, d.latency_ms_sum)
+            (*key, d.requests, d.successes, d.prompt_tokens, d.completion_tokens, d.cost, d.latency_ms_sum,
+             d.estimated_requests, d.estimated_cost)
             for key, d in deltas
         ), strict=True))
         rows = await self.conn.fetch(UPSERT_ROLLUPS, *columns)

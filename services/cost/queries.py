@@ -48,6 +48,8 @@ class Breakdown(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cost: Decimal
+    estimated_requests: int
+    estimated_cost: Decimal
 
 
 class Analytics(BaseModel):
@@ -60,6 +62,8 @@ class Analytics(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cost: Decimal
+    estimated_requests: int = Field(description="Calls whose usage was counted by costwarden: the provider sent none.")
+    estimated_cost: Decimal = Field(description="The part of `cost` priced from estimated usage.")
     latency_ms: dict[str, float | None]
     by_model: list[Breakdown]
     by_endpoint: list[Breakdown]
@@ -78,6 +82,8 @@ TOTALS = """
 SELECT count(*) AS requests, count(*) FILTER (WHERE success) AS successes,
        coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens,
        coalesce(sum(cost), 0) AS cost,
+       count(*) FILTER (WHERE usage_source = 'estimated') AS estimated_requests,
+       coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
        percentile_cont(0.50) WITHIN GROUP (ORDER BY latency_ms) AS p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
@@ -86,7 +92,9 @@ FROM llm_usage WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL 
 
 BREAKDOWN = """
 SELECT {key} AS key, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
-       sum(completion_tokens) AS completion_tokens, sum(cost) AS cost
+       sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
+       count(*) FILTER (WHERE usage_source = 'estimated') AS estimated_requests,
+       coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost
 FROM llm_usage {join}
 WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3) {extra}
 GROUP BY 1 ORDER BY cost DESC, key LIMIT $4
@@ -134,6 +142,7 @@ class PgCostQueries:
             successful_requests=totals["successes"],
             success_rate=success_rate,
             prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"], cost=totals["cost"],
+            estimated_requests=totals["estimated_requests"], estimated_cost=totals["estimated_cost"],
             latency_ms={"p50": totals["p50"], "p95": totals["p95"], "p99": totals["p99"]},
             **breakdowns,
         )

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 RECORDED = Counter("costwarden_cost_events_recorded_total", "llm.completed events added to the ledger")
 DUPLICATES = Counter("costwarden_cost_events_duplicate_total", "llm.completed events already in the ledger")
 UNPRICED = Counter("costwarden_cost_unpriced_events_total", "Events of models with no price", ["model"])
+ESTIMATED = Counter("costwarden_cost_estimated_usage_total",
+                    "Events recorded with estimated usage (the provider sent none)", ["model"])
 ALERTS = Counter("costwarden_cost_alerts_claimed_total", "Cost alerts claimed (each fires once)")
 BATCH_SECONDS = Histogram("costwarden_cost_batch_seconds", "Time to record one batch")
 
@@ -72,6 +74,8 @@ class CostRecorder:
         for record in fresh:
             if not record.priced:
                 UNPRICED.labels(record.event.model).inc()
+            if record.event.usage_source == "estimated":
+                ESTIMATED.labels(record.event.model).inc()
         ALERTS.inc(claimed)
         if claimed:
             await self.publish_pending()

@@ -41,9 +41,11 @@ class Limiter:
     async def settle(self, events: Sequence[LlmCompleted]) -> int:
         settlements = []
         for event in events:
-            key, tokens, nano = self.policy.settlement(event)
-            settlements.append((key, event.request_id, tokens, nano))
-        return await self.store.settle_many(settlements)
+            settlement = self.policy.settlement(event)
+            if settlement is not None:
+                key, tokens, nano = settlement
+                settlements.append((key, event.request_id, tokens, nano))
+        return await self.store.settle_many(settlements) if settlements else 0
 
 
 def violation_of(request: LimitRequest, decision: LimitDecision) -> LimitViolation:

@@ -106,8 +106,12 @@ class LimitPolicy:
             reserved_usd=Decimal(plan.reserve_nano) / Decimal(10**9) if reading.allowed else Decimal(0),
         )
 
-    def settlement(self, event: LlmCompleted) -> tuple[str, int, int]:
-        """(key, actual tokens, actual nano-USD) of a finished call."""
+    def settlement(self, event: LlmCompleted) -> tuple[str, int, int] | None:
+        """(key, actual tokens, actual nano-USD) of a finished call, or None when the reservation must
+        stay as it is: usage marked estimated but with no tokens is a sender that could not count, and
+        settling it would forget spend the provider bills (the reservation keeps the worst case)."""
+        if event.usage_source == "estimated" and event.prompt_tokens + event.completion_tokens == 0:
+            return None
         cost = self.catalog.cost(event.model, event.prompt_tokens, event.completion_tokens,
                                  event.cached_prompt_tokens)
         return (

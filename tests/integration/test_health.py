@@ -20,6 +20,7 @@ from shared.migrate import apply_migrations
 from tests.conftest import set_faults, start_service
 from tests.integration.helpers import stream_messages
 from tests.servers import PostgresServer, ThreadedHttpServer, nats_server, postgres_binaries, redis_server
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(postgres_binaries() is None, reason="needs PostgreSQL server binaries")]
@@ -48,16 +49,6 @@ HEALTH_JSON_SCHEMA = {
         },
     },
 }
-
-
-async def wait_until(check, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    return None
 
 
 @pytest.fixture
@@ -110,7 +101,7 @@ async def dependency(client, name):
 
 async def test_outages_and_recoveries_change_status_codes_events_and_alerts(world):
     client, changes = world["client"], world["changes"]
-    assert await wait_until(lambda: _status(client, "/health/startup", 200))
+    assert await eventually(lambda: _status(client, "/health/startup", 200))
     body = (await client.get("/health")).json()
     assert set(body) == {"status", "timestamp", "version", "uptime", "dependencies"}
     assert body["dependencies"]["database"]["status"] == "healthy"
@@ -121,19 +112,19 @@ async def test_outages_and_recoveries_change_status_codes_events_and_alerts(worl
     assert body["status"] == "degraded" and (await client.get("/health")).status_code == 200
 
     world["redis"].stop()
-    assert await wait_until(lambda: _status(client, "/health", 503))
+    assert await eventually(lambda: _status(client, "/health", 503))
     assert (await dependency(client, "redis"))["status"] == "unhealthy"
     assert (await client.get("/health/live")).status_code == 200
     assert (await client.get("/health/ready")).status_code == 200  # Redis is not a readiness dependency
     world["redis"].start()
-    assert await wait_until(lambda: _status(client, "/health", 200))
+    assert await eventually(lambda: _status(client, "/health", 200))
 
     world["pg"].stop()
-    assert await wait_until(lambda: _status(client, "/health/ready", 503))
+    assert await eventually(lambda: _status(client, "/health/ready", 503))
     assert (await client.get("/health")).status_code == 503
     assert (await client.get("/health/live")).status_code == 200
     world["pg"].start()
-    assert await wait_until(lambda: _status(client, "/health/ready", 200), timeout_s=30)
+    assert await eventually(lambda: _status(client, "/health/ready", 200), timeout_s=30)
 
     redis_changes = [(c["previous"], c["current"]) for c in changes if c["dependency"] == "redis"]
     assert ("healthy", "unhealthy") in redis_changes and ("unhealthy", "healthy") in redis_changes
@@ -158,14 +149,14 @@ async def _status(client, path, code):
 async def test_failing_and_slow_providers_while_liveness_stays_up(world):
     client = world["client"]
     set_faults(world["openai"], status=500, count=100000)
-    assert await wait_until(lambda: _dep_status(client, "openAI", "unhealthy"))
+    assert await eventually(lambda: _dep_status(client, "openAI", "unhealthy"))
     assert (await dependency(client, "openAI"))["message"] == "HTTP 500"
     body = (await client.get("/health")).json()
     assert body["status"] in ("degraded",)  # Together.ai still serves: degraded, not failing
     assert (await client.get("/health/ready")).status_code == 200
 
     set_faults(world["together"], delay_s=3)
-    assert await wait_until(lambda: _dep_status(client, "togetherAI", "unhealthy"))
+    assert await eventually(lambda: _dep_status(client, "togetherAI", "unhealthy"))
     assert (await dependency(client, "togetherAI"))["message"] == "timed out after 1s"
     assert (await client.get("/health")).status_code == 503  # no provider left
     assert (await client.get("/health/live")).status_code == 200
@@ -178,7 +169,7 @@ async def _dep_status(client, name, status):
 
 async def test_health_json_follows_the_draft(world):
     client = world["client"]
-    assert await wait_until(lambda: _status(client, "/health/startup", 200))
+    assert await eventually(lambda: _status(client, "/health/startup", 200))
     response = await client.get("/health", headers={"Accept": "application/health+json"})
     assert response.headers["content-type"].startswith("application/health+json")
     document = response.json()
@@ -191,7 +182,7 @@ async def test_health_json_follows_the_draft(world):
 
 async def test_a_slow_dependency_never_slows_the_endpoints(world):
     client = world["client"]
-    assert await wait_until(lambda: _status(client, "/health/startup", 200))
+    assert await eventually(lambda: _status(client, "/health/startup", 200))
     for path in ("/health", "/health/dependencies", "/health/ready", "/health/live"):
         started = time.monotonic()
         await client.get(path)
@@ -205,7 +196,7 @@ async def test_a_provider_without_a_key_is_skipped_not_failed(base_env):
     health = start_service("health", env, "HEALTH_PORT")
     try:
         async with httpx.AsyncClient(base_url=health.url) as client:
-            assert await wait_until(lambda: _dep_status(client, "openAI", "skipped"))
+            assert await eventually(lambda: _dep_status(client, "openAI", "skipped"))
             dep = await dependency(client, "openAI")
             body = (await client.get("/health")).json()
     finally:

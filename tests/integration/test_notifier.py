@@ -19,6 +19,7 @@ from tests.conftest import start_service, unique
 from tests.integration.helpers import stream_messages
 from tests.servers import nats_server
 from tests.sinks import HttpSink, SmtpSink
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -68,17 +69,6 @@ def cost_alert(severity: str = "critical", **extra) -> Alert:
 async def publish(js, alert: Alert, msg_id: str | None = None) -> None:
     await js.publish(f"alert.{alert.source}.{alert.severity}", alert.model_dump_json().encode(), stream="ALERTS",
                      headers={"Nats-Msg-Id": msg_id or unique("msg")})
-
-
-async def eventually(check, timeout_s: float = 20.0):
-    for _ in range(int(timeout_s * 20)):
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    return None
 
 
 async def test_critical_alert_reaches_slack_email_and_a_signed_webhook(stack):

@@ -6,7 +6,6 @@ from decimal import Decimal
 from services.api.breaker import BreakerState, CircuitBreaker
 from services.api.callers import client_ip, parse_networks
 from services.api.ratelimit_headers import iso_utc_seconds, ratelimit_headers, too_many_requests
-from services.api.requests import ChatMessage, estimate_prompt_tokens
 from services.limiter.policy import CounterReading, LimitPolicy, reserved_tokens, subject_key
 from shared.events import LimitDecision, LimitRequest
 from shared.pricing import PriceCatalog
@@ -99,8 +98,3 @@ def test_unknown_tier_is_treated_as_anonymous_and_plan_uses_tier_limits():
     assert result.retry_after_s == 101 and result.tier == "anonymous" and result.reserved_usd == Decimal(0)
     assert result.reason == "Anonymous tier limit: 1 long-form LLM requests per hour. Upgrade for more."
 
-
-def test_prompt_estimate_counts_text_of_every_message():
-    messages = [ChatMessage(role="system", content="x" * 40), ChatMessage(role="user", content=[{"type": "text",
-                                                                                                 "text": "y" * 9}])]
-    assert estimate_prompt_tokens(messages) == (10 + 4) + (3 + 4)

@@ -1,0 +1,34 @@
+"""Folding priced completions into rollups."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from services.cost.ledger import price_events, rollup_deltas
+from shared.events import LlmCompleted
+from shared.pricing import PriceCatalog
+
+AT = datetime(2026, 11, 28, 10, 15, tzinfo=UTC)
+MODEL = "meta-llama/Llama-3-70b-chat-hf"  # $0.90 per 1M tokens both ways
+
+
+def completed(request_id: str, tokens: int, source: str = "provider", **fields) -> LlmCompleted:
+    return LlmCompleted(request_id=request_id, user_id="ann", provider="together_ai", model=MODEL,
+                        prompt_tokens=tokens, completion_tokens=0, endpoint="/v1/chat/completions", success=True,
+                        latency_ms=10, usage_source=source, occurred_at=AT, **fields)
+
+
+def test_every_period_and_dimension_gets_the_batch_and_its_estimated_share():
+    records = price_events([completed("a", 1_000_000), completed("b", 2_000_000, "estimated", tags={"team": "x"}),
+                            completed("a", 5)], PriceCatalog.with_overrides({}))
+    deltas = dict(rollup_deltas(records))
+    hour = datetime(2026, 11, 28, 10, tzinfo=UTC)
+    overall = deltas[("hour", hour, "all", "")]
+    assert (overall.requests, overall.cost) == (2, Decimal("2.70"))  # the duplicate "a" counts once
+    assert (overall.estimated_requests, overall.estimated_cost) == (1, Decimal("1.80"))
+    month = deltas[("month", datetime(2026, 11, 1, tzinfo=UTC), "user", "ann")]
+    assert (month.requests, month.estimated_cost) == (2, Decimal("1.80"))
+    tag = deltas[("day", datetime(2026, 11, 28, tzinfo=UTC), "tag", "team=x")]
+    assert (tag.requests, tag.estimated_requests) == (1, 1)
+    assert [key for key, _ in rollup_deltas(records)] == sorted(deltas)  # one lock order for every writer
