@@ -259,16 +259,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            code="limiter_unavailable", headers={"Retry-After": str(int(decision.retry_after_s))})
         raise RateLimited(decision, settings.upgrade_url)
 
-    def provider_failure(exc: ProvidersFailed) -> ApiError:
+    def provider_failure(exc: ProvidersFailed, ctx: CallContext) -> ApiError:
+        """The call is recorded under its request id, which the error carries too."""
+        headers = {"X-Request-Id": ctx.request_id}
         if exc.timed_out:
-            return ApiError(504, f"LLM provider timed out: {exc}", type_="upstream_timeout", code="provider_timeout")
-        return ApiError(502, f"LLM provider failed: {exc}", type_="upstream_error", code="provider_error")
+            return ApiError(504, f"LLM provider timed out: {exc}", type_="upstream_timeout", code="provider_timeout",
+                            headers=headers)
+        return ApiError(502, f"LLM provider failed: {exc}", type_="upstream_error", code="provider_error",
+                        headers=headers)
 
     async def complete(ctx: CallContext, model: str, payload: dict[str, Any]):
         try:
             return await state["gateway"].complete(ctx, model, payload)
         except ProvidersFailed as exc:
-            raise provider_failure(exc) from None
+            raise provider_failure(exc, ctx) from None
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -286,7 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             call, started = await gateway.open_stream(ctx, chat.model, payload)
         except ProvidersFailed as exc:
-            raise provider_failure(exc) from None
+            raise provider_failure(exc, ctx) from None
         forward_usage = bool((chat.stream_options or {}).get("include_usage"))
         return RelayResponse(
             gateway.relay(ctx, chat.model, call, started, forward_usage), media_type="text/event-stream",

@@ -1,15 +1,21 @@
 """LLM providers behind one interface: Together.ai first, OpenAI as fallback, each with timeouts,
-bounded retries on 429/5xx (tenacity) and a circuit breaker."""
+bounded retries on 429/5xx (tenacity) and a circuit breaker.
+
+Calls use the httpx API over aiohttp's connection pool and HTTP parser (`httpx-aiohttp`, the aiohttp
+option of the official `openai` SDK): httpx's own transport costs several times the CPU per call."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
@@ -59,6 +65,21 @@ class ProvidersFailed(Exception):
         return bool(self.errors) and all(e.timeout for e in self.errors)
 
 
+def failure_of(provider: str, exc: Exception) -> ProviderError:
+    """What a transport error means for the call: a timeout or not, and whether the provider had the
+    request (`billable`). httpx-aiohttp re-raises aiohttp's errors as httpx ones, not always of the
+    closest kind (a server that hangs up becomes a ConnectTimeout), so the aiohttp cause decides."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    name = type(cause).__name__
+    if isinstance(cause, (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return ProviderError(provider, "timed out", timeout=True)
+    if isinstance(cause, (aiohttp.ClientConnectorError, httpx.ConnectError)):
+        return ProviderError(provider, f"connection failed ({name})")
+    if isinstance(cause, (TimeoutError, httpx.TimeoutException)):
+        return ProviderError(provider, "timed out", timeout=True, billable=True)
+    return ProviderError(provider, f"connection failed ({name})", billable=True)
+
+
 def _error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -69,30 +90,29 @@ def _error_message(response: httpx.Response) -> str:
 
 
 class ProviderClient:
-    def __init__(self, name: str, base_url: str, api_key: SecretStr, timeout_s: float, connect_timeout_s: float,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    """One provider's endpoint. `timeout_s` bounds a plain call as a whole, and a stream until its
+    first byte and then each wait between two chunks; `connect_timeout_s` bounds the connection."""
+
+    def __init__(self, name: str, base_url: str, api_key: SecretStr, timeout_s: float, connect_timeout_s: float
+                 ) -> None:
         self.name = name
+        self.timeout_s = timeout_s
         # An absolute URL parsed once: httpx would otherwise parse and join a relative one on every call.
         self.completions_url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=15)
         self.http = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            transport=transport,
+            transport=AiohttpTransport(limits=limits),
         )
 
     async def _send(self, payload: Mapping[str, Any], stream: bool) -> httpx.Response:
         request = self.http.build_request("POST", self.completions_url, json=payload)
         try:
-            response = await self.http.send(request, stream=stream)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ProviderError(self.name, "timed out", timeout=True) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderError(self.name, "timed out", timeout=True, billable=True) from exc
-        except (httpx.ConnectError, httpx.WriteError) as exc:
-            raise ProviderError(self.name, f"connection failed ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise ProviderError(self.name, f"connection failed ({type(exc).__name__})", billable=True) from exc
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.http.send(request, stream=stream)
+        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
+            raise failure_of(self.name, exc) from exc
         if response.status_code >= 400:
             if stream:
                 await response.aread()

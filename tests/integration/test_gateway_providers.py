@@ -12,7 +12,8 @@ import pytest
 from services.simulator.app import create_app as create_simulator
 from tests.conftest import set_faults, sim_stats, start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, chat_body, new_key, stream_messages
-from tests.servers import ThreadedHttpServer
+from tests.servers import ThreadedHttpServer, free_port
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +202,42 @@ async def test_calls_served_while_nats_is_down_reach_the_stream_once_it_is_back(
 def metric(response: httpx.Response, name: str) -> float:
     [value] = [float(line.rsplit(" ", 1)[1]) for line in response.text.splitlines() if line.startswith(name + " ")]
     return value
+
+
+async def test_a_stream_that_goes_quiet_past_the_timeout_is_cut_and_recorded(flaky_stack, cost_service, database_url,
+                                                                            db):
+    api, together, _ = flaky_stack  # PROVIDER_TIMEOUT_S 0.5: the first byte comes at once, the next after 1 s
+    set_faults(together, chunk_delay_s=1)
+    key = await new_key(database_url, unique("quiet"), "pro")
+    async with httpx.AsyncClient(base_url=api.url, timeout=30, headers=auth(key)) as client:
+        response = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+    assert response.status_code == 200
+    assert '"code": "provider_stream_interrupted"' in response.text and "[DONE]" not in response.text
+    row = await eventually(lambda: db.fetchrow("SELECT * FROM llm_usage WHERE request_id = $1",
+                                               response.headers["x-request-id"]))
+    assert row["error_message"] == "together_ai stream interrupted: ReadTimeout"
+    assert row["usage_source"] == "estimated" and row["prompt_tokens"] > 0
+
+
+async def test_a_provider_that_refuses_connections_fails_over_at_once_and_bills_nothing(base_env, limiter,
+                                                                                         database_url, nc):
+    openai_sim = ThreadedHttpServer(create_simulator("openai")).start()
+    closed_port = free_port()
+    api = start_service("api", {**base_env, "TOGETHER_BASE_URL": f"http://127.0.0.1:{closed_port}/v1",
+                                "OPENAI_BASE_URL": f"{openai_sim.url}/v1", "PROVIDER_MAX_RETRIES": "0"}, "API_PORT")
+    try:
+        key = await new_key(database_url, unique("refused"), "pro")
+        async with httpx.AsyncClient(base_url=api.url, timeout=30, headers=auth(key)) as client:
+            served = await client.post("/v1/chat/completions", json=chat_body())
+            set_faults(openai_sim, status=503, count=1000)
+            failed = await client.post("/v1/chat/completions", json=chat_body())
+    finally:
+        api.stop()
+        openai_sim.stop()
+    assert served.status_code == 200 and served.headers["X-Costwarden-Provider"] == "openai"
+    assert failed.status_code == 502
+    assert "together_ai: connection failed (ClientConnectorError)" in failed.json()["error"]["message"]
+    [event] = await completed_events(nc, {failed.headers["x-request-id"]})
+    assert event["error"] == "together_ai: connection failed (ClientConnectorError); openai: HTTP 503 simulated " \
+        "failure from openai"
+    assert (event["prompt_tokens"], event["usage_source"]) == (0, "provider")  # neither provider worked on it
