@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.nats import NatsBroker
-from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, make_asgi_app, multiprocess
 
 ReadinessCheck = tuple[str, Callable[[], Awaitable[Any]]]
 CHECK_TIMEOUT_S = 2.0
+MULTIPROCESS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 GRACEFUL_SHUTDOWN_S = 25.0
 
 
@@ -74,15 +77,28 @@ def make_service_app(
     )
 
 
-def serve(factory: str, port: int, host: str = "127.0.0.1") -> None:
+def serve(factory: str, port: int, host: str = "127.0.0.1", workers: int = 1) -> None:
     """Run an ASGI app factory ("module:function") under uvicorn; SIGTERM drains in-flight work.
 
-    uvicorn's own X-Forwarded-For handling is off: the gateway decides which proxies it trusts.
+    uvicorn's own X-Forwarded-For handling is off: the gateway decides which proxies it trusts. With
+    several workers, their metrics are kept in files that every worker's /metrics adds up
+    (prometheus_client's multiprocess mode), so that any worker answers for all of them.
     """
     import uvicorn
 
+    if workers > 1 and not os.environ.get(MULTIPROCESS_DIR_VAR):
+        os.environ[MULTIPROCESS_DIR_VAR] = tempfile.mkdtemp(prefix="costwarden-metrics-")
     uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
-                timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S))
+                timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S), workers=workers)
+
+
+def metrics_text() -> bytes:
+    """Prometheus text of this process, or of every worker when they share a multiprocess directory."""
+    if not os.environ.get(MULTIPROCESS_DIR_VAR):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
 
 
 def serve_service(name: str) -> None:
@@ -90,4 +106,5 @@ def serve_service(name: str) -> None:
     from shared.settings import get_settings
 
     settings = get_settings()
-    serve(f"services.{name}.app:create_app", getattr(settings, f"{name}_port"), settings.host)
+    workers = settings.api_workers if name == "api" else 1
+    serve(f"services.{name}.app:create_app", getattr(settings, f"{name}_port"), settings.host, workers)

@@ -173,6 +173,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     api_port: int = 3000
+    api_workers: int = Field(default=1, ge=1, description="uvicorn worker processes of the api service.")
     health_port: int = 3001
     limiter_port: int = 3002
     cost_port: int = 3003

@@ -22,7 +22,7 @@ import nats
 import nats.errors
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram
 from pydantic import BaseModel, ValidationError
 
 from services.api.breaker import CircuitBreaker
@@ -42,7 +42,7 @@ from services.api.requests import AgentQuery, AgentRequest, ChatCompletionReques
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from shared.events import LimitDecision, Policy
 from shared.logs import configure_logging
-from shared.service_app import run_readiness
+from shared.service_app import metrics_text, run_readiness
 from shared.settings import Settings, get_settings, is_set
 from shared.subjects import COST_QUERY, ensure_streams
 
@@ -398,6 +398,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     return app

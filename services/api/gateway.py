@@ -42,7 +42,8 @@ UNPUBLISHED = Counter("costwarden_api_unpublished_events_total",
                       "llm.completed events lost: the backlog was full, or NATS did not take them before shutdown")
 ESTIMATED = Counter("costwarden_api_estimated_usage_total",
                     "Calls whose usage the gateway counted because the provider sent none", ["model"])
-BACKLOG = Gauge("costwarden_api_unpublished_backlog", "llm.completed events waiting for NATS to take them")
+BACKLOG = Gauge("costwarden_api_unpublished_backlog", "llm.completed events waiting for NATS to take them",
+                multiprocess_mode="livesum")
 PUBLISH_ERRORS = (nats.errors.Error, TimeoutError)
 
 
