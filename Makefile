@@ -20,6 +20,7 @@ test: $(BIN)/.installed
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
+	@command -v wrk >/dev/null || { echo "installing wrk (the load generator)"; apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m bench
 
 migrate: $(BIN)/.installed

@@ -5,13 +5,15 @@ same run (`python -m bench ledger` runs one part only).
    publishing on) beside the same calls made straight to the same local upstream, and beside a bare
    relay that makes the same three round trips with no code of ours (bench/bare_gateway.py): the floor
    that this machine puts under any gateway built this way.
-2. Limiter: decisions/s of `llm.request` beside a bare FastStream echo handler and a bare nats-py echo
+2. Throughput (bench/throughput.py): requests/s and CPU per call under wrk at 16 and 64 connections,
+   for the same three targets and, when installed, a LiteLLM proxy on the same upstream.
+3. Limiter: decisions/s of `llm.request` beside a bare FastStream echo handler and a bare nats-py echo
    on the same NATS; p50/p99 under open-loop load beside the nats-py echo at the same rate; and one
    round trip back to back beside one after the machine was idle, which is what each hop of a
    sequential gateway call pays.
-3. Cost ledger: llm.completed events/s from JetStream into Postgres (ledger rows, rollups, threshold
+4. Cost ledger: llm.completed events/s from JetStream into Postgres (ledger rows, rollups, threshold
    checks) for one cost process, beside nats-py's raw pull-consume-and-ack rate on the same stream.
-4. Backup: the streamed backup of a 500 MB database beside `pg_dump | gzip` (bench/backup_bench.py).
+5. Backup: the streamed backup of a 500 MB database beside `pg_dump | gzip` (bench/backup_bench.py).
 
 Everything runs on loopback: private nats-server and redis-server, a scratch Postgres database, the
 LLM simulator as the upstream. Results are printed and written to bench/results/latest.txt.
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +33,11 @@ import asyncpg
 import httpx
 import nats
 
-from services.api.callers import create_key
+from bench.gateway_stack import gateway_stack, start_script
 from shared.events import LimitRequest, LlmCompleted
 from shared.migrate import apply_migrations
 from shared.subjects import ensure_streams
-from tests.servers import ServiceProcess, free_port, nats_server, port_open, redis_server, wait_for
+from tests.servers import ServiceProcess, free_port, nats_server, redis_server
 
 RESULTS = Path(__file__).parent / "results"
 BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
@@ -84,35 +85,9 @@ async def throughput(url: str, headers: dict, total: int, concurrency: int) -> f
         return total / (time.perf_counter() - started)
 
 
-def start_script(name: str, env: dict[str, str], args: list[str], port: int | None = None) -> ServiceProcess:
-    process = ServiceProcess(name, env, port or 0)
-    process.process = subprocess.Popen([sys.executable, *args], env=process.env)
-    if port:
-        wait_for(lambda: port_open(port), name)
-    return process
-
-
 async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]) -> None:
-    upstream_port = free_port()
-    upstream = start_script("simulator", env, ["-m", "services.simulator", "--port", str(upstream_port)], upstream_port)
-    direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-    env = {**env, "TOGETHER_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1", "TOGETHER_API_KEY": "bench"}
-    nats_echo = start_script("nats-echo", env, ["-m", "bench.nats_echo", env["NATS_URL"]])
-    bare_port = free_port()
-    bare = start_script("bare-gateway", {**env, "BENCH_UPSTREAM_URL": direct_url},
-                        ["-c", f"from shared.service_app import serve; serve('bench.bare_gateway:create_app', {bare_port})"],
-                        bare_port)
-    limiter_port = free_port()
-    limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(limiter_port)}, limiter_port).start()
-    api_port = free_port()
-    api = ServiceProcess("api", {**env, "API_PORT": str(api_port)}, api_port).start()
-    try:
-        conn = await asyncpg.connect(database_url)
-        key = await create_key(conn, "bench-user", "enterprise")
-        await conn.close()
-        targets = {"direct": (direct_url, {"Authorization": "Bearer bench"}),
-                   "bare": (f"{bare.url}/v1/chat/completions", {}),
-                   "gateway": (f"{api.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"})}
+    async with gateway_stack(env, database_url) as stack:
+        targets = stack.targets()
         latencies: dict[str, list[float]] = {name: [] for name in targets}
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)) as client:
             for url, headers in targets.values():
@@ -121,9 +96,6 @@ async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]
                 for name, (url, headers) in targets.items():
                     latencies[name] += await sequential_latencies(client, url, headers, 300)
         rates = {name: await throughput(url, headers, 3000, 32) for name, (url, headers) in targets.items()}
-    finally:
-        for process in (api, limiter, bare, nats_echo, upstream):
-            process.stop()
     p50 = {name: pct(values, .5) for name, values in latencies.items()}
     p99 = {name: pct(values, .99) for name, values in latencies.items()}
     lines += [
@@ -310,6 +282,10 @@ async def main() -> None:
         only = set(sys.argv[1:])
         if not only or "gateway" in only:
             await bench_gateway(env, database_url, lines)
+        if not only or "throughput" in only:
+            from bench.throughput import bench_throughput
+
+            await bench_throughput(env, database_url, lines, nats_srv, redis_srv)
         if not only or "limiter" in only:
             await bench_limiter(env, lines)
         if not only or "ledger" in only:

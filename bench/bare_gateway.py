@@ -1,7 +1,8 @@
 """The floor for the gateway benchmark: the same three round trips as a gateway call, with nothing else.
 
 A raw ASGI app under the same uvicorn settings as the api service. For each POST it asks the bare
-nats-py echo (bench/nats_echo.py) once, relays the body to the upstream with httpx, publishes one
+nats-py echo (bench/nats_echo.py) once, relays the body to the upstream with the httpx API over the
+same aiohttp transport as the gateway (httpx-aiohttp), publishes one
 JetStream message with a Nats-Msg-Id and waits for its ack, and returns the upstream's answer. No
 FastAPI, no validation, no callers, no limits: what is left of the gateway's added latency above this
 floor is the gateway's own code.
@@ -14,6 +15,7 @@ import uuid
 
 import httpx
 import nats
+from httpx_aiohttp import AiohttpTransport
 
 STREAM, SUBJECT = "BENCH_FLOOR", "bench.floor.completed"
 
@@ -38,7 +40,8 @@ def create_app():
                     state["nc"] = nc = await nats.connect(os.environ["NATS_URL"])
                     state["js"] = js = nc.jetstream()
                     await js.add_stream(name=STREAM, subjects=[SUBJECT], max_msgs=100_000)
-                    state["http"] = httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=2.0))
+                    state["http"] = httpx.AsyncClient(timeout=30, transport=AiohttpTransport(
+                        limits=httpx.Limits(max_connections=512, keepalive_expiry=2.0)))
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await state["http"].aclose()

@@ -54,9 +54,9 @@ class ProcessServer:
         self.process: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 20.0) -> None:
         self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: port_open(self.port), self.name)
+        wait_for(lambda: port_open(self.port), self.name, timeout_s)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -286,7 +286,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway: Gateway = state["gateway"]
         if not chat.stream:
             call = await complete(ctx, chat.model, payload)
-            return JSONResponse(call.body, headers={**headers, "X-Costwarden-Provider": call.provider})
+            return Response(call.raw, media_type="application/json",
+                            headers={**headers, "X-Costwarden-Provider": call.provider})
         try:
             call, started = await gateway.open_stream(ctx, chat.model, payload)
         except ProvidersFailed as exc:

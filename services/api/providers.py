@@ -120,13 +120,17 @@ class ProviderClient:
             raise ProviderError(self.name, _error_message(response), status=response.status_code)
         return response
 
-    async def complete(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+    async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The answer parsed (to read its usage) and as received (relayed to the caller as it is)."""
         response = await self._send(payload, stream=False)
         try:
-            return response.json()
-        except json.JSONDecodeError as exc:
+            body = json.loads(response.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProviderError(self.name, "answered with a body that is not JSON", status=502,
                                 billable=True) from exc
+        if not isinstance(body, dict):
+            raise ProviderError(self.name, "answered with JSON that is not an object", status=502, billable=True)
+        return body, response.content
 
     async def open_stream(self, payload: Mapping[str, Any]) -> httpx.Response:
         return await self._send(payload, stream=True)
@@ -140,6 +144,7 @@ class ProviderCall:
     provider: str
     upstream_model: str
     body: dict[str, Any] | None = None
+    raw: bytes = b""
     stream: httpx.Response | None = None
     attempts: list[ProviderError] = field(default_factory=list)
 
@@ -175,7 +180,8 @@ class ProviderRouter:
         try:
             if stream:
                 return ProviderCall(client.name, model, stream=await client.open_stream(upstream_payload))
-            return ProviderCall(client.name, model, body=await client.complete(upstream_payload))
+            body, raw = await client.complete(upstream_payload)
+            return ProviderCall(client.name, model, body=body, raw=raw)
         except ProviderError as exc:
             attempts.append(exc)
             raise
