@@ -63,6 +63,24 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def backup_worker_listening(js, checks: int = 6, interval_s: float = 0.5) -> bool:
+    """Whether a backup worker consumes `backup.requested`: a running worker keeps a pull request waiting
+    on the durable consumer `backup-requests`, or holds a request it is working on. Asked a few times,
+    since a worker is briefly between two pulls."""
+    import nats.js.errors
+
+    for attempt in range(checks):
+        try:
+            info = await js.consumer_info("BACKUP", "backup-requests")
+        except nats.js.errors.NotFoundError:
+            return False
+        if (info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0:
+            return True
+        if attempt < checks - 1:
+            await asyncio.sleep(interval_s)
+    return False
+
+
 async def _backup_run(args: argparse.Namespace) -> int:
     import nats
 
@@ -75,11 +93,22 @@ async def _backup_run(args: argparse.Namespace) -> int:
     try:
         js = nc.jetstream()
         await ensure_streams(js)
+        listening = await backup_worker_listening(js)
+        if not listening and not args.queue:
+            print("no backup worker is running: nothing consumes backup.requested (durable consumer "
+                  "backup-requests). Start one (the backup service, which `make run` starts when S3_BACKUP_BUCKET "
+                  "is set), or pass --queue to leave the request for the next worker to start (it expires after "
+                  f"BACKUP_REQUEST_TTL_S, {int(settings.backup_request_ttl_s)} s).", file=sys.stderr)
+            return 2
         await js.publish(BACKUP_REQUESTED, request.model_dump_json().encode(), stream="BACKUP",
                          headers={"Nats-Msg-Id": request.id})
     finally:
         await nc.close()
-    print(f"backup requested ({request.id})")
+    if not listening:
+        print(f"backup request {request.id} queued: no backup worker is running now; the next one to start "
+              f"runs it if it starts within {int(settings.backup_request_ttl_s)} s")
+        return 0
+    print(f"backup requested ({request.id}); a backup worker is taking it")
     if not args.wait:
         return 0
     conn = await asyncpg.connect(settings.database_url)
@@ -98,7 +127,7 @@ async def _backup_run(args: argparse.Namespace) -> int:
     if row["status"] == "success":
         print(f"{row['object_key']}  {row['size_bytes']} bytes  sha256 {row['sha256']}")
         return 0
-    print(f"backup failed: {row['error']}", file=sys.stderr)
+    print(f"backup {row['status']}: {row['error']}", file=sys.stderr)
     return 1
 
 
@@ -193,6 +222,8 @@ def parser() -> argparse.ArgumentParser:
     run = backup.add_parser("run", help="ask the backup worker for a backup now")
     run.add_argument("--restore-test", action="store_true", help="also restore it into a scratch database")
     run.add_argument("--wait", action="store_true", help="wait for the result")
+    run.add_argument("--queue", action="store_true",
+                     help="leave the request queued even if no backup worker is running now")
     run.add_argument("--timeout", type=float, default=3600)
     run.set_defaults(handler=_backup_run)
     backup.add_parser("list", help="list the backups in S3").set_defaults(handler=_backup_list)

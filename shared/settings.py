@@ -215,6 +215,7 @@ class Settings(BaseSettings):
     backup_schedule: str = "0 2 * * *"
     backup_retention_days: int = Field(default=90, ge=1)
     backup_keep_last: int = Field(default=7, ge=1)
+    backup_request_ttl_s: float = Field(default=3600, gt=0, description="A backup request older than this is not run.")
     pg_dump_path: str = "pg_dump"
     pg_restore_path: str = "pg_restore"
 

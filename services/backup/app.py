@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
 
     async def on_requests(requests: list[BackupRequested]) -> None:
         for request in requests:
-            await state["worker"].run("manual", request_id=request.id, restore_test=request.restore_test)
+            await state["worker"].run_request(request, timedelta(seconds=settings.backup_request_ttl_s))
 
     async def scheduler() -> None:
         """Publish one tick per cron slot; every replica does, and the slot as Nats-Msg-Id keeps one."""

@@ -1,14 +1,19 @@
 """Backups in S3 (or any S3-compatible store, through boto3's own AWS_ENDPOINT_URL): streamed
 multipart upload with server-side encryption, read back, listing, and deletion under the prefix.
 
-Layout under the prefix: `costwarden_backup_YYYYMMDD_HHMMSS.dump.gz` (pg_dump custom format,
-gzip-compressed) and `manifests/<same name>.json`, written last: a backup without its manifest is
-not complete.
+Layout under the prefix: `costwarden_backup_YYYYMMDD_HHMMSS_mmm_<6 hex>.dump.gz` (pg_dump custom format,
+gzip-compressed; milliseconds and a random suffix make every name unique, and names still sort by time)
+and `manifests/<same name>.json`, written last: a backup without its manifest is not complete. Nothing
+is ever overwritten: an existing name is refused before the upload starts, and the object and the
+manifest are written with `If-None-Match: *`, which S3 (and stores that follow it) refuse when the key
+exists. Names of the older form `costwarden_backup_YYYYMMDD_HHMMSS.dump.gz` are still read.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,18 +23,28 @@ from botocore.config import Config
 
 from services.backup.retention import StoredBackup
 
-NAME_FORMAT = "costwarden_backup_%Y%m%d_%H%M%S.dump.gz"
+NAME_PATTERN = re.compile(r"^costwarden_backup_(\d{8}_\d{6})(?:_(\d{3})_[0-9a-f]{6})?\.dump\.gz$")
 
 
-def backup_name(at: datetime) -> str:
-    return at.astimezone(UTC).strftime(NAME_FORMAT)
+class BackupExists(RuntimeError):
+    """The store already holds an object of this name: it is never replaced."""
+
+
+def backup_name(at: datetime, suffix: str | None = None) -> str:
+    """`costwarden_backup_YYYYMMDD_HHMMSS_mmm_<6 hex>.dump.gz`: unique, and sorted by time."""
+    at = at.astimezone(UTC)
+    return f"{at:costwarden_backup_%Y%m%d_%H%M%S}_{at.microsecond // 1000:03d}_{suffix or secrets.token_hex(3)}.dump.gz"
 
 
 def created_at_of(name: str) -> datetime | None:
+    match = NAME_PATTERN.match(name)
+    if match is None:
+        return None
     try:
-        return datetime.strptime(name, NAME_FORMAT).replace(tzinfo=UTC)
+        at = datetime.strptime(match[1], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
+    return at.replace(microsecond=int(match[2] or 0) * 1000)
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,19 @@ class S3BackupStore:
     def check_bucket(self) -> None:
         self.s3.head_bucket(Bucket=self.bucket)
 
+    def _exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except self.s3.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
     def begin_upload(self, name: str) -> str:
+        for key in (self.key(name), self.manifest_key(name)):
+            if self._exists(key):
+                raise BackupExists(f"refusing to overwrite {key}: a backup of that name already exists")
         response = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key(name),
                                                    StorageClass=self.storage_class, **self._encryption())
         return response["UploadId"]
@@ -85,7 +112,7 @@ class S3BackupStore:
 
     def finish_upload(self, name: str, upload_id: str, parts: list[dict]) -> None:
         self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id,
-                                          MultipartUpload={"Parts": parts})
+                                          MultipartUpload={"Parts": parts}, IfNoneMatch="*")
 
     def abort_upload(self, name: str, upload_id: str) -> None:
         self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id)
@@ -109,7 +136,7 @@ class S3BackupStore:
     def write_manifest(self, manifest: Manifest) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=self.manifest_key(manifest.name),
                            Body=json.dumps(manifest.__dict__, indent=2).encode(), ContentType="application/json",
-                           **self._encryption())
+                           IfNoneMatch="*", **self._encryption())
 
     def manifest(self, name: str) -> Manifest | None:
         try:

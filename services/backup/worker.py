@@ -15,8 +15,8 @@ import asyncpg
 
 from services.backup.pipeline import BackupError, dump_and_upload, restore, verify
 from services.backup.retention import to_delete
-from services.backup.store import Manifest, S3BackupStore, backup_name
-from shared.events import Alert, BackupCompleted
+from services.backup.store import BackupExists, Manifest, S3BackupStore, backup_name
+from shared.events import Alert, BackupCompleted, BackupRequested
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,24 @@ class BackupWorker:
         self.publish_completed = publish_completed
         self.publish_alert = publish_alert
         self.clock = clock
+
+    async def run_request(self, request: BackupRequested, ttl: timedelta) -> str | None:
+        """A backup asked for by `costwarden backup run`: run it, unless it waited longer than `ttl` (it
+        may have been asked against another database, and nobody is waiting for it any more), or this
+        request was already handled (a redelivery)."""
+        if await self.pool.fetchval("SELECT 1 FROM backup_logs WHERE request_id = $1"
+                                    " AND status IN ('success', 'expired')", request.id):
+            log.info("backup request %s was already handled; skipped", request.id)
+            return None
+        waited = self.clock() - request.occurred_at
+        if waited > ttl:
+            reason = (f"request expired: it waited {int(waited.total_seconds())} s for a backup worker, longer "
+                      f"than BACKUP_REQUEST_TTL_S ({int(ttl.total_seconds())} s); ask again")
+            await self.pool.execute("INSERT INTO backup_logs (trigger, request_id, status, error, finished_at)"
+                                    " VALUES ('manual', $1, 'expired', $2, now())", request.id, reason)
+            log.warning("backup request %s not run: %s", request.id, reason)
+            return "expired"
+        return await self.run("manual", request_id=request.id, restore_test=request.restore_test)
 
     async def run(self, trigger: str, slot: str | None = None, request_id: str | None = None,
                   restore_test: bool = False) -> str | None:
@@ -137,7 +155,7 @@ class BackupWorker:
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, BackupError):
+    if isinstance(exc, BackupError | BackupExists):
         return str(exc)
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import stat
 import subprocess
@@ -12,13 +13,15 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from services.backup.retention import StoredBackup, to_delete
-from services.backup.store import Manifest, S3BackupStore, backup_name
+from services.backup.store import BackupExists, Manifest, S3BackupStore, backup_name
 from services.backup.worker import BackupBusy, BackupWorker
 from tests.conftest import _with_database, start_service
 from tests.servers import free_port, nats_server
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -203,6 +206,39 @@ async def test_wrong_bucket_is_a_clear_failure(s3_env, source):
     assert "no-such-bucket" in captured.alerts[0].text or "404" in captured.alerts[0].text
 
 
+async def test_backups_in_the_same_second_never_overwrite_each_other(s3_env, source):
+    database_url, pool = source
+    s3 = store(prefix="same-second")
+    frozen = datetime(2026, 11, 28, 2, 28, 28, tzinfo=UTC)  # every run starts in the very same millisecond
+    captured = Captured()
+    for _ in range(3):
+        assert await worker(pool, database_url, s3, captured, clock=lambda: frozen).run("manual") == "success"
+    names = [event.name for event in captured.completed]
+    assert len(set(names)) == 3 and all(name.startswith("costwarden_backup_20261128_022828_000_") for name in names)
+    rows = await pool.fetch("SELECT object_key, sha256 FROM backup_logs WHERE status = 'success'")
+    assert len(rows) == 3
+    for row in rows:
+        name = row["object_key"].rsplit("/", 1)[1]
+        stored = b"".join(s3.read(name))
+        assert hashlib.sha256(stored).hexdigest() == row["sha256"] == s3.manifest(name).sha256
+
+
+async def test_an_existing_backup_is_never_replaced(s3_env, source):
+    database_url, pool = source
+    s3 = store(prefix="no-overwrite")
+    name = await one_backup(pool, database_url, s3)
+    before = b"".join(s3.read(name))
+    with pytest.raises(BackupExists, match="refusing to overwrite"):
+        s3.begin_upload(name)
+    upload_id = s3.s3.create_multipart_upload(Bucket=BUCKET, Key=s3.key(name))["UploadId"]
+    part = s3.upload_part(name, upload_id, 1, b"not a backup")
+    with pytest.raises(ClientError, match="PreconditionFailed"):  # the conditional write, should a race pass the check
+        s3.finish_upload(name, upload_id, [part])
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        s3.write_manifest(s3.manifest(name))
+    assert b"".join(s3.read(name)) == before
+
+
 async def test_one_backup_at_a_time_and_one_run_per_slot(s3_env, source):
     database_url, pool = source
     s3 = store(prefix="slots")
@@ -222,8 +258,9 @@ def test_retention_keeps_the_newest_and_the_minimum(s3_env):
     client = boto3.client("s3")
     now = datetime(2026, 11, 27, 3, tzinfo=UTC)
     ages = [200, 150, 120, 95, 91, 30, 1]
+    names = {days: backup_name(now - timedelta(days=days)) for days in ages}
     for days in ages:
-        name = backup_name(now - timedelta(days=days))
+        name = names[days]
         client.put_object(Bucket=BUCKET, Key=s3.key(name), Body=b"x")
         s3.write_manifest(Manifest(name=name, key=s3.key(name), sha256="0" * 64, size_bytes=1,
                                    started_at="", finished_at="", database="d"))
@@ -233,11 +270,11 @@ def test_retention_keeps_the_newest_and_the_minimum(s3_env):
     backups = s3.list_backups()
     doomed = to_delete(backups, now, timedelta(days=90), keep_last=3)
     # older than 90 days: 200, 150, 120, 95 and 91; the 3 newest (1, 30, 91) are kept whatever their age
-    assert doomed == sorted([backup_name(now - timedelta(days=d)) for d in (200, 150, 120, 95)] + [orphan])
+    assert doomed == sorted([names[d] for d in (200, 150, 120, 95)] + [orphan])
     for name in doomed:
         s3.delete(name)
     left = {b.name for b in s3.list_backups()}
-    assert left == {backup_name(now - timedelta(days=d)) for d in (91, 30, 1)}
+    assert left == {names[d] for d in (91, 30, 1)}
     assert client.get_object(Bucket=BUCKET, Key="other-team/costwarden_backup_20200101_000000.dump.gz")
     # however old, the newest complete backup stays
     only_old = [StoredBackup("a", now - timedelta(days=400), True), StoredBackup("b", now - timedelta(days=300), True)]
@@ -275,6 +312,51 @@ async def test_the_worker_process_runs_requests_and_dedups_schedule_ticks(s3_env
         await nc.close()
     finally:
         service.stop()
+        nats_srv.stop()
+
+
+async def test_requests_with_no_worker_are_refused_or_queued_and_stale_ones_expire(s3_env, base_env, source):
+    database_url, pool = source
+    nats_srv, nats_url = nats_server()
+    env = {**base_env, **s3_env, "NATS_URL": nats_url, "DATABASE_URL": database_url,
+           "S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "stale"}
+    service = None
+    try:
+        refused = await asyncio.to_thread(cli, "backup", "run", env=env)
+        assert refused.returncode == 2 and "no backup worker is running" in refused.stderr
+        assert "--queue" in refused.stderr
+        queued = await asyncio.to_thread(cli, "backup", "run", "--queue", env=env)
+        assert queued.returncode == 0 and "queued" in queued.stdout
+        import nats
+
+        from shared.events import BackupRequested
+
+        nc = await nats.connect(nats_url)
+        stale = BackupRequested(occurred_at=datetime.now(UTC) - timedelta(hours=2))
+        await nc.jetstream().publish("backup.requested", stale.model_dump_json().encode(),
+                                     headers={"Nats-Msg-Id": stale.id})
+        await nc.close()
+        assert await pool.fetchval("SELECT count(*) FROM backup_logs") == 0  # the refused run published nothing
+
+        service = start_service("backup", env, "BACKUP_PORT")
+        async def both_handled():
+            rows = await pool.fetch("SELECT request_id, status, error FROM backup_logs"
+                                    " WHERE status IN ('success', 'expired')")
+            return rows if len(rows) == 2 else None
+
+        rows = await eventually(both_handled, 60) or []
+        by_status = {row["status"]: row for row in rows}
+        assert set(by_status) == {"success", "expired"}
+        assert by_status["expired"]["request_id"] == stale.id
+        assert "request expired: it waited 72" in by_status["expired"]["error"]  # 7200 s and a little
+        assert "BACKUP_REQUEST_TTL_S (3600 s)" in by_status["expired"]["error"]
+        assert f"backup request {stale.id} not run: request expired" in service.logs()
+
+        taken = await asyncio.to_thread(cli, "backup", "run", env=env)
+        assert taken.returncode == 0 and "a backup worker is taking it" in taken.stdout
+    finally:
+        if service:
+            service.stop()
         nats_srv.stop()
 
 
