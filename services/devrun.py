@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import nats
 
+from shared.logs import configure_logging
 from shared.migrate import apply_migrations
 from shared.settings import Settings
 from shared.subjects import ensure_streams
@@ -70,14 +71,38 @@ async def http_up(port: int) -> bool:
     return True
 
 
-async def start(name: str, args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
-    log.info("starting %s", name)
-    return await asyncio.create_subprocess_exec(*args, env=env)
+async def start(name: str, args: list[str], env: dict[str, str], log_file: Path | None = None
+                ) -> asyncio.subprocess.Process:
+    """Start one process; its output joins ours, or goes to `log_file` (a server with its own format)."""
+    if log_file is None:
+        log.info("starting %s", name)
+        return await asyncio.create_subprocess_exec(*args, env=env)
+    log.info("starting %s (its log: %s)", name, log_file)
+    with log_file.open("ab") as output:
+        return await asyncio.create_subprocess_exec(*args, env=env, stdout=output, stderr=output)
+
+
+def summary(settings: Settings, services: dict[str, int], simulator_url: str | None) -> str:
+    """What a person needs once everything is up: where each service answers, and what to do next."""
+    host = settings.host
+    uses = {"api": "gateway: /v1/chat/completions, /api/agent/*, /api/costs/*, /openapi.json",
+            "health": "/health (every dependency), /health/ready", "limiter": "/metrics",
+            "cost": "/metrics, /docs/asyncapi.json", "notifier": "/metrics", "backup": "/metrics"}
+    lines = ["costwarden is up:"]
+    ordered = sorted(services.items(), key=lambda item: item[0] != "api")  # the gateway first
+    lines += [f"  {name:<10} {f'http://{host}:{port}':<27} {uses[name]}" for name, port in ordered]
+    if simulator_url:
+        lines.append(f"  {'simulator':<10} {simulator_url:<27} plays Together.ai (set TOGETHER_API_KEY to use it)")
+    cli = Path(sys.prefix) / "bin" / "costwarden"
+    lines += [f"  admin      {cli} keys create --user alice --tier pro   (also: keys list|revoke, backup run|list,"
+              " restore, migrate)",
+              "  Ctrl-C stops everything."]
+    return "\n".join(lines)
 
 
 async def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s run  %(message)s")
     settings = Settings()
+    configure_logging("run", settings.log_level, settings.log_format)
     env = dict(os.environ)
     processes: dict[str, asyncio.subprocess.Process] = {}
 
@@ -86,7 +111,7 @@ async def main() -> int:
         log.info("no NATS at %s: starting nats-server with JetStream (data in %s)", settings.nats_url, RUN_DIR)
         processes["nats"] = await start("nats-server", [
             nats_server_binary(), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
-            "-sd", str(RUN_DIR / "nats")], env)
+            "-sd", str(RUN_DIR / "nats")], env, log_file=RUN_DIR / "nats-server.log")
         await wait_until(lambda: nats_reachable(settings.nats_url), "nats-server")
 
     applied = await apply_migrations(settings.database_url)
@@ -95,6 +120,7 @@ async def main() -> int:
     await ensure_streams(nc.jetstream())
     await nc.close()
 
+    simulator_url = None
     if settings.together_api_key is None:
         port = settings.simulator_port
         base_url = f"http://127.0.0.1:{port}/v1"
@@ -103,6 +129,7 @@ async def main() -> int:
             sys.executable, "-m", "services.simulator", "--port", str(port), "--name", "together_ai"], env)
         await wait_until(lambda: http_up(port), "simulator")
         env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
+        simulator_url = base_url
 
     services = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
                 "health": settings.health_port, "api": settings.api_port}
@@ -114,8 +141,7 @@ async def main() -> int:
         processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], env)
     for name, port in services.items():
         await wait_until(lambda port=port: http_up(port), name, seconds=30)
-    log.info("costwarden is up: gateway on http://%s:%d (Ctrl-C stops everything)", settings.host,
-             settings.api_port)
+    log.info("%s", summary(settings, services, simulator_url))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -88,6 +88,9 @@ def make_broker(nats_url: str, service: str, registry: CollectorRegistry = REGIS
             dead_letter_middleware(service),
         ),
         name=f"costwarden-{service}",
+        # Our logger, not FastStream's own (which has its own handler and format): its lines go through
+        # the service's handler like every other line.
+        logger=logging.getLogger(f"costwarden.{service}.bus"),
         log_level=logging.DEBUG,  # one line per message would swamp the logs on the hot path
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,

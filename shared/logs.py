@@ -1,4 +1,7 @@
-"""Logging: one JSON object per line on stderr, with secrets scrubbed from every message."""
+"""Logging on stderr, with secrets scrubbed from every message: one JSON object per line (production,
+and whenever stderr is not a terminal), or one readable line per event in a terminal (`make run`).
+LOG_FORMAT chooses: `auto` (the default), `json` or `text`. FastStream's and uvicorn's own lines go
+through the same handler, so that a terminal never mixes two formats."""
 
 from __future__ import annotations
 
@@ -8,12 +11,16 @@ import re
 import sys
 from datetime import UTC, datetime
 
+# Secrets are recognised by where they stand (after `Bearer`, after `key=` or `"password": `, inside a
+# URL's credentials) or by their own shape (provider and costwarden keys): the value is hidden, never
+# the setting's name or the words around it ("no OPENAI_API_KEY configured" stays as it is).
+_ASSIGNED = r"(?:api[_-]?key|password|passwd|secret|token)[\"']?\s*[=:]\s*[\"']?"
 _SECRET_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]+"),
-    re.compile(r"(?i)(api[_-]?key[\"'=:\s]+)[^\s\"',]+"),
-    re.compile(r"(?i)(password[\"'=:\s]+)[^\s\"',]+"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/\-]+=*"),
+    re.compile(r"(?i)(\b[A-Za-z_]*" + _ASSIGNED + r")[^\s\"',;&]+"),
     re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)"),
     re.compile(r"(hooks\.slack\.com/services/)[^\s\"']+"),
+    re.compile(r"(\b)(?:sk-[A-Za-z0-9_\-]{16,}|cw_[A-Za-z0-9_\-]{20,})"),
 )
 
 
@@ -42,11 +49,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
+class TextFormatter(logging.Formatter):
+    """`12:04:05.123 api      INFO  message`: time (UTC), service, level, message."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        at = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
+        line = f"{at} {self.service:<9} {record.levelname:<5} {scrub(record.getMessage())}"
+        if record.exc_info:
+            line += "\n" + scrub(self.formatException(record.exc_info))
+        return line
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "auto") -> None:
+    import faststream  # noqa: F401  (it sets up its own logger on import; take that logger over after it)
+
+    readable = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(TextFormatter(service) if readable else JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for own_handler in ("faststream", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(own_handler)
+        logger.handlers.clear()
+        logger.propagate = True
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

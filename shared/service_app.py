@@ -65,16 +65,24 @@ def make_service_app(
         body = {"status": "ready" if is_ready else "not ready", "service": service, "checks": results}
         return _json(body, 200 if is_ready else 503)
 
-    return AsgiFastStream(
+    @get(include_in_schema=False)
+    async def asyncapi(scope: Any) -> AsgiResponse:
+        return _json(app.schema.to_specification().to_jsonable(), 200)
+
+    # FastStream's own AsyncAPI route is not used: its page loads its viewer from a CDN (blank offline),
+    # and it brings a "try it out" endpoint that publishes whatever an HTTP caller sends to any subject
+    # of the real bus. The document itself is served as JSON.
+    app = AsgiFastStream(
         broker,
         asgi_routes=[
             ("/health/live", live),
             ("/health/ready", ready),
             ("/metrics", make_asgi_app(registry)),
+            ("/docs/asyncapi.json", asyncapi),
         ],
-        asyncapi_path="/docs/asyncapi",
         **app_kwargs,
     )
+    return app
 
 
 def serve(factory: str, port: int, host: str = "127.0.0.1", workers: int = 1) -> None:

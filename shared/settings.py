@@ -221,6 +221,8 @@ class Settings(BaseSettings):
 
     costwarden_config: Path | None = None
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: readable lines in a terminal, JSON lines otherwise.")
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.breaker import CircuitBreaker
 from services.api.callers import (
@@ -137,7 +138,7 @@ def validation_error(exc: ValidationError) -> ApiError:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     config = settings.file_config()
     trusted = parse_networks(settings.trusted_proxies)
     state: dict[str, Any] = {}
@@ -183,11 +184,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await nc.close()
             await pool.close()
 
-    app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN and are blank offline.
+    # The OpenAPI document itself stays at /openapi.json.
+    app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing errors (unknown path, wrong method) in the same error format as every other answer."""
+        if exc.status_code == 404:
+            error = ApiError(404, f"no route {request.method} {request.url.path}; see /openapi.json",
+                             code="not_found")
+        elif exc.status_code == 405:
+            error = ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed",
+                             headers=exc.headers)
+        else:
+            error = ApiError(exc.status_code, str(exc.detail), code="http_error", headers=exc.headers)
+        return error.response()
 
     @app.exception_handler(RateLimited)
     async def on_rate_limited(request: Request, exc: RateLimited) -> JSONResponse:

@@ -41,7 +41,7 @@ def next_slot(schedule: str, after: datetime) -> datetime:
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     broker = make_broker(settings.nats_url, SERVICE)
     state: dict[str, Any] = {"consumers": [], "tasks": []}
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     config = settings.file_config()
     broker = make_broker(settings.nats_url, SERVICE)
     state: dict[str, Any] = {"tasks": []}

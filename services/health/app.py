@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     config = settings.file_config()
     board = HealthBoard(failure_threshold=settings.health_failure_threshold)
     started = time.monotonic()

@@ -32,7 +32,7 @@ BACKGROUND_LINGER_S = 0.2
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     config = settings.file_config()
     broker = make_broker(settings.nats_url, SERVICE)
     redis = Redis.from_url(

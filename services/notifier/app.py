@@ -45,7 +45,7 @@ def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Any
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     config = settings.file_config()
     broker = make_broker(settings.nats_url, SERVICE)
     state: dict[str, Any] = {}

@@ -116,3 +116,23 @@ async def test_keys_cli_creates_a_working_key_and_revokes_it(gateway, base_env, 
                        env=env, check=True, capture_output=True)
         revoked = await client.post("/v1/chat/completions", json=chat_body(), headers=auth(key))
     assert revoked.status_code == 401
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/v1/nothing-here", 404, "not_found"), ("POST", "/api/agent/unknown", 404, "not_found"),
+    ("GET", "/v1/chat/completions", 405, "method_not_allowed"), ("DELETE", "/v1/models", 405, "method_not_allowed"),
+])
+async def test_unknown_routes_and_methods_answer_in_the_gateways_error_format(client, method, path, status, code):
+    response = await client.request(method, path)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error" and path in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+async def test_the_openapi_document_is_served_and_no_page_needs_a_cdn(client):
+    document = (await client.get("/openapi.json")).json()
+    assert "/v1/chat/completions" in document["paths"]
+    for page in ("/docs", "/redoc"):
+        response = await client.get(page)
+        assert response.status_code == 404 and "cdn" not in response.text.lower()

@@ -3,11 +3,15 @@ them all on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import httpx
 import pytest
@@ -17,15 +21,66 @@ from tests.servers import free_port, port_open, redis_server, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_path):
-    redis_srv, redis_url = redis_server()  # a fresh one: other tests spend 127.0.0.1's anonymous quota
+FASTSTREAM_PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # FastStream's own format
+READABLE_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (api|limiter|cost|notifier|health|run)\s+(DEBUG|INFO|WARNING|ERROR) ")
+
+
+def run_env(database_url: str, redis_url: str) -> tuple[dict[str, str], dict[str, int]]:
     ports = {name: free_port() for name in ("NATS", "API_PORT", "LIMITER_PORT", "COST_PORT", "NOTIFIER_PORT",
                                             "HEALTH_PORT", "SIMULATOR_PORT")}
-    env = {k: v for k, v in os.environ.items() if k not in ("TOGETHER_API_KEY", "OPENAI_API_KEY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("TOGETHER_API_KEY", "OPENAI_API_KEY", "LOG_FORMAT")}
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
                API_PORT=str(ports["API_PORT"]), LIMITER_PORT=str(ports["LIMITER_PORT"]), COST_PORT=str(ports["COST_PORT"]),
                NOTIFIER_PORT=str(ports["NOTIFIER_PORT"]), HEALTH_PORT=str(ports["HEALTH_PORT"]),
                SIMULATOR_PORT=str(ports["SIMULATOR_PORT"]))
+    return env, ports
+
+
+def test_in_a_terminal_every_line_is_readable_and_a_summary_says_where_things_are(database_url, tmp_path):
+    """`make run` in a terminal: one readable line per event from every service, FastStream's included."""
+    redis_srv, redis_url = redis_server()
+    env, ports = run_env(database_url, redis_url)
+    controller, terminal = pty.openpty()
+    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=tmp_path,
+                           stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = bytearray()
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the last process holding the terminal exited
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: b"Ctrl-C stops everything" in output, "make run", 60)
+        wait_for(lambda: b"FastStream app started" in output, "FastStream's start-up line", 10)
+    finally:
+        run.send_signal(signal.SIGINT)
+        code = run.wait(60)
+        reader.join(5)
+        os.close(controller)
+        redis_srv.stop()
+    text = output.decode(errors="replace").replace("\r\n", "\n")
+    assert code == 0, text[-3000:]
+    ours = [line for line in text.splitlines() if READABLE_LINE.match(line)]
+    assert {READABLE_LINE.match(line)[1] for line in ours} == {"api", "limiter", "cost", "notifier", "health", "run"}
+    assert not [line for line in text.splitlines() if line.startswith('{"ts"') or FASTSTREAM_PLAIN_LINE.match(line)]
+    assert any("FastStream app started" in line for line in ours)
+    summary = text[text.index("costwarden is up:"):]
+    assert f"http://127.0.0.1:{ports['API_PORT']}" in summary and f"http://127.0.0.1:{ports['HEALTH_PORT']}" in summary
+    assert f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/v1" in summary and "keys create --user" in summary
+
+
+def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_path):
+    redis_srv, redis_url = redis_server()  # a fresh one: other tests spend 127.0.0.1's anonymous quota
+    env, ports = run_env(database_url, redis_url)
     log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)
     run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=tmp_path,
                            stdout=log, stderr=subprocess.STDOUT)
@@ -44,5 +99,9 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_pat
     assert code == 0, output[-3000:]
     assert "starting nats-server with JetStream" in output
     assert "no TOGETHER_API_KEY set: the gateway calls the local LLM simulator" in output
+    services = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert {entry["service"] for entry in services} >= {"api", "limiter", "cost", "notifier", "health", "run"}
+    assert any("FastStream app started" in entry["msg"] for entry in services)  # not a line of its own format
+    assert not [line for line in output.splitlines() if FASTSTREAM_PLAIN_LINE.match(line)]
     for port in ports.values():
         assert not port_open(port), f"port {port} still open after Ctrl-C"
