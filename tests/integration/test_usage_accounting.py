@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from decimal import Decimal
 
@@ -143,7 +144,7 @@ async def test_a_stream_the_provider_breaks_is_billed_and_its_error_recorded(own
     assert (tokens, nano) == (row["prompt_tokens"] + row["completion_tokens"], to_nano_usd(row["cost"]))
 
 
-async def test_answers_without_usage_are_counted_plain_and_streamed(own_providers, database_url, db, nc):
+async def test_answers_without_usage_are_counted_plain_and_streamed(own_providers, cost_service, database_url, db):
     api, together = own_providers
     set_faults(together, omit_usage=True)
     key = await new_key(database_url, unique("nousage"), "pro")
@@ -169,6 +170,10 @@ async def test_answers_without_usage_are_counted_plain_and_streamed(own_provider
         analytics = (await http.get("/api/costs/analytics", params={
             "start": "2020-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"})).json()
     assert f'costwarden_api_estimated_usage_total{{model="{CHEAP_MODEL}"}} 2.0' in metrics
+    ledger_metrics = httpx.get(f"{cost_service.url}/metrics").text
+    [counted] = re.findall(rf'costwarden_cost_estimated_usage_total{{model="{re.escape(CHEAP_MODEL)}"}} (\S+)',
+                           ledger_metrics)
+    assert float(counted) >= 2  # the session's cost service has recorded other tests' estimated calls too
     spent = sum((r["cost"] for r in rows), Decimal(0))
     assert (analytics["requests"], analytics["estimated_requests"]) == (2, 2)
     assert Decimal(analytics["estimated_cost"]) == Decimal(analytics["cost"]) == spent
