@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.api.callers import create_key
+from services.api.pg_api_key_store import create_key
 from tests.servers import ServiceProcess, free_port, port_open, wait_for
 
 

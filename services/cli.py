@@ -13,7 +13,7 @@ from shared.settings import DEFAULT_TIERS, get_settings
 
 
 async def _keys_create(args: argparse.Namespace) -> int:
-    from services.api.callers import create_key
+    from services.api.pg_api_key_store import create_key
 
     conn = await asyncpg.connect(get_settings().database_url)
     try:
@@ -27,7 +27,7 @@ async def _keys_create(args: argparse.Namespace) -> int:
 
 
 async def _keys_revoke(args: argparse.Namespace) -> int:
-    from services.api.callers import revoke_key
+    from services.api.pg_api_key_store import revoke_key
 
     conn = await asyncpg.connect(get_settings().database_url)
     try:

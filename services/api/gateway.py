@@ -6,20 +6,14 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Protocol
 
-import httpx
-import nats.errors
-from nats.aio.client import Client as Nats
-from nats.js import JetStreamContext
-from prometheus_client import Counter, Gauge
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from prometheus_client import Counter
 
 from services.api.callers import Caller
-from services.api.providers import ProviderCall, ProviderRouter, ProvidersFailed
+from services.api.providers import ProviderCall, ProviderRouter, ProvidersFailed, ProviderStreamBroken
 from services.api.usage import (
     StreamTally,
     TokenCounter,
@@ -31,20 +25,12 @@ from services.api.usage import (
 )
 from shared.events import LimitDecision, LimitRequest, LlmCompleted, Policy
 from shared.settings import ModelRoute
-from shared.subjects import LLM_COMPLETED, LLM_REQUEST
 
 log = logging.getLogger(__name__)
 
-LIMITER_DECISIONS = Counter("costwarden_api_limiter_decisions_total", "Limiter answers seen by the gateway",
-                            ["outcome"])
 PROVIDER_CALLS = Counter("costwarden_api_provider_calls_total", "Provider calls by outcome", ["provider", "outcome"])
-UNPUBLISHED = Counter("costwarden_api_unpublished_events_total",
-                      "llm.completed events lost: the backlog was full, or NATS did not take them before shutdown")
 ESTIMATED = Counter("costwarden_api_estimated_usage_total",
                     "Calls whose usage the gateway counted because the provider sent none", ["model"])
-BACKLOG = Gauge("costwarden_api_unpublished_backlog", "llm.completed events waiting for NATS to take them",
-                multiprocess_mode="livesum")
-PUBLISH_ERRORS = (nats.errors.Error, TimeoutError)
 
 
 class UnknownModel(Exception):
@@ -64,97 +50,21 @@ class CallContext:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
-class LimiterClient:
-    """Asks `llm.request` (core NATS request-reply; any limiter replica answers)."""
-
-    def __init__(self, nc: Nats, timeout_s: float, failure_mode: Literal["closed", "open"]) -> None:
-        self.nc = nc
-        self.timeout_s = timeout_s
-        self.failure_mode = failure_mode
-
+class LimiterClient(Protocol):
     async def ask(self, request: LimitRequest) -> LimitDecision:
-        try:
-            reply = await self.nc.request(LLM_REQUEST, request.model_dump_json().encode(), timeout=self.timeout_s)
-        except nats.errors.Error as exc:  # timeout, no responders, connection closed or reconnecting
-            allowed = self.failure_mode == "open"
-            LIMITER_DECISIONS.labels("unavailable").inc()
-            log.warning("no limiter answered request %s (%s); failing %s", request.request_id,
-                        type(exc).__name__, self.failure_mode)
-            reason = ("Rate limiter unavailable; request allowed without a limit check" if allowed
-                      else "Rate limiter unavailable; try again shortly")
-            return LimitDecision.unavailable(request, allowed, reason)
-        decision = LimitDecision.model_validate_json(reply.data)
-        LIMITER_DECISIONS.labels("allowed" if decision.allowed else "denied").inc()
-        return decision
+        """The limiter's decision; when no limiter answers, the configured failure mode's."""
+        ...
 
 
-class CompletionPublisher:
-    """Publishes `llm.completed` to JetStream with the request id as Nats-Msg-Id, so that the stream
-    holds one record per request however often a publish is retried.
-
-    While NATS takes events, the caller waits for the ack: an answered call is a recorded call. When a
-    publish fails or NATS is away, the event joins a bounded backlog that one background task retries,
-    oldest first, until JetStream takes it. An outage then neither adds the ack timeout to every call
-    nor loses what was served; only a backlog over `backlog_limit` events (or one still unsent when the
-    process exits) is lost, and counted."""
-
-    def __init__(self, nc: Nats, js: JetStreamContext, *, ack_timeout_s: float = 2.0,
-                 backlog_limit: int = 100_000) -> None:
-        self.nc = nc
-        self.js = js
-        self.ack_timeout_s = ack_timeout_s
-        self.backlog_limit = backlog_limit
-        self.backlog: deque[LlmCompleted] = deque()
-        self._retrier: asyncio.Task[None] | None = None
-
+class CompletionPublisher(Protocol):
     async def publish(self, event: LlmCompleted) -> None:
-        if self.nc.is_connected and not self.backlog:
-            try:
-                await self._publish_once(event)
-                return
-            except PUBLISH_ERRORS as exc:
-                log.warning("llm.completed for %s not acked (%s); keeping it to retry", event.request_id,
-                            type(exc).__name__)
-        self._keep(event)
+        """Record one call; never raises (what cannot be sent now is kept and sent later)."""
+        ...
 
-    async def _publish_once(self, event: LlmCompleted) -> None:
-        await self.js.publish(LLM_COMPLETED, event.model_dump_json().encode(), stream="LLM",
-                              headers={"Nats-Msg-Id": event.request_id}, timeout=self.ack_timeout_s)
-
-    def _keep(self, event: LlmCompleted) -> None:
-        if len(self.backlog) >= self.backlog_limit:
-            UNPUBLISHED.inc()
-            log.error("backlog of %d unpublished events is full; llm.completed for %s is lost",
-                      len(self.backlog), event.request_id)
-            return
-        self.backlog.append(event)
-        BACKLOG.set(len(self.backlog))
-        if self._retrier is None or self._retrier.done():
-            self._retrier = asyncio.create_task(self._retry_backlog(), name="llm-completed-backlog")
-
-    async def _retry_backlog(self) -> None:
-        retrying = AsyncRetrying(wait=wait_exponential(multiplier=0.2, max=5.0),
-                                 retry=retry_if_exception_type(PUBLISH_ERRORS), reraise=True)
-        while self.backlog:
-            await retrying(self._publish_once, self.backlog[0])
-            self.backlog.popleft()
-            BACKLOG.set(len(self.backlog))
-        log.info("backlog of unpublished llm.completed events cleared")
-
-    async def drain(self, timeout_s: float) -> None:
-        """At shutdown: give the backlog up to `timeout_s` to reach JetStream, then count what is left."""
-        if self._retrier is None or self._retrier.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._retrier), timeout_s)
-        except TimeoutError:
-            self._retrier.cancel()
-            UNPUBLISHED.inc(len(self.backlog))
-            log.error("%d llm.completed events were never published: NATS did not take them before shutdown",
-                      len(self.backlog))
+    async def drain(self, timeout_s: float) -> None: ...
 
 
-PROVIDER_STREAM_ERRORS = (httpx.HTTPError, ValueError)  # transport failures, and chunks that are not JSON
+PROVIDER_STREAM_ERRORS = (ProviderStreamBroken, ValueError)  # a broken connection, a chunk that is not JSON
 # Above this many characters a prompt is counted in a thread, so that one huge prompt does not stall
 # every other call on the event loop.
 COUNT_IN_THREAD_CHARS = 20_000
@@ -301,10 +211,9 @@ class StreamRelay:
             self.gateway.finish_stream(self, error)
 
     async def _relay(self) -> AsyncIterator[bytes]:
-        assert self.call.stream is not None
         error: str | None = "client disconnected before the stream ended"
         try:
-            async for line in self.call.stream.aiter_lines():
+            async for line in self.call.lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -326,9 +235,10 @@ class StreamRelay:
             error = None
             yield b"data: [DONE]\n\n"
         except PROVIDER_STREAM_ERRORS as exc:
-            error = f"{self.call.provider} stream interrupted: {type(exc).__name__}"
+            cause = str(exc) if isinstance(exc, ProviderStreamBroken) else type(exc).__name__
+            error = f"{self.call.provider} stream interrupted: {cause}"
             log.warning("stream of request %s interrupted after %d chunks: %s", self.ctx.request_id,
-                        self.tally.chunks, type(exc).__name__)
+                        self.tally.chunks, cause)
             yield sse_error(error, "provider_stream_interrupted")
         finally:
             self._finish(error)

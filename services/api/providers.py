@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,10 @@ class ProviderError(Exception):
         if self.status is None:
             return f"{self.provider}: {self}"
         return f"{self.provider}: HTTP {self.status} {self}"
+
+
+class ProviderStreamBroken(Exception):
+    """A streamed answer broke off (its message names how: ReadTimeout, RemoteProtocolError, ...)."""
 
 
 class ProvidersFailed(Exception):
@@ -147,6 +151,15 @@ class ProviderCall:
     raw: bytes = b""
     stream: httpx.Response | None = None
     attempts: list[ProviderError] = field(default_factory=list)
+
+    async def lines(self) -> AsyncIterator[str]:
+        """The lines of a streamed answer; a transport failure mid-way is a ProviderStreamBroken."""
+        assert self.stream is not None
+        try:
+            async for line in self.stream.aiter_lines():
+                yield line
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            raise ProviderStreamBroken(type(exc).__name__) from exc
 
     async def close(self) -> None:
         if self.stream is not None:

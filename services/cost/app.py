@@ -10,11 +10,12 @@ from typing import Any
 import asyncpg
 from faststream.asgi import AsgiFastStream
 
+from services.cost.pg_cost_queries import PgCostQueries
 from services.cost.pg_usage_ledger import PgUsageLedger
-from services.cost.queries import CostQuery, PgCostQueries
 from services.cost.recorder import CostRecorder
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker
+from shared.cost_query import CostQuery
 from shared.events import Alert, LlmCompleted
 from shared.logs import configure_logging
 from shared.service_app import make_service_app

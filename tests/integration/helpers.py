@@ -7,7 +7,7 @@ import httpx
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.api.callers import create_key
+from services.api.pg_api_key_store import create_key
 
 CHEAP_MODEL = "meta-llama/Llama-3-8b-chat-hf"
 

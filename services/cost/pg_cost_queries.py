@@ -1,75 +1,15 @@
-"""Read side of the ledger: current spend from the rollups, analytics for a time range."""
+"""Read side of the ledger in Postgres: current spend from the rollups, analytics for a time range."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
 
 import asyncpg
-from pydantic import BaseModel, Field, model_validator
 
 from services.cost.ledger import bucket_start
+from shared.cost_query import Analytics, Breakdown, CostQuery, CurrentCost
 from shared.events import utc_now
-
-
-class CostQuery(BaseModel):
-    """Asked on `cost.query`. user_id None means every user (the gateway allows that to admins only)."""
-
-    kind: Literal["current", "analytics"]
-    user_id: str | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-    top_n: int = Field(default=10, ge=1, le=100)
-
-    @model_validator(mode="after")
-    def _range(self) -> CostQuery:
-        if self.kind == "analytics":
-            if self.start is None or self.end is None:
-                raise ValueError("analytics needs start and end")
-            if self.start.tzinfo is None or self.end.tzinfo is None:
-                raise ValueError("start and end must carry a timezone")
-            if self.end <= self.start:
-                raise ValueError("end must be after start")
-        return self
-
-
-class CurrentCost(BaseModel):
-    user_id: str | None
-    hourly: Decimal
-    daily: Decimal
-    monthly: Decimal
-    as_of: datetime
-
-
-class Breakdown(BaseModel):
-    key: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: Decimal
-    estimated_requests: int
-    estimated_cost: Decimal
-
-
-class Analytics(BaseModel):
-    user_id: str | None
-    start: datetime
-    end: datetime
-    requests: int
-    successful_requests: int
-    success_rate: Decimal | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost: Decimal
-    estimated_requests: int = Field(description="Calls whose usage was counted by costwarden: the provider sent none.")
-    estimated_cost: Decimal = Field(description="The part of `cost` priced from estimated usage.")
-    latency_ms: dict[str, float | None]
-    by_model: list[Breakdown]
-    by_endpoint: list[Breakdown]
-    by_tag: list[Breakdown]
-    by_user: list[Breakdown]
-
 
 ROLLUP_COST = """
 SELECT period, coalesce(sum(cost), 0) AS cost FROM llm_cost_rollups

@@ -1,0 +1,41 @@
+"""The cost service, asked over core NATS request-reply on `cost.query` (any cost replica answers)."""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+import nats.errors
+from nats.aio.client import Client as Nats
+
+from shared.cost_query import Analytics, CostQuery, CurrentCost
+from shared.subjects import COST_QUERY
+
+
+class CostServiceUnavailable(Exception):
+    """No cost replica answered in time."""
+
+
+class CostQueryRefused(Exception):
+    """The cost service found the query invalid; the message says why."""
+
+
+class CostQueries(Protocol):
+    async def ask(self, query: CostQuery) -> CurrentCost | Analytics: ...
+
+
+class NatsCostQueries:
+    def __init__(self, nc: Nats, timeout_s: float) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+
+    async def ask(self, query: CostQuery) -> CurrentCost | Analytics:
+        try:
+            reply = await self.nc.request(COST_QUERY, query.model_dump_json().encode(), timeout=self.timeout_s)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise CostServiceUnavailable("the cost service did not answer") from exc
+        body = json.loads(reply.data)
+        if "error" in body:
+            raise CostQueryRefused(body.get("reason") or body["error"])
+        answer = CurrentCost if query.kind == "current" else Analytics
+        return answer.model_validate(body)

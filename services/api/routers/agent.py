@@ -1,0 +1,50 @@
+"""The original system's routes: POST /api/agent/query and POST /api/agent/generate-long-form (strict
+policy), answering {requestId, response, model, provider, usage}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from services.api.admission import admit, call_context, complete
+from services.api.api_state import ApiState, api_state
+from services.api.http_edge import caller_of, checked_max_tokens, read_body
+from services.api.requests import AgentQuery, AgentRequest, LongFormRequest
+from shared.events import Policy
+
+router = APIRouter()
+LONG_FORM_MAX_TOKENS = 4096
+
+
+async def agent_call(request: Request, state: ApiState, body: AgentRequest, text: str, endpoint: str,
+                     policy: Policy, default_max_tokens: int) -> JSONResponse:
+    caller = await caller_of(request, state.keys)
+    model = body.model or state.config.default_model
+    max_tokens = checked_max_tokens(body.max_tokens, state.settings.reservation_cap_tokens) or default_max_tokens
+    payload = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+    ctx = await call_context(request, state, caller, endpoint, policy, body.session_id, payload, max_tokens)
+    headers = await admit(state, ctx, model)
+    call = await complete(state, ctx, model, payload)
+    answer = call.body or {}
+    choice = (answer.get("choices") or [{}])[0]
+    return JSONResponse({
+        "requestId": ctx.request_id,
+        "response": (choice.get("message") or {}).get("content"),
+        "model": model,
+        "provider": call.provider,
+        "usage": answer.get("usage"),
+    }, headers=headers)
+
+
+@router.post("/api/agent/query")
+async def agent_query(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+    body = await read_body(request, AgentQuery, state.settings.max_body_bytes)
+    return await agent_call(request, state, body, body.query, "/api/agent/query", "standard",
+                            state.settings.default_max_tokens)
+
+
+@router.post("/api/agent/generate-long-form")
+async def agent_long_form(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+    body = await read_body(request, LongFormRequest, state.settings.max_body_bytes)
+    return await agent_call(request, state, body, body.prompt, "/api/agent/generate-long-form", "strict",
+                            min(LONG_FORM_MAX_TOKENS, state.settings.reservation_cap_tokens))

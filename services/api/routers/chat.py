@@ -1,0 +1,62 @@
+"""OpenAI-compatible routes: POST /v1/chat/completions (plain and streamed) and GET /v1/models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from services.api.admission import admit, call_context, complete
+from services.api.api_state import ApiState, api_state
+from services.api.http_edge import caller_of, checked_max_tokens, provider_failure, read_body
+from services.api.providers import ProvidersFailed
+from services.api.requests import ChatCompletionRequest
+
+router = APIRouter()
+MODELS_CREATED = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+
+
+class RelayResponse(StreamingResponse):
+    """A relayed stream that is closed as soon as the response ends, however it ends. Starlette cancels
+    a streaming response whose client disconnects; the relay may then be parked at a `yield` and would
+    otherwise only be closed whenever the garbage collector finds it (and only then record the call)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: ApiState = Depends(api_state)) -> Response:
+    caller = await caller_of(request, state.keys)
+    chat = await read_body(request, ChatCompletionRequest, state.settings.max_body_bytes)
+    param = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
+    max_tokens = checked_max_tokens(chat.completion_limit, state.settings.reservation_cap_tokens, param)
+    payload = chat.model_dump(exclude_none=True)
+    ctx = await call_context(request, state, caller, "/v1/chat/completions", "standard", None, payload, max_tokens)
+    headers = await admit(state, ctx, chat.model)
+    if not chat.stream:
+        call = await complete(state, ctx, chat.model, payload)
+        return Response(call.raw, media_type="application/json",
+                        headers={**headers, "X-Costwarden-Provider": call.provider})
+    try:
+        call, started = await state.gateway.open_stream(ctx, chat.model, payload)
+    except ProvidersFailed as exc:
+        raise provider_failure(exc, ctx) from None
+    forward_usage = bool((chat.stream_options or {}).get("include_usage"))
+    return RelayResponse(
+        state.gateway.relay(ctx, chat.model, call, started, forward_usage), media_type="text/event-stream",
+        headers={**headers, "X-Costwarden-Provider": call.provider, "Cache-Control": "no-cache"},
+    )
+
+
+@router.get("/v1/models")
+async def list_models(state: ApiState = Depends(api_state)) -> dict[str, Any]:
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": routes[0].provider}
+        for name, routes in state.config.models.items()
+    ]}

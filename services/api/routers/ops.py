@@ -1,0 +1,33 @@
+"""The service's own probes and metrics: /health/live, /health/ready (with each provider's breaker)
+and /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from services.api.api_state import ApiState, api_state
+from shared.service_app import metrics_text, run_readiness
+
+SERVICE = "api"
+router = APIRouter()
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "alive", "service": SERVICE}
+
+
+@router.get("/health/ready")
+async def ready(state: ApiState = Depends(api_state)) -> JSONResponse:
+    checks = await run_readiness(state.readiness)
+    is_ready = all(result == "ok" for result in checks.values())
+    breakers = {name: breaker.state.value for name, breaker in state.breakers.items()}
+    return JSONResponse({"status": "ready" if is_ready else "not ready", "service": SERVICE, "checks": checks,
+                         "providers": breakers}, status_code=200 if is_ready else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)

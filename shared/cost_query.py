@@ -1,0 +1,68 @@
+"""The `cost.query` contract: what the gateway (or anyone) asks the cost service, and what it answers.
+Money is Decimal, sent as decimal strings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class CostQuery(BaseModel):
+    """Asked on `cost.query`. user_id None means every user (the gateway allows that to admins only)."""
+
+    kind: Literal["current", "analytics"]
+    user_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    top_n: int = Field(default=10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _range(self) -> CostQuery:
+        if self.kind == "analytics":
+            if self.start is None or self.end is None:
+                raise ValueError("analytics needs start and end")
+            if self.start.tzinfo is None or self.end.tzinfo is None:
+                raise ValueError("start and end must carry a timezone")
+            if self.end <= self.start:
+                raise ValueError("end must be after start")
+        return self
+
+
+class CurrentCost(BaseModel):
+    user_id: str | None
+    hourly: Decimal
+    daily: Decimal
+    monthly: Decimal
+    as_of: datetime
+
+
+class Breakdown(BaseModel):
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    estimated_requests: int
+    estimated_cost: Decimal
+
+
+class Analytics(BaseModel):
+    user_id: str | None
+    start: datetime
+    end: datetime
+    requests: int
+    successful_requests: int
+    success_rate: Decimal | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    estimated_requests: int = Field(description="Calls whose usage was counted by costwarden: the provider sent none.")
+    estimated_cost: Decimal = Field(description="The part of `cost` priced from estimated usage.")
+    latency_ms: dict[str, float | None]
+    by_model: list[Breakdown]
+    by_endpoint: list[Breakdown]
+    by_tag: list[Breakdown]
+    by_user: list[Breakdown]
