@@ -100,37 +100,35 @@ def summary(settings: Settings, services: dict[str, int], simulator_url: str | N
     return "\n".join(lines)
 
 
-async def main() -> int:
-    settings = Settings()
-    configure_logging("run", settings.log_level, settings.log_format)
-    env = dict(os.environ)
-    processes: dict[str, asyncio.subprocess.Process] = {}
+Processes = dict[str, asyncio.subprocess.Process]
 
-    if not await nats_reachable(settings.nats_url):
-        url = urlsplit(settings.nats_url)
-        log.info("no NATS at %s: starting nats-server with JetStream (data in %s)", settings.nats_url, RUN_DIR)
-        processes["nats"] = await start("nats-server", [
-            nats_server_binary(), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
-            "-sd", str(RUN_DIR / "nats")], env, log_file=RUN_DIR / "nats-server.log")
-        await wait_until(lambda: nats_reachable(settings.nats_url), "nats-server")
 
-    applied = await apply_migrations(settings.database_url)
-    log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
-    nc = await nats.connect(settings.nats_url)
-    await ensure_streams(nc.jetstream())
-    await nc.close()
+async def start_nats_if_missing(settings: Settings, env: dict[str, str], processes: Processes) -> None:
+    if await nats_reachable(settings.nats_url):
+        return
+    url = urlsplit(settings.nats_url)
+    log.info("no NATS at %s: starting nats-server with JetStream (data in %s)", settings.nats_url, RUN_DIR)
+    processes["nats"] = await start("nats-server", [
+        nats_server_binary(), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
+        "-sd", str(RUN_DIR / "nats")], env, log_file=RUN_DIR / "nats-server.log")
+    await wait_until(lambda: nats_reachable(settings.nats_url), "nats-server")
 
-    simulator_url = None
-    if settings.together_api_key is None:
-        port = settings.simulator_port
-        base_url = f"http://127.0.0.1:{port}/v1"
-        log.info("no TOGETHER_API_KEY set: the gateway calls the local LLM simulator at %s", base_url)
-        processes["simulator"] = await start("simulator", [
-            sys.executable, "-m", "services.simulator", "--port", str(port), "--name", "together_ai"], env)
-        await wait_until(lambda: http_up(port), "simulator")
-        env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
-        simulator_url = base_url
 
+async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], processes: Processes) -> str | None:
+    """The simulator's URL when the gateway is pointed at it (no TOGETHER_API_KEY), else None."""
+    if settings.together_api_key is not None:
+        return None
+    port = settings.simulator_port
+    base_url = f"http://127.0.0.1:{port}/v1"
+    log.info("no TOGETHER_API_KEY set: the gateway calls the local LLM simulator at %s", base_url)
+    processes["simulator"] = await start("simulator", [
+        sys.executable, "-m", "services.simulator", "--port", str(port), "--name", "together_ai"], env)
+    await wait_until(lambda: http_up(port), "simulator")
+    env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
+    return base_url
+
+
+async def start_services(settings: Settings, env: dict[str, str], processes: Processes) -> dict[str, int]:
     services = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
                 "health": settings.health_port, "api": settings.api_port}
     if settings.s3_backup_bucket:
@@ -141,21 +139,23 @@ async def main() -> int:
         processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], env)
     for name, port in services.items():
         await wait_until(lambda port=port: http_up(port), name, seconds=30)
-    log.info("%s", summary(settings, services, simulator_url))
+    return services
 
+
+async def until_stopped_or_failed(processes: Processes) -> list[str]:
+    """Wait for Ctrl-C (or SIGTERM), or for a process to exit on its own; the names of those that did."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     exits = {asyncio.create_task(p.wait()): name for name, p in processes.items()}
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *exits], return_when=asyncio.FIRST_COMPLETED)
-    failed = [exits[t] for t in done if t in exits]
-    if failed:
-        log.error("%s exited; stopping the rest", ", ".join(failed))
+    done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *exits], return_when=asyncio.FIRST_COMPLETED)
+    return [exits[t] for t in done if t in exits]
 
-    for name in reversed(list(processes)):
-        process = processes[name]
+
+async def stop_all(processes: Processes) -> None:
+    """SIGTERM to every process, last started first; each has STOP_TIMEOUT_S to drain, then is killed."""
+    for process in reversed(list(processes.values())):
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
     for name, process in reversed(list(processes.items())):
@@ -164,6 +164,26 @@ async def main() -> int:
         except TimeoutError:
             log.warning("%s did not stop in %ss; killing it", name, STOP_TIMEOUT_S)
             process.kill()
+
+
+async def main() -> int:
+    settings = Settings()
+    configure_logging("run", settings.log_level, settings.log_format)
+    env = dict(os.environ)
+    processes: Processes = {}
+    await start_nats_if_missing(settings, env, processes)
+    applied = await apply_migrations(settings.database_url)
+    log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
+    nc = await nats.connect(settings.nats_url)
+    await ensure_streams(nc.jetstream())
+    await nc.close()
+    simulator_url = await start_simulator_if_no_key(settings, env, processes)
+    services = await start_services(settings, env, processes)
+    log.info("%s", summary(settings, services, simulator_url))
+    failed = await until_stopped_or_failed(processes)
+    if failed:
+        log.error("%s exited; stopping the rest", ", ".join(failed))
+    await stop_all(processes)
     log.info("stopped")
     return 1 if failed else 0
 

@@ -1,4 +1,5 @@
-"""NATS wiring shared by every service: the broker factory and the dead-letter middleware."""
+"""NATS wiring shared by every service: the broker factory, publishing events (with their id as
+Nats-Msg-Id, so JetStream keeps one copy), dead letters and the dead-letter middleware."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY, CollectorRegistry
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from shared.events import DeadLetter
-from shared.subjects import dead_letter_subject
+from shared.events import Alert, DeadLetter
+from shared.subjects import alert_subject, dead_letter_subject
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,18 @@ def malformed_json_reason(body: bytes) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return f"malformed JSON: {exc}"
     return None
+
+
+async def publish_event(js: JetStreamContext, subject: str, event: BaseModel, stream: str, msg_id: str | None = None,
+                        timeout_s: float = 2.0) -> None:
+    """Publish to JetStream and wait for the stream's ack; `msg_id` de-duplicates re-publications."""
+    await js.publish(subject, event.model_dump_json().encode(), stream=stream,
+                     headers={"Nats-Msg-Id": msg_id} if msg_id else None, timeout=timeout_s)
+
+
+async def publish_alert(js: JetStreamContext, alert: Alert) -> None:
+    """`alert.<source>.<severity>`, once per alert key (the key is the Nats-Msg-Id)."""
+    await publish_event(js, alert_subject(alert.source, alert.severity), alert, "ALERTS", alert.key)
 
 
 async def publish_dead_letter(js: JetStreamContext, subject: str, payload: bytes, reason: str,

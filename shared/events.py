@@ -40,6 +40,7 @@ class Event(BaseModel):
 
 
 Policy = Literal["standard", "strict"]
+LimitedBy = Literal["requests", "strict", "tokens", "budget", "unavailable"]
 UsageSource = Literal["provider", "estimated"]
 
 
@@ -69,7 +70,7 @@ class LimitDecision(Event):
     reset_at: datetime
     retry_after_s: float = 0
     reason: str | None = None
-    limited_by: Literal["requests", "strict", "tokens", "budget", "unavailable"] | None = None
+    limited_by: LimitedBy | None = None
     reserved_tokens: int = 0
     reserved_usd: Decimal = Decimal("0")
 

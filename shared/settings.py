@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeGuard
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -238,7 +238,7 @@ class Settings(BaseSettings):
         return FileConfig.model_validate(raw)
 
 
-def is_set(secret: SecretStr | None) -> bool:
+def is_set(secret: SecretStr | None) -> TypeGuard[SecretStr]:
     """A secret setting counts as given only when it is not empty (KEY= in a .env file is "off")."""
     return secret is not None and bool(secret.get_secret_value())
 

@@ -22,6 +22,7 @@ from services.api.breaker import CircuitBreaker
 from services.api.callers import parse_networks
 from services.api.gateway import Gateway
 from services.api.http_edge import RequestMetrics, install_error_handlers
+from services.api.httpx_provider_client import HttpxProviderClient
 from services.api.jetstream_completion_publisher import JetStreamCompletionPublisher
 from services.api.nats_cost_queries import NatsCostQueries
 from services.api.nats_limiter_client import NatsLimiterClient
@@ -38,11 +39,11 @@ SERVICE = "api"
 
 def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     """One client per provider that has a key: a provider without one is not tried."""
-    clients = {}
+    clients: dict[str, ProviderClient] = {}
     for name, base_url, key in (("together_ai", settings.together_base_url, settings.together_api_key),
                                 ("openai", settings.openai_base_url, settings.openai_api_key)):
         if key is not None and is_set(key):
-            clients[name] = ProviderClient(name, base_url, key, settings.provider_timeout_s,
+            clients[name] = HttpxProviderClient(name, base_url, key, settings.provider_timeout_s,
                                            settings.provider_connect_timeout_s)
     return clients
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -210,7 +210,7 @@ class StreamRelay:
             self._finished = True
             self.gateway.finish_stream(self, error)
 
-    async def _relay(self) -> AsyncIterator[bytes]:
+    async def _relay(self) -> AsyncGenerator[bytes, None]:
         error: str | None = "client disconnected before the stream ended"
         try:
             async for line in self.call.lines():

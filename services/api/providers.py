@@ -1,22 +1,14 @@
-"""LLM providers behind one interface: Together.ai first, OpenAI as fallback, each with timeouts,
-bounded retries on 429/5xx (tenacity) and a circuit breaker.
-
-Calls use the httpx API over aiohttp's connection pool and HTTP parser (`httpx-aiohttp`, the aiohttp
-option of the official `openai` SDK): httpx's own transport costs several times the CPU per call."""
+"""LLM providers behind one interface: the routes of a model tried in order (Together.ai first,
+OpenAI as fallback), each with bounded retries on 429/5xx/network errors (tenacity) and a circuit
+breaker. The HTTP client is a port (httpx_provider_client.py is its adapter)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
-from pydantic import SecretStr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from services.api.breaker import CircuitBreaker
@@ -69,78 +61,26 @@ class ProvidersFailed(Exception):
         return bool(self.errors) and all(e.timeout for e in self.errors)
 
 
-def failure_of(provider: str, exc: Exception) -> ProviderError:
-    """What a transport error means for the call: a timeout or not, and whether the provider had the
-    request (`billable`). httpx-aiohttp re-raises aiohttp's errors as httpx ones, not always of the
-    closest kind (a server that hangs up becomes a ConnectTimeout), so the aiohttp cause decides."""
-    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
-    name = type(cause).__name__
-    if isinstance(cause, (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout, httpx.PoolTimeout)):
-        return ProviderError(provider, "timed out", timeout=True)
-    if isinstance(cause, (aiohttp.ClientConnectorError, httpx.ConnectError)):
-        return ProviderError(provider, f"connection failed ({name})")
-    if isinstance(cause, (TimeoutError, httpx.TimeoutException)):
-        return ProviderError(provider, "timed out", timeout=True, billable=True)
-    return ProviderError(provider, f"connection failed ({name})", billable=True)
+class ProviderStream(Protocol):
+    """A streamed answer, line by line; a connection that breaks mid-way raises ProviderStreamBroken."""
+
+    def lines(self) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("error")
-        return str(message or response.reason_phrase)[:300]
-    except (ValueError, AttributeError):
-        return response.reason_phrase
+class ProviderClient(Protocol):
+    """One provider's chat completions endpoint. Failures are ProviderError."""
 
-
-class ProviderClient:
-    """One provider's endpoint. `timeout_s` bounds a plain call as a whole, and a stream until its
-    first byte and then each wait between two chunks; `connect_timeout_s` bounds the connection."""
-
-    def __init__(self, name: str, base_url: str, api_key: SecretStr, timeout_s: float, connect_timeout_s: float
-                 ) -> None:
-        self.name = name
-        self.timeout_s = timeout_s
-        # An absolute URL parsed once: httpx would otherwise parse and join a relative one on every call.
-        self.completions_url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=15)
-        self.http = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            transport=AiohttpTransport(limits=limits),
-        )
-
-    async def _send(self, payload: Mapping[str, Any], stream: bool) -> httpx.Response:
-        request = self.http.build_request("POST", self.completions_url, json=payload)
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await self.http.send(request, stream=stream)
-        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
-            raise failure_of(self.name, exc) from exc
-        if response.status_code >= 400:
-            if stream:
-                await response.aread()
-                await response.aclose()
-            raise ProviderError(self.name, _error_message(response), status=response.status_code)
-        return response
+    name: str
 
     async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The answer parsed (to read its usage) and as received (relayed to the caller as it is)."""
-        response = await self._send(payload, stream=False)
-        try:
-            body = json.loads(response.content)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProviderError(self.name, "answered with a body that is not JSON", status=502,
-                                billable=True) from exc
-        if not isinstance(body, dict):
-            raise ProviderError(self.name, "answered with JSON that is not an object", status=502, billable=True)
-        return body, response.content
+        ...
 
-    async def open_stream(self, payload: Mapping[str, Any]) -> httpx.Response:
-        return await self._send(payload, stream=True)
+    async def open_stream(self, payload: Mapping[str, Any]) -> ProviderStream: ...
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    async def aclose(self) -> None: ...
 
 
 @dataclass
@@ -149,17 +89,12 @@ class ProviderCall:
     upstream_model: str
     body: dict[str, Any] | None = None
     raw: bytes = b""
-    stream: httpx.Response | None = None
+    stream: ProviderStream | None = None
     attempts: list[ProviderError] = field(default_factory=list)
 
-    async def lines(self) -> AsyncIterator[str]:
-        """The lines of a streamed answer; a transport failure mid-way is a ProviderStreamBroken."""
+    def lines(self) -> AsyncIterator[str]:
         assert self.stream is not None
-        try:
-            async for line in self.stream.aiter_lines():
-                yield line
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
-            raise ProviderStreamBroken(type(exc).__name__) from exc
+        return self.stream.lines()
 
     async def close(self) -> None:
         if self.stream is not None:
@@ -214,7 +149,8 @@ class ProviderRouter:
                 skipped.append(route.provider)
                 continue
             try:
-                result = await self._retrying()(self._attempt, client, route.model, payload, stream, attempts)
+                result: ProviderCall = await self._retrying()(self._attempt, client, route.model, payload, stream,
+                                                              attempts)
             except ProviderError as exc:
                 errors.append(exc)
                 if exc.retryable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared.events import LimitDecision
 
@@ -38,7 +39,7 @@ def iso_utc_seconds(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def too_many_requests(decision: LimitDecision, upgrade_url: str) -> tuple[dict[str, object], dict[str, str]]:
+def too_many_requests(decision: LimitDecision, upgrade_url: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(body, headers) of the 429 answer, the body exactly as the original system sent it."""
     body = {
         "error": "Rate limit exceeded",

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Sequence
+from datetime import timedelta
 
 import asyncpg
-from croniter import croniter
 from faststream.asgi import AsgiFastStream
+from faststream.nats import NatsBroker
 
-from services.backup.store import S3BackupStore
+from services.backup.s3_backup_store import S3BackupStore
+from services.backup.scheduler import run_schedule
 from services.backup.worker import BackupWorker
 from shared.batch_consumer import BatchConsumer
-from shared.bus import jetstream, make_broker
+from shared.bus import jetstream, make_broker, publish_alert, publish_event
 from shared.events import Alert, BackupCompleted, BackupRequested, BackupTick
 from shared.logs import configure_logging
 from shared.service_app import make_service_app
 from shared.settings import Settings, get_settings
-from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, alert_subject, ensure_streams
+from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, ensure_streams
 
 SERVICE = "backup"
 BACKUP_ACK_WAIT_S = 60.0  # a running backup keeps its trigger "in progress" well within this
@@ -35,81 +36,81 @@ def make_store(settings: Settings) -> S3BackupStore:
                          settings.backup_part_size_mb * 1024 * 1024)
 
 
-def next_slot(schedule: str, after: datetime) -> datetime:
-    return croniter(schedule, after).get_next(datetime)
+class BackupService:
+    """The service's resources, opened at start-up and closed at shutdown in reverse order."""
+
+    def __init__(self, settings: Settings, broker: NatsBroker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.pool: asyncpg.Pool | None = None
+        self.worker: BackupWorker | None = None
+        self.consumers: list[BatchConsumer] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def publish_completed(self, event: BackupCompleted) -> None:
+        await publish_event(jetstream(self.broker), BACKUP_COMPLETED, event, "BACKUP")
+
+    async def publish_alert(self, alert: Alert) -> None:
+        await publish_alert(jetstream(self.broker), alert)
+
+    async def publish_tick(self, tick: BackupTick) -> None:
+        await publish_event(jetstream(self.broker), SCHEDULE_BACKUP, tick, "SCHEDULE", f"backup:{tick.slot}")
+
+    async def connect(self) -> None:
+        settings = self.settings
+        await self.broker.connect()
+        await ensure_streams(jetstream(self.broker))
+        self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
+        self.worker = BackupWorker(
+            self.pool, make_store(settings), settings.backup_database_url or settings.database_url,
+            settings.backup_retention_days, settings.backup_keep_last, settings.pg_dump_path,
+            settings.pg_restore_path, self.publish_completed, self.publish_alert)
+
+    async def on_ticks(self, ticks: Sequence[BackupTick]) -> None:
+        assert self.worker is not None
+        for tick in ticks:
+            await self.worker.run("schedule", slot=tick.slot)
+
+    async def on_requests(self, requests: Sequence[BackupRequested]) -> None:
+        assert self.worker is not None
+        for request in requests:
+            await self.worker.run_request(request, timedelta(seconds=self.settings.backup_request_ttl_s))
+
+    async def start_work(self) -> None:
+        js = jetstream(self.broker)
+        self.consumers = [
+            BatchConsumer(js, stream="SCHEDULE", subject=SCHEDULE_BACKUP, durable="backup-schedule", model=BackupTick,
+                          store=self.on_ticks, service=SERVICE, batch_size=1, ack_wait_s=BACKUP_ACK_WAIT_S),
+            BatchConsumer(js, stream="BACKUP", subject=BACKUP_REQUESTED, durable="backup-requests",
+                          model=BackupRequested, store=self.on_requests, service=SERVICE, batch_size=1,
+                          ack_wait_s=BACKUP_ACK_WAIT_S),
+        ]
+        for consumer in self.consumers:
+            await consumer.start()
+        self.tasks.append(asyncio.create_task(run_schedule(self.settings.backup_schedule, self.publish_tick)))
+
+    async def stop_work(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for consumer in self.consumers:
+            await consumer.stop()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def postgres_ready(self) -> None:
+        assert self.pool is not None
+        await self.pool.fetchval("SELECT 1")
 
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    broker = make_broker(settings.nats_url, SERVICE)
-    state: dict[str, Any] = {"consumers": [], "tasks": []}
-
-    async def postgres_ready() -> None:
-        await state["pool"].fetchval("SELECT 1")
-
-    app = make_service_app(broker, SERVICE, readiness=[("postgres", postgres_ready)])
-
-    async def publish_completed(event: BackupCompleted) -> None:
-        await jetstream(broker).publish(BACKUP_COMPLETED, event.model_dump_json().encode(), stream="BACKUP")
-
-    async def publish_alert(alert: Alert) -> None:
-        await jetstream(broker).publish(alert_subject(alert.source, alert.severity), alert.model_dump_json().encode(),
-                                        stream="ALERTS", headers={"Nats-Msg-Id": alert.key})
-
-    async def on_ticks(ticks: list[BackupTick]) -> None:
-        for tick in ticks:
-            await state["worker"].run("schedule", slot=tick.slot)
-
-    async def on_requests(requests: list[BackupRequested]) -> None:
-        for request in requests:
-            await state["worker"].run_request(request, timedelta(seconds=settings.backup_request_ttl_s))
-
-    async def scheduler() -> None:
-        """Publish one tick per cron slot; every replica does, and the slot as Nats-Msg-Id keeps one."""
-        while True:
-            slot = next_slot(settings.backup_schedule, datetime.now(UTC))
-            await asyncio.sleep(max(0.0, (slot - datetime.now(UTC)).total_seconds()))
-            tick = BackupTick(slot=slot.isoformat())
-            try:
-                await jetstream(broker).publish(SCHEDULE_BACKUP, tick.model_dump_json().encode(), stream="SCHEDULE",
-                                                headers={"Nats-Msg-Id": f"backup:{tick.slot}"})
-            except Exception as exc:  # the next slot is tried all the same
-                log.error("could not publish the backup tick for %s: %s", tick.slot, type(exc).__name__)
-
-    @app.on_startup
-    async def connect() -> None:
-        await broker.connect()
-        await ensure_streams(jetstream(broker))
-        database_url = settings.backup_database_url or settings.database_url
-        pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
-        state.update(pool=pool, worker=BackupWorker(
-            pool, make_store(settings), database_url, settings.backup_retention_days, settings.backup_keep_last,
-            settings.pg_dump_path, settings.pg_restore_path, publish_completed, publish_alert))
-
-    @app.after_startup
-    async def start_work() -> None:
-        js = jetstream(broker)
-        for subject, stream, durable, model, handler in (
-            (SCHEDULE_BACKUP, "SCHEDULE", "backup-schedule", BackupTick, on_ticks),
-            (BACKUP_REQUESTED, "BACKUP", "backup-requests", BackupRequested, on_requests),
-        ):
-            consumer = BatchConsumer(js, stream=stream, subject=subject, durable=durable, model=model, store=handler,
-                                     service=SERVICE, batch_size=1, ack_wait_s=BACKUP_ACK_WAIT_S)
-            await consumer.start()
-            state["consumers"].append(consumer)
-        state["tasks"].append(asyncio.create_task(scheduler()))
-
-    @app.on_shutdown
-    async def stop_work() -> None:
-        for task in state["tasks"]:
-            task.cancel()
-        for consumer in state["consumers"]:
-            await consumer.stop()
-
-    @app.after_shutdown
-    async def close() -> None:
-        if "pool" in state:
-            await state["pool"].close()
-
+    service = BackupService(settings, make_broker(settings.nats_url, SERVICE))
+    app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
+    app.on_startup(service.connect)
+    app.after_startup(service.start_work)
+    app.on_shutdown(service.stop_work)
+    app.after_shutdown(service.close)
     return app

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from services.backup.store import S3BackupStore
+from services.backup.s3_backup_store import S3BackupStore
 
 READ_CHUNK = 1 << 20
 GZIP = 31  # zlib window bits for a gzip container
@@ -94,6 +94,7 @@ def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump:
                 upload(bytes(buffer[:store.part_size]))
                 del buffer[:store.part_size]
 
+        assert process.stdout is not None  # started with stdout=PIPE
         while chunk := process.stdout.read(READ_CHUNK):
             emit(compressor.compress(chunk))
         code = process.wait()
@@ -102,6 +103,7 @@ def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump:
         emit(compressor.flush())
         if buffer or (not parts and in_flight is None):
             upload(bytes(buffer))
+        assert in_flight is not None  # at least one part was handed to the uploader
         parts.append(in_flight.result())
         store.finish_upload(name, upload_id, parts)
     except BaseException:
@@ -126,11 +128,14 @@ def _feed(argv: list[str], chunks: Iterable[bytes], env: dict[str, str],
     decompressor = zlib.decompressobj(GZIP)
     listening = True
 
+    stdin = process.stdin
+    assert stdin is not None  # started with stdin=PIPE
+
     def write(data: bytes) -> None:
         nonlocal listening
         if listening and data:
             try:
-                process.stdin.write(data)
+                stdin.write(data)
             except BrokenPipeError:
                 listening = False
 
@@ -148,7 +153,7 @@ def _feed(argv: list[str], chunks: Iterable[bytes], env: dict[str, str],
         raise BackupError(f"the stored dump is not readable: {exc}") from None
     finally:
         try:
-            process.stdin.close()
+            stdin.close()
         except BrokenPipeError:
             pass
     code = process.wait()

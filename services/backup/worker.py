@@ -15,7 +15,7 @@ import asyncpg
 
 from services.backup.pipeline import BackupError, dump_and_upload, restore, verify
 from services.backup.retention import to_delete
-from services.backup.store import BackupExists, Manifest, S3BackupStore, backup_name
+from services.backup.s3_backup_store import BackupExists, Manifest, S3BackupStore, backup_name
 from shared.events import Alert, BackupCompleted, BackupRequested
 
 log = logging.getLogger(__name__)

@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
+from faststream.nats import NatsBroker
 
 from services.cost.pg_cost_queries import PgCostQueries
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
 from shared.batch_consumer import BatchConsumer
-from shared.bus import jetstream, make_broker
+from shared.bus import jetstream, make_broker, publish_alert
 from shared.cost_query import CostQuery
 from shared.events import Alert, LlmCompleted
 from shared.logs import configure_logging
+from shared.periodic import every
 from shared.service_app import make_service_app
-from shared.settings import Settings, get_settings
-from shared.subjects import COST_QUERY, LLM_COMPLETED, alert_subject, ensure_streams
+from shared.settings import FileConfig, Settings, get_settings
+from shared.subjects import COST_QUERY, LLM_COMPLETED, ensure_streams
 
 SERVICE = "cost"
 SWEEP_INTERVAL_S = 10.0
@@ -30,74 +33,79 @@ LEDGER_BATCH = 4000  # larger batches share one rollup upsert among more events 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class CostService:
+    """The service's resources, opened at start-up and closed at shutdown in reverse order."""
+
+    settings: Settings
+    config: FileConfig
+    broker: NatsBroker
+    pool: asyncpg.Pool | None = None
+    ledger: PgUsageLedger | None = None
+    queries: PgCostQueries | None = None
+    recorder: CostRecorder | None = None
+    consumer: BatchConsumer | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def publish_alert(self, alert: Alert) -> None:
+        await publish_alert(jetstream(self.broker), alert)
+
+    async def connect(self) -> None:
+        await self.broker.connect()
+        await ensure_streams(jetstream(self.broker))
+        self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=6)
+        self.ledger = PgUsageLedger(self.pool)
+        self.queries = PgCostQueries(self.pool)
+        self.recorder = CostRecorder(self.ledger, self.config.price_catalog(), self.config.thresholds,
+                                     self.publish_alert)
+
+    async def start_work(self) -> None:
+        assert self.recorder is not None
+        self.consumer = BatchConsumer(jetstream(self.broker), stream="LLM", subject=LLM_COMPLETED,
+                                      durable="cost-ledger", model=LlmCompleted, store=self.recorder.record,
+                                      service=SERVICE, batch_size=LEDGER_BATCH)
+        await self.consumer.start()
+        self.tasks = [asyncio.create_task(every(SWEEP_INTERVAL_S, self.recorder.publish_pending, "alert sweep")),
+                      asyncio.create_task(every(RETENTION_INTERVAL_S, self.retention, "retention"))]
+
+    async def retention(self) -> None:
+        assert self.ledger is not None
+        dropped = await self.ledger.cleanup(self.config.retention_days)
+        if dropped:
+            log.info("retention dropped partitions %s", ", ".join(dropped))
+
+    async def stop_work(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def answer_query(self, query: CostQuery) -> dict[str, Any]:
+        assert self.queries is not None
+        return (await self.queries.answer(query)).model_dump(mode="json")
+
+    async def postgres_ready(self) -> None:
+        assert self.pool is not None
+        await self.pool.fetchval("SELECT 1")
+
+
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    config = settings.file_config()
-    broker = make_broker(settings.nats_url, SERVICE)
-    state: dict[str, Any] = {"tasks": []}
+    service = CostService(settings, settings.file_config(), make_broker(settings.nats_url, SERVICE))
 
-    async def publish_alert(alert: Alert) -> None:
-        await jetstream(broker).publish(alert_subject(alert.source, alert.severity),
-                                        alert.model_dump_json().encode(), stream="ALERTS",
-                                        headers={"Nats-Msg-Id": alert.key})
-
-    @broker.subscriber(COST_QUERY, queue=SERVICE, title="cost.query",
-                       description="Current spend or analytics for a time range (request-reply).")
+    @service.broker.subscriber(COST_QUERY, queue=SERVICE, title="cost.query",
+                               description="Current spend or analytics for a time range (request-reply).")
     async def answer_query(query: CostQuery) -> dict[str, Any]:
-        result = await state["queries"].answer(query)
-        return result.model_dump(mode="json")
+        return await service.answer_query(query)
 
-    async def postgres_ready() -> None:
-        await state["pool"].fetchval("SELECT 1")
-
-    app = make_service_app(broker, SERVICE, readiness=[("postgres", postgres_ready)])
-
-    async def every(interval_s: float, job, name: str) -> None:
-        while True:
-            try:
-                await job()
-            except Exception as exc:  # a failed round is retried next interval; the loop must not die
-                log.warning("%s failed: %s", name, type(exc).__name__)
-            await asyncio.sleep(interval_s)
-
-    @app.on_startup
-    async def connect() -> None:
-        await broker.connect()
-        await ensure_streams(jetstream(broker))
-        pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=6)
-        ledger = PgUsageLedger(pool)
-        state.update(pool=pool, ledger=ledger, queries=PgCostQueries(pool),
-                     recorder=CostRecorder(ledger, config.price_catalog(), config.thresholds, publish_alert))
-
-    @app.after_startup
-    async def start_work() -> None:
-        consumer = BatchConsumer(jetstream(broker), stream="LLM", subject=LLM_COMPLETED, durable="cost-ledger",
-                                 model=LlmCompleted, store=state["recorder"].record, service=SERVICE,
-                                 batch_size=LEDGER_BATCH)
-        await consumer.start()
-        state["consumer"] = consumer
-
-        async def retention() -> None:
-            dropped = await state["ledger"].cleanup(config.retention_days)
-            if dropped:
-                log.info("retention dropped partitions %s", ", ".join(dropped))
-
-        state["tasks"] = [
-            asyncio.create_task(every(SWEEP_INTERVAL_S, state["recorder"].publish_pending, "alert sweep")),
-            asyncio.create_task(every(RETENTION_INTERVAL_S, retention, "retention")),
-        ]
-
-    @app.on_shutdown
-    async def stop_work() -> None:
-        for task in state["tasks"]:
-            task.cancel()
-        if "consumer" in state:
-            await state["consumer"].stop()
-
-    @app.after_shutdown
-    async def close() -> None:
-        if "pool" in state:
-            await state["pool"].close()
-
+    app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
+    app.on_startup(service.connect)
+    app.after_startup(service.start_work)
+    app.on_shutdown(service.stop_work)
+    app.after_shutdown(service.close)
     return app

@@ -106,6 +106,6 @@ def rollup_deltas(records: Sequence[UsageRecord]) -> list[tuple[RollupKey, Rollu
     for hour, per_dimension in by_hour.items():
         for period in PERIODS:
             bucket = bucket_start(period, hour)
-            for (dimension, key), delta in per_dimension.items():
-                deltas[(period, bucket, dimension, key)].merge(delta)
+            for (dimension_name, key), delta in per_dimension.items():
+                deltas[(period, bucket, dimension_name, key)].merge(delta)
     return sorted(deltas.items(), key=lambda item: item[0])

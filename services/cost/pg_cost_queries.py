@@ -75,6 +75,7 @@ class PgCostQueries:
             for name, (key, join, extra) in BREAKDOWNS.items():
                 rows = await conn.fetch(BREAKDOWN.format(key=key, join=join, extra=extra), *args, query.top_n)
                 breakdowns[name] = [Breakdown(**dict(row)) for row in rows]
+        assert query.start is not None and query.end is not None  # CostQuery requires both for analytics
         requests = totals["requests"]
         success_rate = (Decimal(100) * totals["successes"] / requests).quantize(Decimal("0.01")) if requests else None
         return Analytics(

@@ -53,7 +53,7 @@ ON CONFLICT (alert_key) DO NOTHING
 """
 
 
-class LedgerTransaction:
+class PgLedgerTransaction:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
@@ -116,10 +116,10 @@ class PgUsageLedger:
             self._checked[month] = now + PARTITION_CHECK_S
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[LedgerTransaction]:
+    async def transaction(self) -> AsyncIterator[PgLedgerTransaction]:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                yield LedgerTransaction(conn)
+                yield PgLedgerTransaction(conn)
         except asyncpg.CheckViolationError:
             self._checked.clear()  # a partition was dropped under us: check again on the retry
             raise

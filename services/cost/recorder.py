@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
-from services.cost.ledger import UsageRecord, bucket_start, price_events, rollup_deltas
-from services.cost.pg_usage_ledger import PgUsageLedger
+from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_start, price_events, rollup_deltas
 from services.cost.thresholds import (
     AlertClaim,
     SpendTotal,
@@ -33,6 +34,32 @@ ALERTS = Counter("costwarden_cost_alerts_claimed_total", "Cost alerts claimed (e
 BATCH_SECONDS = Histogram("costwarden_cost_batch_seconds", "Time to record one batch")
 
 
+class LedgerTransaction(Protocol):
+    async def add_usage(self, records: Sequence[UsageRecord]) -> list[UsageRecord]:
+        """Store the records whose request id was never stored; return those."""
+        ...
+
+    async def add_rollups(self, deltas: Sequence[tuple[RollupKey, RollupDelta]]) -> list[SpendTotal]:
+        """Add the deltas; return the new totals that thresholds watch."""
+        ...
+
+    async def claim_alerts(self, claims: Sequence[AlertClaim]) -> int:
+        """Claim each alert's key; one already claimed, by anyone, ever, is dropped."""
+        ...
+
+
+class UsageLedger(Protocol):
+    async def ensure_partitions(self, records: Sequence[UsageRecord]) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[LedgerTransaction]:
+        """One batch, all or nothing."""
+        ...
+
+    async def publish_unpublished(self, publish: Callable[[Alert], Awaitable[None]]) -> int:
+        """Publish claimed alerts not yet published, each once; how many."""
+        ...
+
+
 def alerts_due(fresh: Sequence[UsageRecord], totals: Sequence[SpendTotal], thresholds: Thresholds,
                now: datetime, fallback: str) -> list[AlertClaim]:
     claims = [claim for total in totals for claim in threshold_alerts(total, thresholds)]
@@ -48,7 +75,7 @@ def alerts_due(fresh: Sequence[UsageRecord], totals: Sequence[SpendTotal], thres
 
 
 class CostRecorder:
-    def __init__(self, ledger: PgUsageLedger, catalog: PriceCatalog, thresholds: Thresholds,
+    def __init__(self, ledger: UsageLedger, catalog: PriceCatalog, thresholds: Thresholds,
                  publish_alert: Callable[[Alert], Awaitable[None]], clock: Callable[[], datetime] = utc_now) -> None:
         self.ledger = ledger
         self.catalog = catalog

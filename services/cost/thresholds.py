@@ -10,6 +10,7 @@ import calendar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
 
 from services.cost.ledger import bucket_start
 from shared.events import Alert
@@ -58,7 +59,9 @@ def threshold_alerts(total: SpendTotal, thresholds: Thresholds) -> list[AlertCla
     else:
         levels = thresholds.for_period(total.period)
     alerts = []
-    for severity, threshold in (("warning", levels.warning), ("critical", levels.critical)):
+    levels_by_severity: tuple[tuple[Literal["warning", "critical"], Decimal | None], ...] = (
+        ("warning", levels.warning), ("critical", levels.critical))
+    for severity, threshold in levels_by_severity:
         if threshold is None or total.cost <= threshold:
             continue
         name = PERIOD_NAMES[total.period]

@@ -13,7 +13,7 @@ from nats.aio.client import Client as Nats
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from services.health.status import CheckResult
+from services.health.status import CheckResult, Status
 from shared.settings import is_set
 
 Probe = Callable[[], Awaitable[str]]  # returns the message for a healthy result, raises otherwise
@@ -31,7 +31,7 @@ async def run_check(probe: Probe, timeout_s: float) -> CheckResult:
     except Exception as exc:  # a health check reports every failure, whatever its type
         return CheckResult("unhealthy", None, describe(exc), datetime.now(UTC))
     latency_ms = round((time.perf_counter() - started) * 1000)
-    status = "degraded" if latency_ms > timeout_s * 1000 * SLOW_FRACTION else "healthy"
+    status: Status = "degraded" if latency_ms > timeout_s * 1000 * SLOW_FRACTION else "healthy"
     return CheckResult(status, latency_ms, message, datetime.now(UTC))
 
 

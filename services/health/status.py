@@ -130,7 +130,7 @@ def health_json_document(board: HealthBoard, version: str, service_id: str) -> d
     for name, dep in sorted(board.dependencies.items()):
         if not dep.result:
             continue
-        entry = {"componentId": name, "componentType": COMPONENT_TYPE.get(name, "system"),
+        entry: dict[str, object] = {"componentId": name, "componentType": COMPONENT_TYPE.get(name, "system"),
                  "status": IETF_STATUS[dep.result.status], "time": iso(dep.result.checked_at),
                  "output": "" if dep.result.status == "healthy" else dep.result.message}
         if dep.result.latency_ms is not None:

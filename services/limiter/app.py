@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-
 import asyncpg
-import nats.errors
 from faststream.asgi import AsgiFastStream
+from faststream.nats import NatsBroker
 from redis.asyncio import Redis
 
-from services.limiter.limiter import Limiter, violation_of
+from services.limiter.jetstream_violation_publisher import JetStreamViolationPublisher
+from services.limiter.limiter import Limiter
 from services.limiter.pg_violation_log import PgViolationLog
 from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, nats_client
-from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
+from shared.events import LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
 from shared.request_responder import RequestResponder
 from shared.service_app import make_service_app
@@ -23,76 +22,72 @@ from shared.settings import Settings, get_settings
 from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, ensure_streams
 
 SERVICE = "limiter"
-log = logging.getLogger(__name__)
 DECISION_WORKERS = 64
 # Settlements and violation records wait this long to fill a batch: fewer, larger round trips that
 # take less time away from decisions on the same event loop.
 BACKGROUND_LINGER_S = 0.2
 
 
-def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    config = settings.file_config()
-    broker = make_broker(settings.nats_url, SERVICE)
-    redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.limiter_redis_timeout_s,
-        socket_connect_timeout=settings.limiter_redis_timeout_s,
-        max_connections=DECISION_WORKERS * 2,
-    )
-    policy = LimitPolicy(config.tiers, config.price_catalog(),
-                         settings.default_max_tokens, settings.reservation_cap_tokens)
-    limiter = Limiter(policy, RedisLimiterStore(redis, settings.reservation_ttl_s), settings.limiter_failure_mode)
-    consumers: list[BatchConsumer | RequestResponder] = []
-    pools: list[asyncpg.Pool] = []
+class LimiterService:
+    """The service's resources, opened at start-up and closed at shutdown in reverse order."""
 
-    async def decide(request: LimitRequest) -> LimitDecision:
-        decision = await limiter.decide(request)
-        if not decision.allowed and decision.limited_by != "unavailable":
-            violation = violation_of(request, decision)
-            try:
-                await jetstream(broker).publish(LIMIT_VIOLATION, violation.model_dump_json().encode(),
-                                                stream="LIMITS", headers={"Nats-Msg-Id": violation.id})
-            except (nats.errors.Error, TimeoutError) as exc:  # the caller still gets its denial
-                log.warning("could not publish limit.violation for %s: %s", request.request_id, type(exc).__name__)
-        return decision
+    def __init__(self, settings: Settings, broker: NatsBroker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.redis = Redis.from_url(settings.redis_url, socket_timeout=settings.limiter_redis_timeout_s,
+                                    socket_connect_timeout=settings.limiter_redis_timeout_s,
+                                    max_connections=DECISION_WORKERS * 2)
+        self.pool: asyncpg.Pool | None = None
+        self.consumers: list[BatchConsumer | RequestResponder] = []
 
-    async def redis_ready() -> None:
-        await redis.ping()
+    async def connect(self) -> None:
+        await self.broker.connect()
+        await ensure_streams(jetstream(self.broker))
+        self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
 
-    app = make_service_app(broker, SERVICE, readiness=[("redis", redis_ready)])
+    def limiter(self) -> Limiter:
+        config = self.settings.file_config()
+        policy = LimitPolicy(config.tiers, config.price_catalog(), self.settings.default_max_tokens,
+                             self.settings.reservation_cap_tokens)
+        return Limiter(policy, RedisLimiterStore(self.redis, self.settings.reservation_ttl_s),
+                       self.settings.limiter_failure_mode, JetStreamViolationPublisher(jetstream(self.broker)))
 
-    @app.on_startup
-    async def connect() -> None:
-        await broker.connect()
-        await ensure_streams(jetstream(broker))
-        pools.append(await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4))
-
-    @app.after_startup
-    async def start_consumers() -> None:
-        js = jetstream(broker)
-        consumers.extend([
-            RequestResponder(nats_client(broker), js, subject=LLM_REQUEST, queue=LIMITER_QUEUE,
-                             model=LimitRequest, handle=decide, service=SERVICE, max_in_flight=DECISION_WORKERS),
+    async def start_consumers(self) -> None:
+        assert self.pool is not None
+        js, limiter = jetstream(self.broker), self.limiter()
+        self.consumers = [
+            RequestResponder(nats_client(self.broker), js, subject=LLM_REQUEST, queue=LIMITER_QUEUE,
+                             model=LimitRequest, handle=limiter.decide, service=SERVICE,
+                             max_in_flight=DECISION_WORKERS),
             BatchConsumer(js, stream="LLM", subject=LLM_COMPLETED, durable="limiter-settlement",
                           model=LlmCompleted, store=limiter.settle, service=SERVICE, linger_s=BACKGROUND_LINGER_S),
             BatchConsumer(js, stream="LIMITS", subject=LIMIT_VIOLATION, durable="limiter-violations",
-                          model=LimitViolation, store=PgViolationLog(pools[0]).store, service=SERVICE,
+                          model=LimitViolation, store=PgViolationLog(self.pool).store, service=SERVICE,
                           linger_s=BACKGROUND_LINGER_S),
-        ])
-        for consumer in consumers:
+        ]
+        for consumer in self.consumers:
             await consumer.start()
 
-    @app.on_shutdown
-    async def stop_consumers() -> None:
-        for consumer in consumers:
+    async def stop_consumers(self) -> None:
+        for consumer in self.consumers:
             await consumer.stop()
 
-    @app.after_shutdown
-    async def close() -> None:
-        for pool in pools:
-            await pool.close()
-        await redis.aclose()
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        await self.redis.aclose()
 
+    async def redis_ready(self) -> None:
+        await self.redis.ping()
+
+
+def create_app(settings: Settings | None = None) -> AsgiFastStream:
+    settings = settings or get_settings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    service = LimiterService(settings, make_broker(settings.nats_url, SERVICE))
+    app = make_service_app(service.broker, SERVICE, readiness=[("redis", service.redis_ready)])
+    app.on_startup(service.connect)
+    app.after_startup(service.start_consumers)
+    app.on_shutdown(service.stop_consumers)
+    app.after_shutdown(service.close)
     return app

@@ -6,12 +6,14 @@ import logging
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
-from redis.exceptions import RedisError
-
 from services.limiter.policy import CounterReading, LimitPlan, LimitPolicy
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 
 log = logging.getLogger(__name__)
+
+
+class StorageUnavailable(Exception):
+    """The counters could not be read or written (the store is down, slow or refusing)."""
 
 
 class LimiterStore(Protocol):
@@ -19,24 +21,35 @@ class LimiterStore(Protocol):
     async def settle_many(self, settlements: Sequence[tuple[str, str, int, int]]) -> int: ...
 
 
+class ViolationSink(Protocol):
+    async def publish(self, violation: LimitViolation) -> None:
+        """Announce a denial; never raises (the caller gets its denial whatever happens to the record)."""
+        ...
+
+
 class Limiter:
-    def __init__(self, policy: LimitPolicy, store: LimiterStore, failure_mode: Literal["closed", "open"]) -> None:
+    def __init__(self, policy: LimitPolicy, store: LimiterStore, failure_mode: Literal["closed", "open"],
+                 violations: ViolationSink) -> None:
         self.policy = policy
         self.store = store
         self.failure_mode = failure_mode
+        self.violations = violations
 
     async def decide(self, request: LimitRequest) -> LimitDecision:
         plan = self.policy.plan(request)
         try:
             reading = await self.store.check_and_reserve(plan)
-        except (RedisError, OSError) as exc:
+        except StorageUnavailable as exc:
             allowed = self.failure_mode == "open"
             log.warning("limiter storage unreachable (%s); failing %s for request %s",
-                        type(exc).__name__, self.failure_mode, request.request_id)
+                        exc, self.failure_mode, request.request_id)
             reason = ("Rate limiter storage unavailable; request allowed without a limit check"
                       if allowed else "Rate limiter storage unavailable; try again shortly")
             return LimitDecision.unavailable(request, allowed, reason)
-        return self.policy.decision(request, plan, reading)
+        decision = self.policy.decision(request, plan, reading)
+        if not decision.allowed:
+            await self.violations.publish(violation_of(request, decision))
+        return decision
 
     async def settle(self, events: Sequence[LlmCompleted]) -> int:
         settlements = []

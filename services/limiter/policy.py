@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from shared.events import LimitDecision, LimitRequest, LlmCompleted
+from shared.events import LimitDecision, LimitedBy, LimitRequest, LlmCompleted
 from shared.pricing import PriceCatalog, to_nano_usd
 from shared.settings import TierLimits
 
@@ -41,7 +41,7 @@ class CounterReading:
     """What the Lua script answered."""
 
     allowed: bool
-    limited_by: str | None
+    limited_by: LimitedBy | None
     limit: int
     remaining: int
     reset_ms: int

@@ -12,10 +12,14 @@ Keys of one caller share the hash tag in `plan.key` (cw:{user:42}):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from services.limiter.limiter import StorageUnavailable
 from services.limiter.policy import CounterReading, LimitPlan
+from shared.events import LimitedBy
 
 DECIDE = """
 local base = KEYS[1]
@@ -111,15 +115,18 @@ class RedisLimiterStore:
         self._settle = redis.register_script(SETTLE)
 
     async def check_and_reserve(self, plan: LimitPlan) -> CounterReading:
-        allowed, limited_by, limit, remaining, reset_ms, now_ms = await self._decide(
-            keys=[plan.key],
-            args=[plan.request_id, plan.requests_limit, plan.window_ms, plan.strict_limit,
-                  plan.tokens_per_minute, plan.reserve_tokens, plan.budget_nano, plan.reserve_nano,
-                  self.reservation_ttl_s],
-        )
-        limited_by = limited_by.decode() if isinstance(limited_by, bytes) else limited_by
+        try:
+            allowed, limited_by, limit, remaining, reset_ms, now_ms = await self._decide(
+                keys=[plan.key],
+                args=[plan.request_id, plan.requests_limit, plan.window_ms, plan.strict_limit,
+                      plan.tokens_per_minute, plan.reserve_tokens, plan.budget_nano, plan.reserve_nano,
+                      self.reservation_ttl_s],
+            )
+        except (RedisError, OSError) as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
+        reason = limited_by.decode() if isinstance(limited_by, bytes) else str(limited_by)
         return CounterReading(
-            allowed=bool(allowed), limited_by=None if limited_by == "ok" else limited_by, limit=int(limit),
+            allowed=bool(allowed), limited_by=None if reason == "ok" else cast(LimitedBy, reason), limit=int(limit),
             remaining=int(remaining), reset_ms=int(reset_ms), now_ms=int(now_ms),
         )
 

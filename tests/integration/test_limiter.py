@@ -23,6 +23,14 @@ from tests.integration.helpers import CHEAP_MODEL, stream_messages
 pytestmark = pytest.mark.integration
 
 
+class RecordedViolations:
+    def __init__(self) -> None:
+        self.published: list = []
+
+    async def publish(self, violation) -> None:
+        self.published.append(violation)
+
+
 def ask(user: str, tier: str = "pro", **fields) -> bytes:
     request = LimitRequest(request_id=unique("req"), user_id=user, tier=tier, model=CHEAP_MODEL, max_tokens=16,
                            **fields)
@@ -130,7 +138,7 @@ async def redis(redis_url):
 
 
 async def test_tokens_are_reserved_at_worst_case_and_settled_to_actual_use(redis):
-    limiter = Limiter(tight_policy(tokens_per_minute=1000), RedisLimiterStore(redis, 900), "closed")
+    limiter = Limiter(tight_policy(tokens_per_minute=1000), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     user = unique()
     first = request(user, max_tokens=600, prompt=100)
     decision = await limiter.decide(first)
@@ -149,7 +157,7 @@ async def test_tokens_are_reserved_at_worst_case_and_settled_to_actual_use(redis
 
 async def test_daily_dollar_budget_counts_reservations_and_refunds_on_settlement(redis):
     # An unpriced model is reserved at the fallback rate ($30 per 1M output tokens): 5000 tokens = $0.15.
-    limiter = Limiter(tight_policy(tokens_per_minute=10**9, budget="0.40"), RedisLimiterStore(redis, 900), "closed")
+    limiter = Limiter(tight_policy(tokens_per_minute=10**9, budget="0.40"), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     user = unique()
     granted = [request(user, max_tokens=5000, model="some-unpriced-model") for _ in range(2)]
     for req in granted:
@@ -165,7 +173,7 @@ async def test_daily_dollar_budget_counts_reservations_and_refunds_on_settlement
 
 
 async def test_a_denied_request_consumes_nothing(redis):
-    limiter = Limiter(tight_policy(tokens_per_minute=500), RedisLimiterStore(redis, 900), "closed")
+    limiter = Limiter(tight_policy(tokens_per_minute=500), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     user = unique()
     assert not (await limiter.decide(request(user, max_tokens=800))).allowed
     decision = await limiter.decide(request(user, max_tokens=400))
@@ -173,7 +181,7 @@ async def test_a_denied_request_consumes_nothing(redis):
 
 
 async def test_asking_twice_with_one_request_id_counts_once(redis):
-    limiter = Limiter(tight_policy(), RedisLimiterStore(redis, 900), "closed")
+    limiter = Limiter(tight_policy(), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     req = request(unique(), max_tokens=10)
     first, again = await limiter.decide(req), await limiter.decide(req)
     assert first.allowed and again.allowed
@@ -208,7 +216,7 @@ async def test_llm_completed_on_the_bus_settles_the_reservation(limiter, nc, red
 @pytest.mark.parametrize("mode", ["closed", "open"])
 async def test_redis_unreachable_fails_in_the_configured_mode(mode):
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.2, socket_connect_timeout=0.2)
-    limiter = Limiter(tight_policy(), RedisLimiterStore(dead, 900), mode)
+    limiter = Limiter(tight_policy(), RedisLimiterStore(dead, 900), mode, RecordedViolations())
     decision = await limiter.decide(request(unique(), max_tokens=10))
     await dead.aclose()
     assert decision.limited_by == "unavailable"

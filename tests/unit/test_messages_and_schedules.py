@@ -59,8 +59,8 @@ def test_routes_pick_channels_by_severity_and_source():
 def test_backup_slots_follow_the_cron_schedule():
     from datetime import UTC, datetime
 
-    from services.backup.app import next_slot
-    from services.backup.store import backup_name, created_at_of
+    from services.backup.s3_backup_store import backup_name, created_at_of
+    from services.backup.scheduler import next_slot
 
     after = datetime(2026, 11, 27, 2, 0, 0, tzinfo=UTC)
     assert next_slot("0 2 * * *", after) == datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -71,7 +71,7 @@ def test_backup_slots_follow_the_cron_schedule():
 def test_backup_names_are_unique_sort_by_time_and_old_names_still_read():
     from datetime import UTC, datetime, timedelta
 
-    from services.backup.store import backup_name, created_at_of
+    from services.backup.s3_backup_store import backup_name, created_at_of
 
     at = datetime(2026, 11, 28, 2, 28, 28, 123456, tzinfo=UTC)
     assert backup_name(at, "ab12cd") == "costwarden_backup_20261128_022828_123_ab12cd.dump.gz"

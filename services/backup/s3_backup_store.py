@@ -156,8 +156,9 @@ class S3BackupStore:
                     names[rest[len("manifests/"):-len(".json")]] = True
                 elif "/" not in rest and created_at_of(rest):
                     names.setdefault(rest, False)
-        return sorted((StoredBackup(name, created_at_of(name), complete) for name, complete in names.items()
-                       if created_at_of(name)), key=lambda b: b.created_at)
+        dated = ((name, created_at_of(name), complete) for name, complete in names.items())
+        return sorted((StoredBackup(name, at, complete) for name, at, complete in dated if at is not None),
+                      key=lambda b: b.created_at)
 
     def delete(self, name: str) -> None:
         for key in (self.key(name), self.manifest_key(name)):
