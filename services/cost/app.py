@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
@@ -17,7 +17,7 @@ from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert
-from shared.cost_query import CostQuery
+from shared.cost_query import Analytics, CostQuery, CurrentCost
 from shared.events import Alert, LlmCompleted
 from shared.logs import configure_logging
 from shared.periodic import every
@@ -33,6 +33,10 @@ LEDGER_BATCH = 4000  # larger batches share one rollup upsert among more events 
 log = logging.getLogger(__name__)
 
 
+class CostQueries(Protocol):
+    async def answer(self, query: CostQuery) -> CurrentCost | Analytics: ...
+
+
 @dataclass
 class CostService:
     """The service's resources, opened at start-up and closed at shutdown in reverse order."""
@@ -42,7 +46,7 @@ class CostService:
     broker: NatsBroker
     pool: asyncpg.Pool | None = None
     ledger: PgUsageLedger | None = None
-    queries: PgCostQueries | None = None
+    queries: CostQueries | None = None
     recorder: CostRecorder | None = None
     consumer: BatchConsumer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -93,16 +97,20 @@ class CostService:
         await self.pool.fetchval("SELECT 1")
 
 
-def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    settings = settings or get_settings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = CostService(settings, settings.file_config(), make_broker(settings.nats_url, SERVICE))
+def subscribe_queries(service: CostService) -> None:
+    """`cost.query` in the queue group `cost`: any replica answers."""
 
     @service.broker.subscriber(COST_QUERY, queue=SERVICE, title="cost.query",
                                description="Current spend or analytics for a time range (request-reply).")
     async def answer_query(query: CostQuery) -> dict[str, Any]:
         return await service.answer_query(query)
 
+
+def create_app(settings: Settings | None = None) -> AsgiFastStream:
+    settings = settings or get_settings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    service = CostService(settings, settings.file_config(), make_broker(settings.nats_url, SERVICE))
+    subscribe_queries(service)
     app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
     app.on_startup(service.connect)
     app.after_startup(service.start_work)

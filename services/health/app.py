@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from nats.aio.client import Client as Nats
 from redis.asyncio import Redis
 
-from services.health.checks import Probe, http_probe, nats_probe, postgres_probe, provider_probe, redis_probe
-from services.health.monitor import HealthMonitor
+from services.health.checks import http_probe, nats_probe, postgres_probe, provider_probe, redis_probe
+from services.health.monitor import HealthMonitor, Probe
 from services.health.nats_announcer import NatsAnnouncer
 from services.health.routes import SERVICE, VERSION, HealthState, router
 from services.health.status import HealthBoard

@@ -1,11 +1,7 @@
-"""The checks themselves: each one asks a dependency something cheap, under its own timeout."""
+"""The checks themselves: each one asks a dependency something cheap (the monitor runs it under its
+own timeout), and tells a failure as CheckFailed, without secrets."""
 
 from __future__ import annotations
-
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 import asyncpg
 import httpx
@@ -13,38 +9,17 @@ from nats.aio.client import Client as Nats
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from services.health.status import CheckResult, Status
+from services.health.monitor import CheckFailed, Probe, SkippedCheck
 from shared.settings import is_set
 
-Probe = Callable[[], Awaitable[str]]  # returns the message for a healthy result, raises otherwise
-SLOW_FRACTION = 0.8  # answering in more than this share of the timeout counts as degraded
 
-
-async def run_check(probe: Probe, timeout_s: float) -> CheckResult:
-    started = time.perf_counter()
+async def _get(http: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """GET, with httpx's errors told as the health documents show them (never the URL or a key)."""
     try:
-        message = await asyncio.wait_for(probe(), timeout_s)
-    except TimeoutError:
-        return CheckResult("unhealthy", None, f"timed out after {timeout_s:g}s", datetime.now(UTC))
-    except SkippedCheck as skipped:
-        return CheckResult("skipped", None, str(skipped), datetime.now(UTC))
-    except Exception as exc:  # a health check reports every failure, whatever its type
-        return CheckResult("unhealthy", None, describe(exc), datetime.now(UTC))
-    latency_ms = round((time.perf_counter() - started) * 1000)
-    status: Status = "degraded" if latency_ms > timeout_s * 1000 * SLOW_FRACTION else "healthy"
-    return CheckResult(status, latency_ms, message, datetime.now(UTC))
-
-
-class SkippedCheck(Exception):
-    pass
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}"
-    if isinstance(exc, httpx.HTTPError):
-        return f"{type(exc).__name__}"
-    return f"{type(exc).__name__}: {exc}"[:200]
+        response = await http.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise CheckFailed(type(exc).__name__) from exc
+    return response
 
 
 def postgres_probe(database_url: str) -> Probe:
@@ -83,9 +58,10 @@ def provider_probe(http: httpx.AsyncClient, label: str, base_url: str, key: Secr
     async def probe() -> str:
         if not is_set(key):
             raise SkippedCheck(f"not checked: no {env_name} configured")
-        response = await http.get(f"{base_url.rstrip('/')}/models",
-                                  headers={"Authorization": f"Bearer {key.get_secret_value()}"})
-        response.raise_for_status()
+        response = await _get(http, f"{base_url.rstrip('/')}/models",
+                              headers={"Authorization": f"Bearer {key.get_secret_value()}"})
+        if response.is_error:
+            raise CheckFailed(f"HTTP {response.status_code}")
         return healthy_message
 
     return probe
@@ -93,7 +69,7 @@ def provider_probe(http: httpx.AsyncClient, label: str, base_url: str, key: Secr
 
 def http_probe(http: httpx.AsyncClient, url: str, expect_status: int) -> Probe:
     async def probe() -> str:
-        response = await http.get(url)
+        response = await _get(http, url)
         if response.status_code != expect_status:
             raise ConnectionError(f"HTTP {response.status_code}, expected {expect_status}")
         return "responding normally"

@@ -7,12 +7,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Protocol
 
 from prometheus_client import Gauge
 
-from services.health.checks import Probe, run_check
-from services.health.status import CheckResult, HealthBoard
+from services.health.status import CheckResult, HealthBoard, Status
 from shared.events import Alert, HealthChanged
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,34 @@ UP = Gauge("costwarden_dependency_up", "1 when the dependency is healthy or degr
 LATENCY = Gauge("costwarden_dependency_latency_seconds", "Latency of the last successful check", ["dependency"])
 STATUS = Gauge("costwarden_dependency_status", "Current status (1 for the current one)", ["dependency", "status"])
 STATUSES = ("healthy", "degraded", "unhealthy", "skipped")
+SLOW_FRACTION = 0.8  # answering in more than this share of the timeout counts as degraded
+
+Probe = Callable[[], Awaitable[str]]  # returns the message for a healthy result, raises otherwise
+
+
+class SkippedCheck(Exception):
+    """The dependency is not checked (not configured); the message says why."""
+
+
+class CheckFailed(Exception):
+    """The dependency answered wrongly or not at all; the message says how, without secrets."""
+
+
+async def run_check(probe: Probe, timeout_s: float) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        message = await asyncio.wait_for(probe(), timeout_s)
+    except TimeoutError:
+        return CheckResult("unhealthy", None, f"timed out after {timeout_s:g}s", datetime.now(UTC))
+    except SkippedCheck as skipped:
+        return CheckResult("skipped", None, str(skipped), datetime.now(UTC))
+    except CheckFailed as failed:
+        return CheckResult("unhealthy", None, str(failed), datetime.now(UTC))
+    except Exception as exc:  # noqa: BLE001 - a health check reports every failure, whatever its type
+        return CheckResult("unhealthy", None, f"{type(exc).__name__}: {exc}"[:200], datetime.now(UTC))
+    latency_ms = round((time.perf_counter() - started) * 1000)
+    status: Status = "degraded" if latency_ms > timeout_s * 1000 * SLOW_FRACTION else "healthy"
+    return CheckResult(status, latency_ms, message, datetime.now(UTC))
 
 
 class Announcer(Protocol):

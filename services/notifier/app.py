@@ -5,21 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import httpx
 from faststream.asgi import AsgiFastStream
+from faststream.nats import NatsBroker
 
-from services.notifier.channels import EmailChannel, SlackChannel, WebhookChannel
-from services.notifier.notifier import Notifier
+from services.notifier.httpx_channels import SlackChannel, WebhookChannel
+from services.notifier.notifier import Channel, Notifier
 from services.notifier.pg_delivery_log import PgDeliveryLog
+from services.notifier.smtp_email_channel import EmailChannel
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_dead_letter
 from shared.events import Alert
 from shared.logs import configure_logging
 from shared.service_app import make_service_app
-from shared.settings import Settings, get_settings, is_set
+from shared.settings import FileConfig, Settings, get_settings, is_set
 from shared.subjects import ALERTS, ensure_streams
 
 SERVICE = "notifier"
@@ -28,9 +29,9 @@ DELIVERY_FAILED_SUBJECT = "alert"  # final delivery failures go to dlq.alert
 log = logging.getLogger(__name__)
 
 
-def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Any]:
+def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Channel]:
     """The channels whose settings are given; an empty value counts as not given."""
-    channels: dict[str, Any] = {}
+    channels: dict[str, Channel] = {}
     if is_set(settings.slack_webhook_url):
         channels["slack"] = SlackChannel(settings.slack_webhook_url, http)
     if settings.smtp_host and settings.alert_email:
@@ -43,55 +44,66 @@ def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Any
     return channels
 
 
+class NotifierService:
+    """The service's resources, opened at start-up and closed at shutdown in reverse order."""
+
+    def __init__(self, settings: Settings, config: FileConfig, broker: NatsBroker) -> None:
+        self.settings = settings
+        self.config = config
+        self.broker = broker
+        self.pool: asyncpg.Pool | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.notifier: Notifier | None = None
+        self.consumer: BatchConsumer | None = None
+
+    async def dead_letter(self, alerts: Sequence[Alert], channel: str, reason: str) -> None:
+        for alert in alerts:
+            await publish_dead_letter(jetstream(self.broker), DELIVERY_FAILED_SUBJECT, alert.model_dump_json().encode(),
+                                      f"{channel} delivery failed: {reason}", SERVICE)
+
+    async def connect(self) -> None:
+        settings = self.settings
+        await self.broker.connect()
+        await ensure_streams(jetstream(self.broker))
+        self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=6)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+        channels = build_channels(settings, self.http)
+        log.info("notifier channels: %s", ", ".join(sorted(channels)) or "none configured")
+        store = PgDeliveryLog(self.pool, timedelta(seconds=settings.notify_claim_lease_s),
+                              timedelta(seconds=settings.notify_repeat_interval_s))
+        self.notifier = Notifier(store, channels, self.config.routes, settings.notify_max_attempts,
+                                 settings.notify_backoff_initial_s, settings.notify_backoff_max_s, self.dead_letter)
+
+    async def start_consumer(self) -> None:
+        assert self.notifier is not None
+        self.consumer = BatchConsumer(jetstream(self.broker), stream="ALERTS", subject=ALERTS, durable="notifier",
+                                      model=Alert, store=self.notifier.handle, service=SERVICE, batch_size=100,
+                                      linger_s=self.settings.notify_group_window_s,
+                                      ack_wait_s=self.settings.notify_claim_lease_s)
+        await self.consumer.start()
+
+    async def stop_consumer(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        if self.http is not None:
+            await self.http.aclose()
+
+    async def postgres_ready(self) -> None:
+        assert self.pool is not None
+        await self.pool.fetchval("SELECT 1")
+
+
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    config = settings.file_config()
-    broker = make_broker(settings.nats_url, SERVICE)
-    state: dict[str, Any] = {}
-
-    async def postgres_ready() -> None:
-        await state["pool"].fetchval("SELECT 1")
-
-    app = make_service_app(broker, SERVICE, readiness=[("postgres", postgres_ready)])
-
-    async def dead_letter(alerts: Sequence[Alert], channel: str, reason: str) -> None:
-        for alert in alerts:
-            await publish_dead_letter(jetstream(broker), DELIVERY_FAILED_SUBJECT, alert.model_dump_json().encode(),
-                                      f"{channel} delivery failed: {reason}", SERVICE)
-
-    @app.on_startup
-    async def connect() -> None:
-        await broker.connect()
-        await ensure_streams(jetstream(broker))
-        pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=6)
-        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
-        channels = build_channels(settings, http)
-        log.info("notifier channels: %s", ", ".join(sorted(channels)) or "none configured")
-        store = PgDeliveryLog(pool, timedelta(seconds=settings.notify_claim_lease_s),
-                              timedelta(seconds=settings.notify_repeat_interval_s))
-        state.update(pool=pool, http=http, notifier=Notifier(
-            store, channels, config.routes, settings.notify_max_attempts, settings.notify_backoff_initial_s,
-            settings.notify_backoff_max_s, dead_letter))
-
-    @app.after_startup
-    async def start_consumer() -> None:
-        consumer = BatchConsumer(jetstream(broker), stream="ALERTS", subject=ALERTS, durable="notifier", model=Alert,
-                                 store=state["notifier"].handle, service=SERVICE, batch_size=100,
-                                 linger_s=settings.notify_group_window_s,
-                                 ack_wait_s=settings.notify_claim_lease_s)
-        await consumer.start()
-        state["consumer"] = consumer
-
-    @app.on_shutdown
-    async def stop_consumer() -> None:
-        if "consumer" in state:
-            await state["consumer"].stop()
-
-    @app.after_shutdown
-    async def close() -> None:
-        if "pool" in state:
-            await state["pool"].close()
-            await state["http"].aclose()
-
+    service = NotifierService(settings, settings.file_config(), make_broker(settings.nats_url, SERVICE))
+    app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
+    app.on_startup(service.connect)
+    app.after_startup(service.start_consumer)
+    app.on_shutdown(service.stop_consumer)
+    app.after_shutdown(service.close)
     return app

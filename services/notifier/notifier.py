@@ -7,13 +7,12 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from services.notifier.channels import DeliveryFailed
-from services.notifier.pg_delivery_log import PgDeliveryLog
 from services.notifier.routing import channels_for
 from shared.events import Alert
 from shared.settings import Route
@@ -29,6 +28,32 @@ class DeliveryInProgress(Exception):
     later (nak), so that it is acked only once that delivery is known to have finished."""
 
 
+@dataclass
+class DeliveryFailed(Exception):
+    """A channel could not deliver: a secret-free reason, whether a retry can help, and how long the
+    receiver asked us to wait."""
+
+    reason: str
+    retryable: bool
+    retry_after_s: float | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class DeliveryLog(Protocol):
+    """Claims (one delivery per alert and channel) and the record of every attempt."""
+
+    async def claim(self, alert_key: str, channel: str) -> Literal["claimed", "busy", "done"]: ...
+
+    async def finish(self, alerts: Sequence[Alert], channel: str, status: str) -> None: ...
+
+    async def record(self, alerts: Sequence[Alert], channel: str, attempt: int, status: str,
+                     error: str | None) -> None: ...
+
+    async def channels_that_got(self, alert_key: str) -> list[str]: ...
+
+
 class Channel(Protocol):
     name: str
 
@@ -36,7 +61,7 @@ class Channel(Protocol):
 
 
 class Notifier:
-    def __init__(self, log_store: PgDeliveryLog, channels: Mapping[str, Channel], routes: Sequence[Route],
+    def __init__(self, log_store: DeliveryLog, channels: Mapping[str, Channel], routes: Sequence[Route],
                  max_attempts: int, backoff_initial_s: float, backoff_max_s: float,
                  dead_letter: Callable[[Sequence[Alert], str, str], Awaitable[None]]) -> None:
         self.store = log_store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Literal
 
 import asyncpg
 
@@ -24,7 +25,7 @@ class PgDeliveryLog:
         self.lease = lease
         self.repeat_interval = repeat_interval
 
-    async def claim(self, alert_key: str, channel: str) -> str:
+    async def claim(self, alert_key: str, channel: str) -> Literal["claimed", "busy", "done"]:
         """Take the right to notify `channel` of this alert: "claimed"; "busy" while another delivery
         holds a live lease (a dead replica's lease runs out); "done" when it was delivered (or given up)
         within the repeat interval."""

@@ -17,7 +17,7 @@ import tiktoken
 from redis.asyncio import Redis
 
 from services.simulator.app import create_app as create_simulator
-from services.simulator.app import prompt_tokens as provider_prompt_count
+from services.simulator.simulator import prompt_tokens as provider_prompt_count
 from shared.pricing import PriceCatalog, to_nano_usd
 from tests.conftest import set_faults, sim_stats, start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, new_key

@@ -1,9 +1,12 @@
-"""Settlement: a finished call replaces its reservation with what it really used."""
+"""The limiter's rules: what a request reserves, which counters it touches, how a reading becomes a
+decision, and what a finished call settles to."""
 
 from __future__ import annotations
 
-from services.limiter.policy import LimitPolicy, subject_key
-from shared.events import LlmCompleted
+from decimal import Decimal
+
+from services.limiter.policy import CounterReading, LimitPolicy, reserved_tokens, subject_key
+from shared.events import LimitRequest, LlmCompleted
 from shared.pricing import PriceCatalog, to_nano_usd
 from shared.settings import DEFAULT_TIERS
 
@@ -37,3 +40,31 @@ def test_an_estimate_of_nothing_keeps_the_reservation_instead_of_settling_to_zer
 
 def test_a_provider_that_billed_nothing_settles_to_zero():
     assert policy().settlement(completed(0, 0, success=False, error="together_ai: HTTP 500"))[1:] == (0, 0)
+
+
+def test_reservation_is_prompt_plus_max_tokens_capped():
+    request = LimitRequest(request_id="r", tier="free", model="m", prompt_tokens_estimate=100, max_tokens=500)
+    assert reserved_tokens(request, default_max_tokens=1024, cap=10_000) == 600
+    assert reserved_tokens(request, default_max_tokens=1024, cap=300) == 300
+    no_max = LimitRequest(request_id="r", tier="free", model="m", prompt_tokens_estimate=10)
+    assert reserved_tokens(no_max, default_max_tokens=1024, cap=10_000) == 1034
+
+
+def test_caller_keys_share_one_hash_tag_and_cannot_break_out_of_it():
+    assert subject_key("42", None) == "cw:{user:42}"
+    assert subject_key(None, "192.0.2.1") == "cw:{ip:192.0.2.1}"
+    assert subject_key("a}b{c", None) == "cw:{user:a)b(c}"
+
+
+def test_unknown_tier_is_treated_as_anonymous_and_plan_uses_tier_limits():
+    policy = LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), 1024, 32_768)
+    request = LimitRequest(request_id="r", user_id="u", tier="platinum", model="meta-llama/Llama-3-8b-chat-hf",
+                           max_tokens=1000, policy="strict")
+    plan = policy.plan(request)
+    assert (plan.requests_limit, plan.strict_limit, plan.window_ms) == (3, 1, 3_600_000)
+    assert plan.reserve_nano == 200_000  # 1000 tokens at $0.20 per 1M
+    reading = CounterReading(allowed=False, limited_by="strict", limit=1, remaining=0,
+                             reset_ms=1_700_000_100_400, now_ms=1_700_000_000_000)
+    result = policy.decision(request, plan, reading)
+    assert result.retry_after_s == 101 and result.tier == "anonymous" and result.reserved_usd == Decimal(0)
+    assert result.reason == "Anonymous tier limit: 1 long-form LLM requests per hour. Upgrade for more."

