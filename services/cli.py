@@ -9,7 +9,8 @@ import sys
 import asyncpg
 
 from shared.migrate import apply_migrations
-from shared.settings import DEFAULT_TIERS, get_settings
+from shared.policy import DEFAULT_TIERS
+from shared.settings import get_settings
 
 
 async def _keys_create(args: argparse.Namespace) -> int:
@@ -69,9 +70,11 @@ async def backup_worker_listening(js, checks: int = 6, interval_s: float = 0.5) 
     since a worker is briefly between two pulls."""
     import nats.js.errors
 
+    from shared.subjects import BACKUP_REQUESTED, stream_of
+
     for attempt in range(checks):
         try:
-            info = await js.consumer_info("BACKUP", "backup-requests")
+            info = await js.consumer_info(stream_of(BACKUP_REQUESTED), "backup-requests")
         except nats.js.errors.NotFoundError:
             return False
         if (info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0:
@@ -84,6 +87,7 @@ async def backup_worker_listening(js, checks: int = 6, interval_s: float = 0.5) 
 async def _backup_run(args: argparse.Namespace) -> int:
     import nats
 
+    from shared.bus import publish_event
     from shared.events import BackupRequested
     from shared.subjects import BACKUP_REQUESTED, ensure_streams
 
@@ -100,8 +104,7 @@ async def _backup_run(args: argparse.Namespace) -> int:
                   "is set), or pass --queue to leave the request for the next worker to start (it expires after "
                   f"BACKUP_REQUEST_TTL_S, {int(settings.backup_request_ttl_s)} s).", file=sys.stderr)
             return 2
-        await js.publish(BACKUP_REQUESTED, request.model_dump_json().encode(), stream="BACKUP",
-                         headers={"Nats-Msg-Id": request.id})
+        await publish_event(js, BACKUP_REQUESTED, request, request.id)
     finally:
         await nc.close()
     if not listening:

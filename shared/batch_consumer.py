@@ -23,6 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
 from shared.bus import describe_invalid, malformed_json_reason, publish_dead_letter
+from shared.subjects import stream_of
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ class BatchConsumer(Generic[E]):
         self,
         js: JetStreamContext,
         *,
-        stream: str,
         subject: str,
         durable: str,
         model: type[E],
@@ -51,7 +51,7 @@ class BatchConsumer(Generic[E]):
         linger_s: float = 0.0,
     ) -> None:
         self.js = js
-        self.stream = stream
+        self.stream = stream_of(subject)
         self.subject = subject
         self.durable = durable
         self.model = model

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
 from shared.events import Alert, DeadLetter
-from shared.subjects import alert_subject, dead_letter_subject
+from shared.subjects import alert_subject, dead_letter_subject, stream_of
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,23 @@ def malformed_json_reason(body: bytes) -> str | None:
     return None
 
 
-async def publish_event(js: JetStreamContext, subject: str, event: BaseModel, stream: str, msg_id: str | None = None,
+async def publish_event(js: JetStreamContext, subject: str, event: BaseModel, msg_id: str | None = None,
                         timeout_s: float = 2.0) -> None:
-    """Publish to JetStream and wait for the stream's ack; `msg_id` de-duplicates re-publications."""
-    await js.publish(subject, event.model_dump_json().encode(), stream=stream,
+    """Publish to the subject's stream and wait for its ack; `msg_id` de-duplicates re-publications."""
+    await js.publish(subject, event.model_dump_json().encode(), stream=stream_of(subject),
                      headers={"Nats-Msg-Id": msg_id} if msg_id else None, timeout=timeout_s)
 
 
 async def publish_alert(js: JetStreamContext, alert: Alert) -> None:
     """`alert.<source>.<severity>`, once per alert key (the key is the Nats-Msg-Id)."""
-    await publish_event(js, alert_subject(alert.source, alert.severity), alert, "ALERTS", alert.key)
+    await publish_event(js, alert_subject(alert.source, alert.severity), alert, alert.key)
 
 
 async def publish_dead_letter(js: JetStreamContext, subject: str, payload: bytes, reason: str,
                               service: str) -> None:
     letter = DeadLetter(subject=subject, reason=reason, service=service,
                         payload=payload.decode("utf-8", errors="replace")[:64_000])
-    await js.publish(dead_letter_subject(subject), letter.model_dump_json().encode(), stream="DLQ")
+    await publish_event(js, dead_letter_subject(subject), letter)
     log.warning("dead-lettered a message on %s: %s", subject, reason)
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
-from pathlib import Path
 
 PER_MILLION = Decimal(1_000_000)
 
@@ -52,11 +50,13 @@ class PriceCatalog:
         self.fallback = fallback
 
     @classmethod
-    def with_overrides(cls, overrides: Mapping[str, Mapping[str, Decimal]], litellm_file: Path | None = None,
+    def with_overrides(cls, overrides: Mapping[str, Mapping[str, Decimal]],
+                       litellm_prices: Mapping[str, ModelPrice] | None = None,
                        fallback: ModelPrice = DEFAULT_FALLBACK_PRICE) -> PriceCatalog:
+        """The default prices, then LiteLLM's price map (parsed by parse_litellm_prices), then overrides."""
         prices = dict(DEFAULT_PRICES)
-        if litellm_file is not None:
-            prices.update(parse_litellm_prices(json.loads(litellm_file.read_text())))
+        if litellm_prices:
+            prices.update(litellm_prices)
         for model, entry in overrides.items():
             prices[model] = ModelPrice(
                 Decimal(entry["input"]), Decimal(entry["output"]),

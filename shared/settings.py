@@ -7,6 +7,7 @@ file named by COSTWARDEN_CONFIG (see README "Configuration").
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -16,84 +17,8 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.pricing import ModelPrice, PriceCatalog
-
-
-class TierLimits(BaseModel):
-    requests: int = Field(gt=0)
-    window_s: int = Field(default=3600, gt=0)
-    strict_requests: int = Field(gt=0, description="Limit for expensive endpoints (strict policy).")
-    tokens_per_minute: int = Field(gt=0)
-    daily_budget_usd: Decimal = Field(gt=0)
-
-
-DEFAULT_TIERS: dict[str, TierLimits] = {
-    "anonymous": TierLimits(requests=3, strict_requests=1, tokens_per_minute=4_000,
-                            daily_budget_usd=Decimal("0.10")),
-    "free": TierLimits(requests=10, strict_requests=2, tokens_per_minute=20_000,
-                       daily_budget_usd=Decimal("1.00")),
-    "pro": TierLimits(requests=100, strict_requests=20, tokens_per_minute=200_000,
-                      daily_budget_usd=Decimal("25.00")),
-    "enterprise": TierLimits(requests=1000, strict_requests=200, tokens_per_minute=2_000_000,
-                             daily_budget_usd=Decimal("250.00")),
-}
-
-
-class ModelRoute(BaseModel):
-    """Where one public model name is served: provider and the provider's own model id."""
-
-    provider: Literal["together_ai", "openai"]
-    model: str
-
-
-DEFAULT_MODEL_MAP: dict[str, list[ModelRoute]] = {
-    "meta-llama/Llama-3-70b-chat-hf": [
-        ModelRoute(provider="together_ai", model="meta-llama/Llama-3-70b-chat-hf"),
-        ModelRoute(provider="openai", model="gpt-4o"),
-    ],
-    "meta-llama/Llama-3-8b-chat-hf": [
-        ModelRoute(provider="together_ai", model="meta-llama/Llama-3-8b-chat-hf"),
-        ModelRoute(provider="openai", model="gpt-4o-mini"),
-    ],
-    "meta-llama/Llama-3.3-70B-Instruct-Turbo": [
-        ModelRoute(provider="together_ai", model="meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-        ModelRoute(provider="openai", model="gpt-4o"),
-    ],
-    "gpt-4o": [ModelRoute(provider="openai", model="gpt-4o")],
-    "gpt-4o-mini": [ModelRoute(provider="openai", model="gpt-4o-mini")],
-}
-
-
-class Levels(BaseModel):
-    warning: Decimal | None = Field(default=None, gt=0)
-    critical: Decimal | None = Field(default=None, gt=0)
-
-
-class Thresholds(BaseModel):
-    """Spend thresholds in USD (DESIGN.md): each crossing raises one alert per window."""
-
-    hourly: Levels = Levels(warning=Decimal(10), critical=Decimal(50))
-    daily: Levels = Levels(warning=Decimal(100), critical=Decimal(500))
-    monthly: Levels = Levels(warning=Decimal(1000), critical=Decimal(5000))
-    user_daily: Levels = Levels(warning=Decimal(10))
-
-    def for_period(self, period: str) -> Levels:
-        return {"hour": self.hourly, "day": self.daily, "month": self.monthly}[period]
-
-
-class Route(BaseModel):
-    """Alerts of these severities (and sources, when given) go to these channels."""
-
-    severities: list[Literal["warning", "critical", "resolved"]]
-    sources: list[Literal["cost", "health", "backup"]] | None = None
-    channels: list[Literal["slack", "email", "webhook"]]
-
-
-DEFAULT_ROUTES = [
-    Route(severities=["warning"], channels=["slack", "webhook"]),
-    Route(severities=["critical"], channels=["slack", "email", "webhook"]),
-    Route(severities=["resolved"], channels=["slack", "webhook"]),
-]
+from shared.policy import DEFAULT_MODEL_MAP, DEFAULT_ROUTES, DEFAULT_TIERS, ModelRoute, Route, Thresholds, TierLimits
+from shared.pricing import ModelPrice, PriceCatalog, parse_litellm_prices
 
 
 class HttpCheck(BaseModel):
@@ -127,8 +52,9 @@ class FileConfig(BaseModel):
                                 description="First matching route wins; resolved alerts follow their original.")
 
     def price_catalog(self) -> PriceCatalog:
+        litellm = self.litellm_prices_file
         return PriceCatalog.with_overrides(
-            self.prices, self.litellm_prices_file,
+            self.prices, parse_litellm_prices(json.loads(litellm.read_text())) if litellm else None,
             fallback=ModelPrice(self.fallback_price["input"], self.fallback_price["output"]),
         )
 

@@ -64,6 +64,26 @@ STREAMS: tuple[StreamSpec, ...] = (
 )
 
 
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching, token by token: `*` is one token, a final `>` one or more."""
+    wanted, given = pattern.split("."), subject.split(".")
+    for i, token in enumerate(wanted):
+        if token == ">":
+            return len(given) > i
+        if i >= len(given) or (token != "*" and token != given[i]):
+            return False
+    return len(given) == len(wanted)
+
+
+def stream_of(subject: str) -> str:
+    """The stream that keeps `subject` (or a wildcard subject within one), from STREAMS: publishers and
+    consumers name only their subject, so a stream is named in this one place."""
+    for spec in STREAMS:
+        if any(_matches(pattern, subject) for pattern in spec.subjects):
+            return spec.name
+    raise KeyError(f"no stream keeps {subject}")
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create every stream that is missing and bring existing ones to these definitions."""
     for spec in STREAMS:

@@ -24,7 +24,7 @@ from services.api.usage import (
     usage_of_answer,
 )
 from shared.events import LimitDecision, LimitRequest, LlmCompleted, Policy
-from shared.settings import ModelRoute
+from shared.policy import ModelRoute
 
 log = logging.getLogger(__name__)
 

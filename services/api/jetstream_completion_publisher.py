@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from shared.events import LlmCompleted
-from shared.subjects import LLM_COMPLETED
+from shared.subjects import LLM_COMPLETED, stream_of
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class JetStreamCompletionPublisher:
         self._keep(event)
 
     async def _publish_once(self, event: LlmCompleted) -> None:
-        await self.js.publish(LLM_COMPLETED, event.model_dump_json().encode(), stream="LLM",
+        await self.js.publish(LLM_COMPLETED, event.model_dump_json().encode(), stream=stream_of(LLM_COMPLETED),
                               headers={"Nats-Msg-Id": event.request_id}, timeout=self.ack_timeout_s)
 
     def _keep(self, event: LlmCompleted) -> None:

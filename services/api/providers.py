@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from services.api.breaker import CircuitBreaker
-from shared.settings import ModelRoute
+from shared.policy import ModelRoute
 
 log = logging.getLogger(__name__)
 

@@ -48,13 +48,13 @@ class BackupService:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def publish_completed(self, event: BackupCompleted) -> None:
-        await publish_event(jetstream(self.broker), BACKUP_COMPLETED, event, "BACKUP")
+        await publish_event(jetstream(self.broker), BACKUP_COMPLETED, event)
 
     async def publish_alert(self, alert: Alert) -> None:
         await publish_alert(jetstream(self.broker), alert)
 
     async def publish_tick(self, tick: BackupTick) -> None:
-        await publish_event(jetstream(self.broker), SCHEDULE_BACKUP, tick, "SCHEDULE", f"backup:{tick.slot}")
+        await publish_event(jetstream(self.broker), SCHEDULE_BACKUP, tick, f"backup:{tick.slot}")
 
     async def connect(self) -> None:
         settings = self.settings
@@ -79,9 +79,9 @@ class BackupService:
     async def start_work(self) -> None:
         js = jetstream(self.broker)
         self.consumers = [
-            BatchConsumer(js, stream="SCHEDULE", subject=SCHEDULE_BACKUP, durable="backup-schedule", model=BackupTick,
+            BatchConsumer(js, subject=SCHEDULE_BACKUP, durable="backup-schedule", model=BackupTick,
                           store=self.on_ticks, service=SERVICE, batch_size=1, ack_wait_s=BACKUP_ACK_WAIT_S),
-            BatchConsumer(js, stream="BACKUP", subject=BACKUP_REQUESTED, durable="backup-requests",
+            BatchConsumer(js, subject=BACKUP_REQUESTED, durable="backup-requests",
                           model=BackupRequested, store=self.on_requests, service=SERVICE, batch_size=1,
                           ack_wait_s=BACKUP_ACK_WAIT_S),
         ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
@@ -14,16 +13,16 @@ from faststream.nats import NatsBroker
 
 from services.cost.pg_cost_queries import PgCostQueries
 from services.cost.pg_usage_ledger import PgUsageLedger
+from services.cost.query_router import CostQueries, query_router
 from services.cost.recorder import CostRecorder
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert
-from shared.cost_query import Analytics, CostQuery, CurrentCost
 from shared.events import Alert, LlmCompleted
 from shared.logs import configure_logging
 from shared.periodic import every
 from shared.service_app import make_service_app
 from shared.settings import FileConfig, Settings, get_settings
-from shared.subjects import COST_QUERY, LLM_COMPLETED, ensure_streams
+from shared.subjects import LLM_COMPLETED, ensure_streams
 
 SERVICE = "cost"
 SWEEP_INTERVAL_S = 10.0
@@ -31,10 +30,6 @@ RETENTION_INTERVAL_S = 6 * 3600.0
 LEDGER_BATCH = 4000  # larger batches share one rollup upsert among more events (see make bench)
 
 log = logging.getLogger(__name__)
-
-
-class CostQueries(Protocol):
-    async def answer(self, query: CostQuery) -> CurrentCost | Analytics: ...
 
 
 @dataclass
@@ -65,7 +60,7 @@ class CostService:
 
     async def start_work(self) -> None:
         assert self.recorder is not None
-        self.consumer = BatchConsumer(jetstream(self.broker), stream="LLM", subject=LLM_COMPLETED,
+        self.consumer = BatchConsumer(jetstream(self.broker), subject=LLM_COMPLETED,
                                       durable="cost-ledger", model=LlmCompleted, store=self.recorder.record,
                                       service=SERVICE, batch_size=LEDGER_BATCH)
         await self.consumer.start()
@@ -88,29 +83,20 @@ class CostService:
         if self.pool is not None:
             await self.pool.close()
 
-    async def answer_query(self, query: CostQuery) -> dict[str, Any]:
+    def read_side(self) -> CostQueries:
         assert self.queries is not None
-        return (await self.queries.answer(query)).model_dump(mode="json")
+        return self.queries
 
     async def postgres_ready(self) -> None:
         assert self.pool is not None
         await self.pool.fetchval("SELECT 1")
 
 
-def subscribe_queries(service: CostService) -> None:
-    """`cost.query` in the queue group `cost`: any replica answers."""
-
-    @service.broker.subscriber(COST_QUERY, queue=SERVICE, title="cost.query",
-                               description="Current spend or analytics for a time range (request-reply).")
-    async def answer_query(query: CostQuery) -> dict[str, Any]:
-        return await service.answer_query(query)
-
-
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = CostService(settings, settings.file_config(), make_broker(settings.nats_url, SERVICE))
-    subscribe_queries(service)
+    service.broker.include_router(query_router(service.read_side))
     app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
     app.on_startup(service.connect)
     app.after_startup(service.start_work)

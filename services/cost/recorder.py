@@ -20,8 +20,8 @@ from services.cost.thresholds import (
     unpriced_model_alert,
 )
 from shared.events import Alert, LlmCompleted, utc_now
+from shared.policy import Thresholds
 from shared.pricing import PriceCatalog
-from shared.settings import Thresholds
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from services.cost.ledger import bucket_start
 from shared.events import Alert
-from shared.settings import Thresholds
+from shared.policy import Thresholds
 
 PERIOD_NAMES = {"hour": "hourly", "day": "daily", "month": "monthly"}
 MIN_PROJECTION_ELAPSED = timedelta(days=1)

@@ -59,9 +59,9 @@ class LimiterService:
             RequestResponder(nats_client(self.broker), js, subject=LLM_REQUEST, queue=LIMITER_QUEUE,
                              model=LimitRequest, handle=limiter.decide, service=SERVICE,
                              max_in_flight=DECISION_WORKERS),
-            BatchConsumer(js, stream="LLM", subject=LLM_COMPLETED, durable="limiter-settlement",
+            BatchConsumer(js, subject=LLM_COMPLETED, durable="limiter-settlement",
                           model=LlmCompleted, store=limiter.settle, service=SERVICE, linger_s=BACKGROUND_LINGER_S),
-            BatchConsumer(js, stream="LIMITS", subject=LIMIT_VIOLATION, durable="limiter-violations",
+            BatchConsumer(js, subject=LIMIT_VIOLATION, durable="limiter-violations",
                           model=LimitViolation, store=PgViolationLog(self.pool).store, service=SERVICE,
                           linger_s=BACKGROUND_LINGER_S),
         ]

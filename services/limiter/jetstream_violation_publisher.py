@@ -20,6 +20,6 @@ class JetStreamViolationPublisher:
 
     async def publish(self, violation: LimitViolation) -> None:
         try:
-            await publish_event(self.js, LIMIT_VIOLATION, violation, "LIMITS", violation.id)
+            await publish_event(self.js, LIMIT_VIOLATION, violation, violation.id)
         except (nats.errors.Error, TimeoutError) as exc:  # the caller still gets its denial
             log.warning("could not publish limit.violation for %s: %s", violation.request_id, type(exc).__name__)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from shared.events import LimitDecision, LimitedBy, LimitRequest, LlmCompleted
+from shared.policy import TierLimits
 from shared.pricing import PriceCatalog, to_nano_usd
-from shared.settings import TierLimits
 
 UNKNOWN_TIER = "anonymous"
 

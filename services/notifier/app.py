@@ -76,7 +76,7 @@ class NotifierService:
 
     async def start_consumer(self) -> None:
         assert self.notifier is not None
-        self.consumer = BatchConsumer(jetstream(self.broker), stream="ALERTS", subject=ALERTS, durable="notifier",
+        self.consumer = BatchConsumer(jetstream(self.broker), subject=ALERTS, durable="notifier",
                                       model=Alert, store=self.notifier.handle, service=SERVICE, batch_size=100,
                                       linger_s=self.settings.notify_group_window_s,
                                       ack_wait_s=self.settings.notify_claim_lease_s)

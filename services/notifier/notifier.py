@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from services.notifier.routing import channels_for
 from shared.events import Alert
-from shared.settings import Route
+from shared.policy import Route
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from shared.events import Alert
-from shared.settings import Route
+from shared.policy import Route
 
 
 def channels_for(alert: Alert, routes: Sequence[Route], configured: Collection[str]) -> list[str]:

@@ -13,8 +13,8 @@ import pytest
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
 from shared.events import Alert, LlmCompleted
+from shared.policy import Levels, Thresholds
 from shared.pricing import DEFAULT_PRICES, PriceCatalog
-from shared.settings import Levels, Thresholds
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration

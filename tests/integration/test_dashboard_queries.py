@@ -11,8 +11,8 @@ import pytest
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
 from shared.events import LlmCompleted
+from shared.policy import Thresholds
 from shared.pricing import PriceCatalog
-from shared.settings import Thresholds
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.integration

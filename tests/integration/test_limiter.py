@@ -15,8 +15,8 @@ from services.limiter.limiter import Limiter
 from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
+from shared.policy import DEFAULT_TIERS, TierLimits
 from shared.pricing import PriceCatalog
-from shared.settings import DEFAULT_TIERS, TierLimits
 from tests.conftest import start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, stream_messages
 

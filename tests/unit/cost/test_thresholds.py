@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from services.cost.thresholds import SpendTotal, projection_alert, threshold_alerts
-from shared.settings import Thresholds
+from shared.policy import Thresholds
 
 HOUR = datetime(2026, 11, 28, 10, tzinfo=UTC)
 DEFAULTS = Thresholds()  # hourly $10/$50, daily $100/$500, monthly $1000/$5000, per user daily $10

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from services.limiter.limiter import Limiter, StorageUnavailable
 from services.limiter.policy import CounterReading, LimitPlan, LimitPolicy
 from shared.events import LimitRequest, LimitViolation, LlmCompleted
+from shared.policy import DEFAULT_TIERS
 from shared.pricing import PriceCatalog
-from shared.settings import DEFAULT_TIERS
 
 NOW_MS = 1_700_000_000_000
 

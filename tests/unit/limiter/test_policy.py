@@ -7,8 +7,8 @@ from decimal import Decimal
 
 from services.limiter.policy import CounterReading, LimitPolicy, reserved_tokens, subject_key
 from shared.events import LimitRequest, LlmCompleted
+from shared.policy import DEFAULT_TIERS
 from shared.pricing import PriceCatalog, to_nano_usd
-from shared.settings import DEFAULT_TIERS
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"  # $0.20 per 1M tokens both ways
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from services.notifier.routing import channels_for
 from shared.events import Alert
-from shared.settings import DEFAULT_ROUTES, Route
+from shared.policy import DEFAULT_ROUTES, Route
 
 
 def alert(i: int = 0, severity: str = "critical", source: str = "cost", text: str | None = None) -> Alert:

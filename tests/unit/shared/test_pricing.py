@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 from shared.pricing import PriceCatalog, parse_litellm_prices, to_nano_usd
@@ -21,14 +20,13 @@ def test_unpriced_model_uses_the_fallback_rate_and_says_so():
     assert cost.usd == Decimal("10") and cost.priced is False
 
 
-def test_overrides_and_litellm_files(tmp_path):
-    path = tmp_path / "prices.json"
-    path.write_text(json.dumps({
+def test_overrides_and_litellm_prices():
+    litellm = parse_litellm_prices({
         "sample_spec": {"input_cost_per_token": 0},
         "my-model": {"input_cost_per_token": 1.5e-06, "output_cost_per_token": 2e-06,
                      "cache_read_input_token_cost": 7.5e-07},
-    }))
-    catalog = PriceCatalog.with_overrides({"gpt-4o": {"input": Decimal("1"), "output": Decimal("2")}}, path)
+    })
+    catalog = PriceCatalog.with_overrides({"gpt-4o": {"input": Decimal("1"), "output": Decimal("2")}}, litellm)
     assert catalog.price("my-model").input == Decimal("1.5") and catalog.price("my-model").cached_input == Decimal("0.75")
     assert catalog.price("gpt-4o").output == Decimal("2")
     assert parse_litellm_prices({"x": "not a dict"}) == {}

@@ -7,9 +7,8 @@ from decimal import Decimal
 
 from faststream.nats import NatsBroker, TestNatsBroker
 
-from services.cost.app import CostService, subscribe_queries
+from services.cost.query_router import query_router
 from shared.cost_query import Analytics, CostQuery, CurrentCost
-from shared.settings import Settings
 
 AS_OF = datetime(2026, 11, 28, 10, 30, tzinfo=UTC)
 
@@ -25,11 +24,10 @@ class FakeQueries:
 
 
 async def test_a_query_is_answered_with_money_as_decimal_strings():
-    settings = Settings()
-    service = CostService(settings, settings.file_config(), NatsBroker())
-    service.queries = fake = FakeQueries()
-    subscribe_queries(service)
-    async with TestNatsBroker(service.broker) as broker:
+    fake = FakeQueries()
+    broker = NatsBroker()
+    broker.include_router(query_router(lambda: fake))
+    async with TestNatsBroker(broker) as broker:
         reply = await broker.request(CostQuery(kind="current", user_id="ann").model_dump(mode="json"), "cost.query")
         body = await reply.decode()
     assert body == {"user_id": "ann", "hourly": "1.25", "daily": "10.5", "monthly": "100.000001",
