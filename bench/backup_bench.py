@@ -22,7 +22,7 @@ TARGET_BYTES = 500 * 1024 * 1024
 
 CHILD = """
 import json, resource, sys, time
-from services.backup.pipeline import dump_and_upload, verify
+from services.backup.pg_dump_pipeline import dump_and_upload, verify
 from services.backup.s3_backup_store import S3BackupStore
 store = S3BackupStore(sys.argv[2], "bench", "us-east-1", "AES256", None, "STANDARD_IA", 16 * 1024 * 1024)
 started = time.perf_counter()

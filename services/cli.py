@@ -154,8 +154,8 @@ async def _backup_list(args: argparse.Namespace) -> int:
 
 
 async def _restore(args: argparse.Namespace) -> int:
-    from services.backup.pipeline import BackupError, restore
-    from services.backup.worker import table_row_counts
+    from services.backup.pg_dump_pipeline import restore, table_row_counts
+    from services.backup.worker import BackupError
 
     settings = get_settings()
     store = _store()

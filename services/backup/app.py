@@ -11,6 +11,8 @@ import asyncpg
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsBroker
 
+from services.backup.pg_backup_log import PgBackupLog
+from services.backup.pg_dump_pipeline import PgDumpPipeline
 from services.backup.s3_backup_store import S3BackupStore
 from services.backup.scheduler import run_schedule
 from services.backup.worker import BackupWorker
@@ -61,10 +63,11 @@ class BackupService:
         await self.broker.connect()
         await ensure_streams(jetstream(self.broker))
         self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
-        self.worker = BackupWorker(
-            self.pool, make_store(settings), settings.backup_database_url or settings.database_url,
-            settings.backup_retention_days, settings.backup_keep_last, settings.pg_dump_path,
-            settings.pg_restore_path, self.publish_completed, self.publish_alert)
+        store = make_store(settings)
+        pipeline = PgDumpPipeline(settings.backup_database_url or settings.database_url, store,
+                                  settings.pg_dump_path, settings.pg_restore_path)
+        self.worker = BackupWorker(PgBackupLog(self.pool), store, pipeline, settings.backup_retention_days,
+                                   settings.backup_keep_last, self.publish_completed, self.publish_alert)
 
     async def on_ticks(self, ticks: Sequence[BackupTick]) -> None:
         assert self.worker is not None

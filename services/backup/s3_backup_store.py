@@ -11,23 +11,22 @@ exists. Names of the older form `costwarden_backup_YYYYMMDD_HHMMSS.dump.gz` are 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from services.backup.retention import StoredBackup
+from services.backup.worker import BackupError, BackupExists, Manifest
 
 NAME_PATTERN = re.compile(r"^costwarden_backup_(\d{8}_\d{6})(?:_(\d{3})_[0-9a-f]{6})?\.dump\.gz$")
-
-
-class BackupExists(RuntimeError):
-    """The store already holds an object of this name: it is never replaced."""
 
 
 def backup_name(at: datetime, suffix: str | None = None) -> str:
@@ -47,16 +46,28 @@ def created_at_of(name: str) -> datetime | None:
     return at.replace(microsecond=int(match[2] or 0) * 1000)
 
 
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    key: str
-    sha256: str
-    size_bytes: int
-    started_at: str
-    finished_at: str
-    database: str
-    tables: dict[str, int] | None = None
+def s3_failure(exc: Exception) -> BackupError:
+    """boto3's errors as a reason an operator can act on, without the credentials or the whole URL."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return BackupError(f"S3 {exc.operation_name} failed: {error.get('Code', 'error')} "
+                           f"{error.get('Message', '')}".strip())
+    return BackupError(f"S3 unreachable: {type(exc).__name__}")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def s3_errors(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise s3_failure(exc) from exc
+
+    return translated
 
 
 class S3BackupStore:
@@ -73,6 +84,9 @@ class S3BackupStore:
         self.storage_class = storage_class
         self.part_size = part_size
 
+    def new_name(self, at: datetime) -> str:
+        return backup_name(at)
+
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}"
 
@@ -85,6 +99,7 @@ class S3BackupStore:
             args["SSEKMSKeyId"] = self.kms_key_id
         return args
 
+    @s3_errors
     def check_bucket(self) -> None:
         self.s3.head_bucket(Bucket=self.bucket)
 
@@ -97,6 +112,7 @@ class S3BackupStore:
             raise
         return True
 
+    @s3_errors
     def begin_upload(self, name: str) -> str:
         for key in (self.key(name), self.manifest_key(name)):
             if self._exists(key):
@@ -105,39 +121,49 @@ class S3BackupStore:
                                                    StorageClass=self.storage_class, **self._encryption())
         return response["UploadId"]
 
+    @s3_errors
     def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> dict:
         response = self.s3.upload_part(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id,
                                        PartNumber=number, Body=data)
         return {"PartNumber": number, "ETag": response["ETag"]}
 
+    @s3_errors
     def finish_upload(self, name: str, upload_id: str, parts: list[dict]) -> None:
         self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id,
                                           MultipartUpload={"Parts": parts}, IfNoneMatch="*")
 
+    @s3_errors
     def abort_upload(self, name: str, upload_id: str) -> None:
         self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id)
 
+    @s3_errors
     def set_metadata(self, name: str, metadata: dict[str, str]) -> None:
         """Multipart uploads learn their checksum only at the end: copy the object onto itself with it."""
         self.s3.copy({"Bucket": self.bucket, "Key": self.key(name)}, self.bucket, self.key(name), ExtraArgs={
             "Metadata": metadata, "MetadataDirective": "REPLACE", "StorageClass": self.storage_class,
             **self._encryption()})
 
+    @s3_errors
     def head(self, name: str) -> dict:
         return self.s3.head_object(Bucket=self.bucket, Key=self.key(name))
 
     def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        body = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))["Body"]
         try:
-            yield from body.iter_chunks(chunk_size)
-        finally:
-            body.close()
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))["Body"]
+            try:
+                yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise s3_failure(exc) from exc
 
+    @s3_errors
     def write_manifest(self, manifest: Manifest) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=self.manifest_key(manifest.name),
                            Body=json.dumps(manifest.__dict__, indent=2).encode(), ContentType="application/json",
                            IfNoneMatch="*", **self._encryption())
 
+    @s3_errors
     def manifest(self, name: str) -> Manifest | None:
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=self.manifest_key(name))["Body"].read()
@@ -145,6 +171,7 @@ class S3BackupStore:
             return None
         return Manifest(**json.loads(body))
 
+    @s3_errors
     def list_backups(self) -> list[StoredBackup]:
         """Every backup object under the prefix (nothing outside it), complete or not."""
         names: dict[str, bool] = {}
@@ -160,6 +187,7 @@ class S3BackupStore:
         return sorted((StoredBackup(name, at, complete) for name, at, complete in dated if at is not None),
                       key=lambda b: b.created_at)
 
+    @s3_errors
     def delete(self, name: str) -> None:
         for key in (self.key(name), self.manifest_key(name)):
             if not key.startswith(f"{self.prefix}/"):

@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from services.backup.pg_backup_log import PgBackupLog
+from services.backup.pg_dump_pipeline import PgDumpPipeline
 from services.backup.retention import StoredBackup, to_delete
-from services.backup.s3_backup_store import BackupExists, Manifest, S3BackupStore, backup_name
-from services.backup.worker import BackupBusy, BackupWorker
+from services.backup.s3_backup_store import S3BackupStore, backup_name
+from services.backup.worker import BackupBusy, BackupError, BackupExists, BackupWorker, Manifest
 from tests.conftest import _with_database, start_service
 from tests.servers import free_port, nats_server
 from tests.support.polling import eventually
@@ -94,8 +95,8 @@ async def source(fresh_database):
 
 def worker(pool, database_url, s3: S3BackupStore, captured: Captured, pg_dump: str = "pg_dump",
            clock=lambda: datetime.now(UTC)) -> BackupWorker:
-    return BackupWorker(pool, s3, database_url, 90, 2, pg_dump, "pg_restore", captured.on_completed,
-                        captured.on_alert, clock=clock)
+    return BackupWorker(PgBackupLog(pool), s3, PgDumpPipeline(database_url, s3, pg_dump, "pg_restore"), 90, 2,
+                        captured.on_completed, captured.on_alert, clock=clock)
 
 
 async def one_backup(pool, database_url, s3: S3BackupStore) -> str:
@@ -232,9 +233,9 @@ async def test_an_existing_backup_is_never_replaced(s3_env, source):
         s3.begin_upload(name)
     upload_id = s3.s3.create_multipart_upload(Bucket=BUCKET, Key=s3.key(name))["UploadId"]
     part = s3.upload_part(name, upload_id, 1, b"not a backup")
-    with pytest.raises(ClientError, match="PreconditionFailed"):  # the conditional write, should a race pass the check
+    with pytest.raises(BackupError, match="PreconditionFailed"):  # the conditional write, should a race pass the check
         s3.finish_upload(name, upload_id, [part])
-    with pytest.raises(ClientError, match="PreconditionFailed"):
+    with pytest.raises(BackupError, match="PreconditionFailed"):
         s3.write_manifest(s3.manifest(name))
     assert b"".join(s3.read(name)) == before
 

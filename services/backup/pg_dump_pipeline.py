@@ -3,25 +3,25 @@ temporary file and at most two parts in memory; and the way back. Blocking code,
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
 import threading
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+
 from services.backup.s3_backup_store import S3BackupStore
+from services.backup.worker import BackupError, Uploaded
 
 READ_CHUNK = 1 << 20
 GZIP = 31  # zlib window bits for a gzip container
-
-
-class BackupError(RuntimeError):
-    """A clear, secret-free reason why a backup or restore did not happen."""
 
 
 def libpq_target(database_url: str) -> tuple[str, dict[str, str]]:
@@ -54,12 +54,6 @@ class _Drain(threading.Thread):
     def text(self) -> str:
         self.join(5)
         return b"".join(self.tail).decode(errors="replace").strip()[-1000:]
-
-
-@dataclass(frozen=True)
-class Uploaded:
-    sha256: str
-    size_bytes: int
 
 
 def dump_and_upload(database_url: str, store: S3BackupStore, name: str, pg_dump: str = "pg_dump",
@@ -203,3 +197,48 @@ def restore(store: S3BackupStore, name: str, target_url: str, expected_sha256: s
     code, errors, _ = _feed(argv, store.read(name), env, progress)
     if code != 0:
         raise BackupError(f"pg_restore failed (exit {code}): {errors}")
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def table_row_counts(database_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = await conn.fetch("SELECT schemaname, relname FROM pg_stat_user_tables ORDER BY 1, 2")
+        return {f"{t['schemaname']}.{t['relname']}": await conn.fetchval(
+            f'SELECT count(*) FROM "{t["schemaname"]}"."{t["relname"]}"') for t in tables}
+    finally:
+        await conn.close()
+
+
+class PgDumpPipeline:
+    """The worker's dump pipeline: this database, these client tools, this store."""
+
+    def __init__(self, database_url: str, store: S3BackupStore, pg_dump: str = "pg_dump",
+                 pg_restore: str = "pg_restore") -> None:
+        self.database_url = database_url
+        self.store = store
+        self.pg_dump = pg_dump
+        self.pg_restore = pg_restore
+        self.database = urlsplit(database_url).path.lstrip("/")
+
+    def dump_and_upload(self, name: str) -> Uploaded:
+        return dump_and_upload(self.database_url, self.store, name, self.pg_dump)
+
+    def verify(self, name: str, uploaded: Uploaded) -> int:
+        return verify(self.store, name, uploaded, self.pg_restore)
+
+    async def restore_test(self, name: str, sha256: str) -> dict[str, int]:
+        """Restore into a scratch database and count the rows of every table."""
+        scratch = f"costwarden_restore_test_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(with_database(self.database_url, "postgres"))
+        await admin.execute(f'CREATE DATABASE "{scratch}"')
+        try:
+            target = with_database(self.database_url, scratch)
+            await asyncio.to_thread(restore, self.store, name, target, sha256, False, self.pg_restore)
+            return await table_row_counts(target)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+            await admin.close()
