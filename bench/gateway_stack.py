@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.api.pg_api_key_store import create_key
-from tests.servers import ServiceProcess, free_port, port_open, wait_for
+from tests.servers import ServiceProcess, free_port, port_open
+from tests.support.polling import wait_for
 
 
 def start_script(name: str, env: dict[str, str], args: list[str], port: int | None = None) -> ServiceProcess:

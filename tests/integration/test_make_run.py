@@ -16,7 +16,8 @@ import threading
 import httpx
 import pytest
 
-from tests.servers import free_port, port_open, redis_server, wait_for
+from tests.servers import free_port, port_open, redis_server
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

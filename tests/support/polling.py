@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,3 +20,13 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 30.0, interval
         if result or asyncio.get_running_loop().time() > deadline:
             return result
         await asyncio.sleep(interval_s)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    """The same for code that is not async (starting servers): raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout_s}s")

@@ -1,0 +1,140 @@
+"""The gateway use case with in-memory fakes of its ports: what it records for streams that end every way,
+and for answers with and without the provider's usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from services.api.breaker import CircuitBreaker
+from services.api.callers import Caller
+from services.api.gateway import CallContext, Gateway
+from services.api.providers import ProviderRouter, ProviderStreamBroken
+from shared.events import LimitDecision, LimitRequest, LlmCompleted
+from shared.policy import ModelRoute
+
+MODEL = "meta-llama/Llama-3-8b-chat-hf"
+
+
+class Words:
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+
+class FakeStream:
+    def __init__(self, chunks: list[dict[str, Any]], done: bool = True, break_after: int | None = None) -> None:
+        self.chunks, self.done, self.break_after = chunks, done, break_after
+        self.closed = False
+
+    async def lines(self) -> AsyncIterator[str]:
+        for i, chunk in enumerate(self.chunks):
+            if self.break_after is not None and i >= self.break_after:
+                raise ProviderStreamBroken("ReadError")
+            yield f"data: {json.dumps(chunk)}"
+        if self.done:
+            yield "data: [DONE]"
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeProvider:
+    name = "together_ai"
+
+    def __init__(self, answer: dict[str, Any] | None = None, stream: FakeStream | None = None) -> None:
+        self.answer, self.stream = answer, stream
+
+    async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        assert self.answer is not None
+        return self.answer, json.dumps(self.answer).encode()
+
+    async def open_stream(self, payload: Mapping[str, Any]) -> FakeStream:
+        assert self.stream is not None
+        return self.stream
+
+    async def aclose(self) -> None: ...
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.events: list[LlmCompleted] = []
+
+    async def publish(self, event: LlmCompleted) -> None:
+        self.events.append(event)
+
+    async def drain(self, timeout_s: float) -> None: ...
+
+
+class AlwaysAllowed:
+    async def ask(self, request: LimitRequest) -> LimitDecision:
+        raise AssertionError("not asked in these tests")
+
+
+def gateway(provider: FakeProvider, recorded: Recorded) -> Gateway:
+    router = ProviderRouter({"together_ai": provider}, {"together_ai": CircuitBreaker(5, 30)}, max_retries=0)
+    return Gateway(AlwaysAllowed(), router, recorded, {MODEL: [ModelRoute(provider="together_ai", model=MODEL)]},
+                   Words())
+
+
+def ctx(max_tokens: int | None = 50) -> CallContext:
+    return CallContext(request_id="r1", caller=Caller("ann", "pro"), client_ip="192.0.2.1", endpoint="/v1/chat",
+                       prompt_tokens=12, max_tokens=max_tokens)
+
+
+def delta(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+
+
+async def relay_all(g: Gateway, stream: FakeStream, stop_after: int | None = None) -> list[bytes]:
+    call, started = await g.open_stream(ctx(), MODEL, {"messages": []})
+    relay = g.relay(ctx(), MODEL, call, started, forward_usage_chunk=False)
+    out = []
+    async for piece in relay:
+        out.append(piece)
+        if stop_after is not None and len(out) == stop_after:
+            break
+    await relay.aclose()
+    await g.drain()
+    return out
+
+
+async def test_a_complete_stream_with_usage_is_recorded_from_the_provider():
+    stream = FakeStream([delta("one two"), delta(" three", "stop"),
+                         {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}])
+    recorded = Recorded()
+    out = await relay_all(gateway(FakeProvider(stream=stream), recorded), stream)
+    [event] = recorded.events
+    assert (event.prompt_tokens, event.completion_tokens, event.usage_source, event.success) == (9, 3, "provider", True)
+    assert out[-1] == b"data: [DONE]\n\n" and len(out) == 3  # the usage chunk was not asked for
+    assert stream.closed
+
+
+async def test_a_stream_the_client_leaves_is_counted_closed_and_recorded_at_once():
+    stream = FakeStream([delta("alpha beta"), delta(" gamma"), delta(" delta"), delta(" never")], done=False)
+    recorded = Recorded()
+    await relay_all(gateway(FakeProvider(stream=stream), recorded), stream, stop_after=2)
+    [event] = recorded.events
+    assert (event.prompt_tokens, event.completion_tokens, event.usage_source) == (12, 3, "estimated")
+    assert event.success is False and event.error == "client disconnected before the stream ended"
+    assert stream.closed
+
+
+async def test_a_stream_the_provider_breaks_ends_with_an_error_event_and_is_billed():
+    stream = FakeStream([delta("alpha"), delta(" beta"), delta(" gamma")], break_after=2)
+    recorded = Recorded()
+    out = await relay_all(gateway(FakeProvider(stream=stream), recorded), stream)
+    assert json.loads(out[-1][6:])["error"]["code"] == "provider_stream_interrupted"
+    [event] = recorded.events
+    assert (event.completion_tokens, event.usage_source, event.error) == (2, "estimated",
+                                                                         "together_ai stream interrupted: ReadError")
+
+
+async def test_a_plain_answer_without_usage_is_counted_never_zero():
+    answer = {"choices": [{"index": 0, "message": {"content": "four words right here"}}]}
+    recorded = Recorded()
+    await gateway(FakeProvider(answer=answer), recorded).complete(ctx(), MODEL, {"messages": []})
+    await asyncio.sleep(0)
+    [event] = recorded.events
+    assert (event.prompt_tokens, event.completion_tokens, event.usage_source) == (12, 4, "estimated")
