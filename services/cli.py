@@ -93,10 +93,10 @@ async def _backup_run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     request = BackupRequested(restore_test=args.restore_test)
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(servers=settings.nats_servers)
     try:
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.nats_stream_replicas)
         listening = await backup_worker_listening(js)
         if not listening and not args.queue:
             print("no backup worker is running: nothing consumes backup.requested (durable consumer "

@@ -104,14 +104,15 @@ Processes = dict[str, asyncio.subprocess.Process]
 
 
 async def start_nats_if_missing(settings: Settings, env: dict[str, str], processes: Processes) -> None:
-    if await nats_reachable(settings.nats_url):
+    first = settings.nats_servers[0]
+    if await nats_reachable(first):
         return
-    url = urlsplit(settings.nats_url)
-    log.info("no NATS at %s: starting nats-server with JetStream (data in %s)", settings.nats_url, RUN_DIR)
+    url = urlsplit(first)
+    log.info("no NATS at %s: starting nats-server with JetStream (data in %s)", first, RUN_DIR)
     processes["nats"] = await start("nats-server", [
         nats_server_binary(), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
         "-sd", str(RUN_DIR / "nats")], env, log_file=RUN_DIR / "nats-server.log")
-    await wait_until(lambda: nats_reachable(settings.nats_url), "nats-server")
+    await wait_until(lambda: nats_reachable(first), "nats-server")
 
 
 async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], processes: Processes) -> str | None:
@@ -174,8 +175,8 @@ async def main() -> int:
     await start_nats_if_missing(settings, env, processes)
     applied = await apply_migrations(settings.database_url)
     log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
-    nc = await nats.connect(settings.nats_url)
-    await ensure_streams(nc.jetstream())
+    nc = await nats.connect(servers=settings.nats_servers)
+    await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     await nc.close()
     simulator_url = await start_simulator_if_no_key(settings, env, processes)
     services = await start_services(settings, env, processes)

@@ -92,9 +92,9 @@ def dead_letter_middleware(service: str) -> type[BaseMiddleware]:
     return DeadLetterMiddleware
 
 
-def make_broker(nats_url: str, service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
+def make_broker(servers: str | list[str], service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
     return NatsBroker(
-        nats_url,
+        servers,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=(
             NatsPrometheusMiddleware(registry=registry, app_name=service),

@@ -72,7 +72,9 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/costwarden"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = Field(default="nats://127.0.0.1:4222",
+                          description="One server, or a comma-separated list of a cluster's servers.")
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5, description="Replicas of every JetStream stream.")
 
     together_api_key: SecretStr | None = None
     together_base_url: str = "https://api.together.xyz/v1"
@@ -156,6 +158,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """NATS_URL as a list: clients connect to any of them and fail over between them by themselves."""
+        return [server.strip() for server in self.nats_url.split(",") if server.strip()]
 
     def file_config(self) -> FileConfig:
         if self.costwarden_config is None:

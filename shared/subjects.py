@@ -44,13 +44,14 @@ class StreamSpec:
     max_age_s: int
     duplicate_window_s: int = 120
 
-    def config(self) -> StreamConfig:
+    def config(self, replicas: int = 1) -> StreamConfig:
         return StreamConfig(
             name=self.name,
             subjects=list(self.subjects),
             storage=StorageType.FILE,
             max_age=self.max_age_s,
             duplicate_window=self.duplicate_window_s,
+            num_replicas=replicas,
         )
 
 
@@ -84,12 +85,14 @@ def stream_of(subject: str) -> str:
     raise KeyError(f"no stream keeps {subject}")
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create every stream that is missing and bring existing ones to these definitions."""
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create every stream that is missing and bring existing ones to these definitions, with `replicas`
+    copies each (NATS_STREAM_REPLICAS; raised or lowered on streams that exist). Durable consumers keep
+    as many replicas as their stream."""
     for spec in STREAMS:
         try:
             await js.stream_info(spec.name)
         except NotFoundError:
-            await js.add_stream(spec.config())
+            await js.add_stream(spec.config(replicas))
         else:
-            await js.update_stream(spec.config())
+            await js.update_stream(spec.config(replicas))

@@ -49,6 +49,12 @@ class ProcessServer:
         self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: port_open(self.port), self.name, timeout_s)
 
+    def kill(self) -> None:
+        """SIGKILL: the server has no chance to hand anything over."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -68,6 +74,26 @@ def nats_server() -> tuple[ProcessServer, str]:
                                     "-p", str(port), "-sd", store], port)
     server.start()
     return server, f"nats://127.0.0.1:{port}"
+
+
+def nats_cluster(size: int = 3) -> tuple[list[ProcessServer], list[str]]:
+    """`size` JetStream nodes on loopback with cluster routes between them (an R3 stream answers once
+    they have met). Each node may be stopped, killed and started again, keeping its store."""
+    binary = VENV_BIN / "nats-server"
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    routes = ",".join(f"nats://127.0.0.1:{cluster}" for _, cluster in ports)
+    nodes = []
+    for i, (client, cluster) in enumerate(ports):
+        store = tempfile.mkdtemp(prefix=f"nats-n{i}-")
+        nodes.append(ProcessServer(f"nats-n{i}", [
+            str(binary if binary.exists() else "nats-server"), "-js", "-a", "127.0.0.1", "-p", str(client),
+            "-sd", store, "--server_name", f"n{i}", "--cluster_name", "costwarden",
+            "--cluster", f"nats://127.0.0.1:{cluster}", "--routes", routes], client))
+    for node in nodes:
+        node.process = subprocess.Popen(node.argv, stdout=node.log, stderr=subprocess.STDOUT)
+    for node in nodes:
+        wait_for(lambda node=node: port_open(node.port), node.name)
+    return nodes, [f"nats://127.0.0.1:{client}" for client, _ in ports]
 
 
 def redis_server() -> tuple[ProcessServer, str] | None:

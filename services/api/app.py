@@ -52,10 +52,10 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
 async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
     """Everything the routes use, opened in order and closed in reverse; the gateway drains first."""
     config = settings.file_config()
-    nc = await nats.connect(settings.nats_url, name="costwarden-api", max_reconnect_attempts=-1,
+    nc = await nats.connect(servers=settings.nats_servers, name="costwarden-api", max_reconnect_attempts=-1,
                             reconnect_time_wait=1)
     js = nc.jetstream()
-    await ensure_streams(js)
+    await ensure_streams(js, settings.nats_stream_replicas)
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
     clients = provider_clients(settings)
     breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)

@@ -61,7 +61,7 @@ class BackupService:
     async def connect(self) -> None:
         settings = self.settings
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker))
+        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
         self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
         store = make_store(settings)
         pipeline = PgDumpPipeline(settings.backup_database_url or settings.database_url, store,
@@ -110,7 +110,7 @@ class BackupService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = BackupService(settings, make_broker(settings.nats_url, SERVICE))
+    service = BackupService(settings, make_broker(settings.nats_servers, SERVICE))
     app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
     app.on_startup(service.connect)
     app.after_startup(service.start_work)

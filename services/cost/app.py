@@ -51,7 +51,7 @@ class CostService:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker))
+        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=6)
         self.ledger = PgUsageLedger(self.pool)
         self.queries = PgCostQueries(self.pool)
@@ -95,7 +95,7 @@ class CostService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = CostService(settings, settings.file_config(), make_broker(settings.nats_url, SERVICE))
+    service = CostService(settings, settings.file_config(), make_broker(settings.nats_servers, SERVICE))
     service.broker.include_router(query_router(service.read_side))
     app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
     app.on_startup(service.connect)

@@ -45,9 +45,9 @@ def probes_of(settings: Settings, config: FileConfig, nc: Nats, redis: Redis, ht
 @asynccontextmanager
 async def monitoring(settings: Settings, state: HealthState) -> AsyncIterator[None]:
     """Connections to what is checked, and the polling task, for the app's lifetime."""
-    nc = await nats.connect(settings.nats_url, name="costwarden-health", max_reconnect_attempts=-1,
+    nc = await nats.connect(servers=settings.nats_servers, name="costwarden-health", max_reconnect_attempts=-1,
                             reconnect_time_wait=1, allow_reconnect=True)
-    await ensure_streams(nc.jetstream())
+    await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.health_check_timeout_s,
                            socket_connect_timeout=settings.health_check_timeout_s)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.health_check_timeout_s))

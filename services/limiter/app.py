@@ -42,7 +42,7 @@ class LimiterService:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker))
+        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
 
     def limiter(self) -> Limiter:
@@ -84,7 +84,7 @@ class LimiterService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = LimiterService(settings, make_broker(settings.nats_url, SERVICE))
+    service = LimiterService(settings, make_broker(settings.nats_servers, SERVICE))
     app = make_service_app(service.broker, SERVICE, readiness=[("redis", service.redis_ready)])
     app.on_startup(service.connect)
     app.after_startup(service.start_consumers)

@@ -64,7 +64,7 @@ class NotifierService:
     async def connect(self) -> None:
         settings = self.settings
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker))
+        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
         self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=6)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
         channels = build_channels(settings, self.http)
@@ -100,7 +100,7 @@ class NotifierService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = NotifierService(settings, settings.file_config(), make_broker(settings.nats_url, SERVICE))
+    service = NotifierService(settings, settings.file_config(), make_broker(settings.nats_servers, SERVICE))
     app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
     app.on_startup(service.connect)
     app.after_startup(service.start_consumer)

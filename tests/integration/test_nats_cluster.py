@@ -1,0 +1,134 @@
+"""costwarden on a three-node NATS cluster (JetStream, cluster routes, all on loopback): streams with
+three replicas, and the node leading the ledger's stream killed while the gateway serves calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import httpx
+import nats
+import pytest
+
+from shared.subjects import STREAMS, ensure_streams
+from tests.conftest import start_service, unique
+from tests.integration.helpers import auth, chat_body, new_key
+from tests.servers import nats_cluster
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    nodes, urls = nats_cluster(3)
+    yield nodes, urls
+    for node in nodes:
+        node.stop()
+
+
+async def connect(urls: list[str]):
+    nc = await nats.connect(servers=urls, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+
+    async def jetstream_ready() -> bool:
+        try:
+            await nc.jetstream().account_info()
+        except Exception:  # noqa: BLE001 - the cluster is still electing its meta leader
+            return False
+        return True
+
+    assert await eventually(jetstream_ready, 30), "the cluster's JetStream never came up"
+    return nc
+
+
+async def replicas_of(js, stream: str) -> tuple[int, str | None, list[bool]]:
+    """(configured replicas, leader, whether each other replica is current)."""
+    info = await js.stream_info(stream)
+    peers = info.cluster.replicas or [] if info.cluster else []
+    return info.config.num_replicas, info.cluster.leader if info.cluster else None, [p.current for p in peers]
+
+
+async def test_every_stream_takes_the_configured_replicas_and_follows_a_change(cluster):
+    _, urls = cluster
+    nc = await connect(urls)
+    js = nc.jetstream()
+    try:
+        await ensure_streams(js, replicas=3)
+
+        async def all_replicated() -> bool:
+            states = [await replicas_of(js, spec.name) for spec in STREAMS]
+            return all(n == 3 and leader and len(peers) == 2 and all(peers) for n, leader, peers in states)
+
+        assert await eventually(all_replicated, 30)
+        await ensure_streams(js, replicas=1)
+        assert [(await replicas_of(js, spec.name))[0] for spec in STREAMS] == [1] * len(STREAMS)
+        await ensure_streams(js, replicas=3)
+        assert await eventually(all_replicated, 30)
+    finally:
+        await nc.close()
+
+
+CALLS = 2000
+CONCURRENCY = 16
+
+
+ROOMY_TIERS = {name: {"requests": 100_000, "window_s": 3600, "strict_requests": 100, "tokens_per_minute": 10**9,
+                      "daily_budget_usd": "100000"} for name in ("anonymous", "free", "pro", "enterprise")}
+
+
+async def test_calls_survive_losing_the_node_that_leads_the_ledger(cluster, base_env, database_url, db, tmp_path):
+    nodes, urls = cluster
+    config = tmp_path / "costwarden.yaml"
+    config.write_text(json.dumps({"tiers": ROOMY_TIERS}))  # room for every call: only the fault may refuse one
+    env = {**base_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3", "COSTWARDEN_CONFIG": str(config)}
+    services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT"),
+                start_service("api", env, "API_PORT")]
+    api = services[-1]
+    nc = await connect(urls)
+    js = nc.jetstream()
+    try:
+        _, leader, _ = await replicas_of(js, "LLM")
+        victim = next(node for node in nodes if node.name == f"nats-{leader}")
+        user = unique("cluster")
+        key = await new_key(database_url, user, "enterprise")
+        statuses: Counter[int] = Counter()
+        answered: list[str] = []
+        queue = iter(range(CALLS))
+
+        async def caller(client: httpx.AsyncClient) -> None:
+            for i in queue:
+                if i == CALLS // 3:
+                    victim.kill()  # SIGKILL the node that leads the ledger's stream, mid-traffic
+                response = await client.post("/v1/chat/completions", json=chat_body(), headers=auth(key))
+                statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    answered.append(response.headers["x-request-id"])
+
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            await asyncio.gather(*(caller(client) for _ in range(CONCURRENCY)))
+        victim.start()
+
+        async def ledger_complete() -> list:
+            rows = await db.fetch("SELECT request_id FROM llm_usage WHERE user_id = $1", user)
+            return rows if len(rows) >= len(answered) else []
+
+        rows = await eventually(ledger_complete, 90)
+
+        async def back_to_three() -> bool:
+            n, leader, peers = await replicas_of(js, "LLM")
+            return n == 3 and leader is not None and len(peers) == 2 and all(peers)
+
+        assert await eventually(back_to_three, 60), "the stream did not get its three current replicas back"
+        assert all(service.process.poll() is None for service in services), "a service died"
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            after = await client.post("/v1/chat/completions", json=chat_body(), headers=auth(key))
+    finally:
+        await nc.close()
+        for service in reversed(services):
+            service.stop()
+    print(f"answered {len(answered)} of {CALLS} calls: {dict(statuses)}; ledger rows {len(rows)}")
+    assert len(answered) >= CALLS * 0.9, statuses
+    recorded = Counter(row["request_id"] for row in rows)
+    assert set(recorded) == set(answered) and max(recorded.values()) == 1  # each answered call once, no other
+    assert after.status_code == 200
