@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 LLM_REQUEST = "llm.request"
 LLM_COMPLETED = "llm.completed"
@@ -85,10 +87,24 @@ def stream_of(subject: str) -> str:
     raise KeyError(f"no stream keeps {subject}")
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+JETSTREAM_BUSY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1, patience_s: float = 60.0) -> None:
     """Create every stream that is missing and bring existing ones to these definitions, with `replicas`
     copies each (NATS_STREAM_REPLICAS; raised or lowered on streams that exist). Durable consumers keep
-    as many replicas as their stream."""
+    as many replicas as their stream.
+
+    A cluster that just lost a node answers nothing for the streams that node led until they have
+    elected new leaders: a service starting then waits up to `patience_s` rather than exit."""
+    retrying = AsyncRetrying(stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.2, max=2.0),
+                             retry=retry_if_exception_type(JETSTREAM_BUSY), reraise=True)
+    async for attempt in retrying:
+        with attempt:
+            await _ensure_streams(js, replicas)
+
+
+async def _ensure_streams(js: JetStreamContext, replicas: int) -> None:
     for spec in STREAMS:
         try:
             await js.stream_info(spec.name)

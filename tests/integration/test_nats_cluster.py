@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
+import asyncpg
+import boto3
 import httpx
 import nats
 import pytest
+from moto.server import ThreadedMotoServer
 
+from shared.events import LlmCompleted
 from shared.subjects import STREAMS, ensure_streams
 from tests.conftest import start_service, unique
-from tests.integration.helpers import auth, chat_body, new_key
-from tests.servers import nats_cluster
+from tests.integration.helpers import auth, chat_body, new_key, stream_messages
+from tests.servers import free_port, nats_cluster
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
@@ -132,3 +139,50 @@ async def test_calls_survive_losing_the_node_that_leads_the_ledger(cluster, base
     recorded = Counter(row["request_id"] for row in rows)
     assert set(recorded) == set(answered) and max(recorded.values()) == 1  # each answered call once, no other
     assert after.status_code == 200
+
+
+async def test_a_backup_and_a_cost_alert_complete_while_a_node_is_down(cluster, base_env, fresh_database, tmp_path):
+    nodes, urls = cluster
+    moto_port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
+    moto.start()
+    s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}", "AWS_ACCESS_KEY_ID": "testing",
+              "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="cluster")
+    config = tmp_path / "costwarden.yaml"
+    config.write_text(json.dumps({"thresholds": {"hourly": {"warning": "0.50"}}}))
+    env = {**base_env, **s3_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3",
+           "DATABASE_URL": fresh_database, "COSTWARDEN_CONFIG": str(config), "S3_BACKUP_BUCKET": "cluster",
+           "S3_BACKUP_PREFIX": "while-a-node-is-down"}
+    down = nodes[1]
+    down.kill()
+    nc = await connect(urls)  # waits for the two nodes left to agree on a JetStream leader
+    services = []
+    try:
+        services = [start_service("cost", env, "COST_PORT"), start_service("backup", env, "BACKUP_PORT")]
+        spend = LlmCompleted(request_id=unique("spend"), user_id="ann", provider="together_ai",
+                             model="meta-llama/Llama-3-70b-chat-hf", prompt_tokens=1_000_000, completion_tokens=0,
+                             endpoint="/v1/chat/completions", success=True, latency_ms=10)  # $0.90 > $0.50
+        await nc.jetstream().publish("llm.completed", spend.model_dump_json().encode(),
+                                     headers={"Nats-Msg-Id": spend.request_id})
+        db = await asyncpg.connect(fresh_database)
+        try:
+            published = await eventually(lambda: db.fetchval(
+                "SELECT alert_key FROM cost_alerts WHERE published_at IS NOT NULL"), 60)
+            backup = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.cli", "backup", "run",
+                                                              "--wait", "--timeout", "90"],
+                                             env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+            status = await db.fetchval("SELECT status FROM backup_logs ORDER BY id DESC LIMIT 1")
+        finally:
+            await db.close()
+        alerts = [m for m in await stream_messages(nc.jetstream(), "ALERTS", "alert.>") if m.get("key") == published]
+    finally:
+        await nc.close()
+        for service in services:
+            service.stop()
+        down.start()
+        moto.stop()
+    assert published and published.startswith("cost:all:hour:") and len(alerts) == 1
+    assert backup.returncode == 0, backup.stderr
+    assert "while-a-node-is-down/costwarden_backup_" in backup.stdout and status == "success"
