@@ -72,6 +72,7 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/costwarden"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = Field(default=False, description="REDIS_URL is a seed node of a Redis Cluster.")
     nats_url: str = Field(default="nats://127.0.0.1:4222",
                           description="One server, or a comma-separated list of a cluster's servers.")
     nats_stream_replicas: int = Field(default=1, ge=1, le=5, description="Replicas of every JetStream stream.")

@@ -5,6 +5,7 @@ servers (the LLM simulator, webhook sinks)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,6 +22,23 @@ from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.prefix) / "bin"
+
+
+def free_port_pair(offset: int) -> int:
+    """A free port whose `port + offset` is free too, both below 65536 (Redis Cluster's bus port)."""
+    while True:
+        port = random.randint(20_000, 65_535 - offset)
+        if all(_bindable(p) for p in (port, port + offset)):
+            return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -94,6 +112,34 @@ def nats_cluster(size: int = 3) -> tuple[list[ProcessServer], list[str]]:
     for node in nodes:
         wait_for(lambda node=node: port_open(node.port), node.name)
     return nodes, [f"nats://127.0.0.1:{client}" for client, _ in ports]
+
+
+def redis_cluster() -> tuple[list[ProcessServer], str]:
+    """Six `redis-server --cluster-enabled yes` on loopback made one Redis Cluster of three masters, each
+    with a replica (`redis-cli --cluster create`); (nodes, the URL of a seed node)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("no redis-server on this machine")
+    data = tempfile.mkdtemp(prefix="redis-cluster-")
+    nodes = []
+    for _ in range(6):
+        port = free_port_pair(10_000)
+        node = ProcessServer(f"redis-{port}", [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000", "--save", "",
+            "--appendonly", "no", "--dir", data], port)
+        node.start()
+        nodes.append(node)
+    subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+                    *(f"127.0.0.1:{node.port}" for node in nodes), "--cluster-replicas", "1", "--cluster-yes"],
+                   check=True, capture_output=True, timeout=60)
+
+    def cluster_ok() -> bool:
+        return all(b"cluster_state:ok" in subprocess.run(
+            ["redis-cli", "-p", str(node.port), "cluster", "info"], capture_output=True).stdout for node in nodes)
+
+    wait_for(cluster_ok, "redis cluster", 30)
+    return nodes, f"redis://127.0.0.1:{nodes[0].port}/0"
 
 
 def redis_server() -> tuple[ProcessServer, str] | None:

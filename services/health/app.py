@@ -13,6 +13,7 @@ import nats
 from fastapi import FastAPI
 from nats.aio.client import Client as Nats
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from services.health.checks import http_probe, nats_probe, postgres_probe, provider_probe, redis_probe
 from services.health.monitor import HealthMonitor, Probe
@@ -21,11 +22,13 @@ from services.health.routes import SERVICE, VERSION, HealthState, router
 from services.health.status import HealthBoard
 from shared.logs import configure_logging
 from shared.migrate import pending_migrations
+from shared.redis_client import redis_client
 from shared.settings import FileConfig, Settings, get_settings
 from shared.subjects import ensure_streams
 
 
-def probes_of(settings: Settings, config: FileConfig, nc: Nats, redis: Redis, http: httpx.AsyncClient
+def probes_of(settings: Settings, config: FileConfig, nc: Nats, redis: Redis | RedisCluster,
+              http: httpx.AsyncClient
               ) -> dict[str, tuple[Probe, float]]:
     timeout = settings.health_check_timeout_s
     probes: dict[str, tuple[Probe, float]] = {
@@ -48,8 +51,7 @@ async def monitoring(settings: Settings, state: HealthState) -> AsyncIterator[No
     nc = await nats.connect(servers=settings.nats_servers, name="costwarden-health", max_reconnect_attempts=-1,
                             reconnect_time_wait=1, allow_reconnect=True)
     await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.health_check_timeout_s,
-                           socket_connect_timeout=settings.health_check_timeout_s)
+    redis = redis_client(settings.redis_url, settings.redis_cluster, settings.health_check_timeout_s, 8)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.health_check_timeout_s))
 
     async def migrations_pending() -> bool:

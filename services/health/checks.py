@@ -8,6 +8,7 @@ import httpx
 from nats.aio.client import Client as Nats
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from services.health.monitor import CheckFailed, Probe, SkippedCheck
 from shared.settings import is_set
@@ -34,7 +35,7 @@ def postgres_probe(database_url: str) -> Probe:
     return probe
 
 
-def redis_probe(redis: Redis) -> Probe:
+def redis_probe(redis: Redis | RedisCluster) -> Probe:
     async def probe() -> str:
         await redis.ping()
         return "Redis responding normally"

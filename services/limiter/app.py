@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncpg
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsBroker
-from redis.asyncio import Redis
 
 from services.limiter.jetstream_violation_publisher import JetStreamViolationPublisher
 from services.limiter.limiter import Limiter
@@ -16,6 +15,7 @@ from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, nats_client
 from shared.events import LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
+from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
 from shared.service_app import make_service_app
 from shared.settings import Settings, get_settings
@@ -34,9 +34,8 @@ class LimiterService:
     def __init__(self, settings: Settings, broker: NatsBroker) -> None:
         self.settings = settings
         self.broker = broker
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=settings.limiter_redis_timeout_s,
-                                    socket_connect_timeout=settings.limiter_redis_timeout_s,
-                                    max_connections=DECISION_WORKERS * 2)
+        self.redis = redis_client(settings.redis_url, settings.redis_cluster, settings.limiter_redis_timeout_s,
+                                  max_connections=DECISION_WORKERS * 2)
         self.pool: asyncpg.Pool | None = None
         self.consumers: list[BatchConsumer | RequestResponder] = []
 
@@ -44,6 +43,7 @@ class LimiterService:
         await self.broker.connect()
         await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
+        await ready(self.redis)
 
     def limiter(self) -> Limiter:
         config = self.settings.file_config()

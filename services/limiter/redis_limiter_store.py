@@ -1,20 +1,24 @@
 """Limiter counters in Redis. Each decision and each settlement is one Lua script, timed by Redis'
 own clock (TIME), so any number of limiter replicas share exact counts.
 
-Keys of one caller share the hash tag in `plan.key` (cw:{user:42}):
-  :req           sliding log (ZSET, member = request id, score = ms) of requests in the window
-  :strict        the same for expensive endpoints
-  :tok:<minute>  tokens reserved or used in that UTC minute
-  :usd:<day>     nano-USD reserved or spent that UTC day
-  :resv:<id>     the reservation of one granted request, until its llm.completed settles it
+Every key a script touches is passed in KEYS, and all of one caller's keys share the hash tag in
+`plan.key` (cw:{user:42}), so the scripts run unchanged on Redis Cluster (one slot per caller) and
+under ACL key patterns:
+  :req         sliding log (ZSET, member = request id, score = ms) of requests in the window
+  :strict      the same for expensive endpoints
+  :tok         HASH: UTC minute -> tokens reserved or used in it (older minutes dropped)
+  :usd         HASH: UTC day -> nano-USD reserved or spent that day (older days dropped)
+  :resv:<id>   the reservation of one granted request, until its llm.completed settles it
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from services.limiter.limiter import StorageUnavailable
@@ -22,7 +26,7 @@ from services.limiter.policy import CounterReading, LimitPlan
 from shared.events import LimitedBy
 
 DECIDE = """
-local base = KEYS[1]
+local req_key, strict_key, tok_key, usd_key, resv_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local request_id = ARGV[1]
 local req_limit, window_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 local strict_limit = tonumber(ARGV[4])
@@ -34,9 +38,6 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local minute = math.floor(now / 60000)
 local day = math.floor(now / 86400000)
-local req_key, strict_key = base .. ':req', base .. ':strict'
-local tok_key, usd_key = base .. ':tok:' .. minute, base .. ':usd:' .. day
-local resv_key = base .. ':resv:' .. request_id
 
 local function window(key, limit)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_ms)
@@ -45,6 +46,13 @@ local function window(key, limit)
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if oldest[2] then reset = tonumber(oldest[2]) + window_ms end
   return count, reset
+end
+
+local function current(hash, field, keep_from)
+  for _, old in ipairs(redis.call('HKEYS', hash)) do
+    if tonumber(old) < keep_from then redis.call('HDEL', hash, old) end
+  end
+  return tonumber(redis.call('HGET', hash, field) or '0')
 end
 
 local count, reset = window(req_key, req_limit)
@@ -63,11 +71,11 @@ if strict_limit > 0 then
   end
   limit, remaining, reset = strict_limit, strict_limit - strict_count - 1, strict_reset
 end
-local used_tokens = tonumber(redis.call('GET', tok_key) or '0')
+local used_tokens = current(tok_key, minute, minute - 1)
 if used_tokens + reserve_tokens > tpm_limit then
   return {0, 'tokens', tpm_limit, math.max(tpm_limit - used_tokens, 0), (minute + 1) * 60000, now}
 end
-local spent = tonumber(redis.call('GET', usd_key) or '0')
+local spent = current(usd_key, day, day - 1)
 if spent + reserve_nano > budget then
   return {0, 'budget', budget, math.max(budget - spent, 0), (day + 1) * 86400000, now}
 end
@@ -78,9 +86,9 @@ if strict_limit > 0 then
   redis.call('ZADD', strict_key, now, request_id)
   redis.call('PEXPIRE', strict_key, window_ms)
 end
-redis.call('INCRBY', tok_key, reserve_tokens)
+redis.call('HINCRBY', tok_key, minute, reserve_tokens)
 redis.call('EXPIRE', tok_key, 120)
-redis.call('INCRBY', usd_key, reserve_nano)
+redis.call('HINCRBY', usd_key, day, reserve_nano)
 redis.call('EXPIRE', usd_key, 172800)
 redis.call('HSET', resv_key, 'tokens', reserve_tokens, 'nano', reserve_nano, 'minute', minute, 'day', day)
 redis.call('EXPIRE', resv_key, resv_ttl)
@@ -88,41 +96,50 @@ return {1, 'ok', limit, remaining, reset, now}
 """
 
 SETTLE = """
-local base, request_id = KEYS[1], ARGV[1]
-local actual_tokens, actual_nano = tonumber(ARGV[2]), tonumber(ARGV[3])
-local resv_key = base .. ':resv:' .. request_id
+local tok_key, usd_key, resv_key = KEYS[1], KEYS[2], KEYS[3]
+local actual_tokens, actual_nano = tonumber(ARGV[1]), tonumber(ARGV[2])
 local r = redis.call('HMGET', resv_key, 'tokens', 'nano', 'minute', 'day')
 if not r[1] then return 0 end
 
-local function adjust(key, delta)
-  local current = redis.call('GET', key)
+local function adjust(hash, field, delta)
+  local current = redis.call('HGET', hash, field)
   if current then
-    redis.call('SET', key, math.max(0, tonumber(current) + delta), 'KEEPTTL')
+    redis.call('HSET', hash, field, math.max(0, tonumber(current) + delta))
   end
 end
-adjust(base .. ':tok:' .. r[3], actual_tokens - tonumber(r[1]))
-adjust(base .. ':usd:' .. r[4], actual_nano - tonumber(r[2]))
+adjust(tok_key, r[3], actual_tokens - tonumber(r[1]))
+adjust(usd_key, r[4], actual_nano - tonumber(r[2]))
 redis.call('DEL', resv_key)
 return 1
 """
 
 
+def caller_keys(base: str, request_id: str) -> dict[str, str]:
+    """Every key of one caller's decision, all under its hash tag."""
+    return {"req": f"{base}:req", "strict": f"{base}:strict", "tok": f"{base}:tok", "usd": f"{base}:usd",
+            "resv": f"{base}:resv:{request_id}"}
+
+
 class RedisLimiterStore:
-    def __init__(self, redis: Redis, reservation_ttl_s: int) -> None:
+    def __init__(self, redis: Redis | RedisCluster, reservation_ttl_s: int) -> None:
         self.redis = redis
         self.reservation_ttl_s = reservation_ttl_s
         self._decide = redis.register_script(DECIDE)
         self._settle = redis.register_script(SETTLE)
 
     async def check_and_reserve(self, plan: LimitPlan) -> CounterReading:
+        keys = caller_keys(plan.key, plan.request_id)
         try:
             allowed, limited_by, limit, remaining, reset_ms, now_ms = await self._decide(
-                keys=[plan.key],
+                keys=[keys["req"], keys["strict"], keys["tok"], keys["usd"], keys["resv"]],
                 args=[plan.request_id, plan.requests_limit, plan.window_ms, plan.strict_limit,
                       plan.tokens_per_minute, plan.reserve_tokens, plan.budget_nano, plan.reserve_nano,
                       self.reservation_ttl_s],
             )
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, AttributeError) as exc:
+            # AttributeError: redis-py's asyncio cluster client, when a timeout makes it reset its node
+            # connections, can fail the commands still using them that way. Either way Redis did not
+            # answer this decision, and the caller gets the failure mode's answer at once.
             raise StorageUnavailable(type(exc).__name__) from exc
         reason = limited_by.decode() if isinstance(limited_by, bytes) else str(limited_by)
         return CounterReading(
@@ -131,10 +148,17 @@ class RedisLimiterStore:
         )
 
     async def settle_many(self, settlements: Sequence[tuple[str, str, int, int]]) -> int:
-        """Settle (key, request id, actual tokens, actual nano-USD) in one round trip; returns how
-        many reservations were still open. Settling twice is a no-op: the reservation is gone."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, request_id, tokens, nano in settlements:
-                await self._settle(keys=[key], args=[request_id, tokens, nano], client=pipe)
-            results = await pipe.execute()
+        """Settle (key, request id, actual tokens, actual nano-USD); returns how many reservations were
+        still open. Settling twice is a no-op: the reservation is gone. On one Redis the batch is one
+        pipeline (one round trip); on a cluster each caller's slot may live on another node, so the
+        scripts go out together, each to its node."""
+        calls = [(caller_keys(key, request_id), tokens, nano) for key, request_id, tokens, nano in settlements]
+        if isinstance(self.redis, RedisCluster):
+            results = await asyncio.gather(*(self._settle(keys=[k["tok"], k["usd"], k["resv"]], args=[t, n])
+                                             for k, t, n in calls))
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for k, t, n in calls:
+                    await self._settle(keys=[k["tok"], k["usd"], k["resv"]], args=[t, n], client=pipe)
+                results = await pipe.execute()
         return sum(int(r) for r in results)

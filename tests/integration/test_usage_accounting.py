@@ -70,15 +70,16 @@ async def read_chunks(response: httpx.Response, wanted: int) -> list[str]:
 
 
 async def settled_counters(redis_url: str, user: str) -> tuple[int, int]:
-    """(tokens in the current minutes, nano-USD today) of a caller, once no reservation of it is open."""
+    """(tokens in the current minutes, nano-USD today) of a caller, once no reservation of it is open.
+    The layout is the limiter's (redis_limiter_store.py): per-minute and per-day counters are hash fields."""
     redis = Redis.from_url(redis_url)
     try:
         base = "cw:{user:" + user + "}"
         settled = await eventually(lambda: _none_open(redis, base), 15)
         assert settled, "a reservation was never settled"
-        tokens = sum([int(await redis.get(k)) for k in await redis.keys(f"{base}:tok:*")])
+        tokens = sum(int(v) for v in (await redis.hgetall(f"{base}:tok")).values())
         day = int(time.time() * 1000) // 86_400_000
-        return tokens, int(await redis.get(f"{base}:usd:{day}") or 0)
+        return tokens, int(await redis.hget(f"{base}:usd", str(day)) or 0)
     finally:
         await redis.aclose()
 
