@@ -64,21 +64,26 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def backup_worker_listening(js, checks: int = 6, interval_s: float = 0.5) -> bool:
+async def backup_worker_listening(js, patience_s: float = 16.0, interval_s: float = 0.5) -> bool:
     """Whether a backup worker consumes `backup.requested`: a running worker keeps a pull request waiting
-    on the durable consumer `backup-requests`, or holds a request it is working on. Asked a few times,
-    since a worker is briefly between two pulls."""
+    on the durable consumer `backup-requests`, or holds a request it is working on. Asked for up to
+    `patience_s`, longer than a worker's longest backoff after a failed pull (15 s)."""
     import nats.js.errors
 
-    from shared.subjects import BACKUP_REQUESTED, stream_of
+    from shared.subjects import BACKUP_REQUESTED, JETSTREAM_BUSY, stream_of
 
+    checks = int(patience_s / interval_s)
     for attempt in range(checks):
         try:
             info = await js.consumer_info(stream_of(BACKUP_REQUESTED), "backup-requests")
         except nats.js.errors.NotFoundError:
             return False
-        if (info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0:
+        except JETSTREAM_BUSY:  # a cluster electing leaders answers nothing for a moment: ask again
+            info = None
+        if info is not None and ((info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0):
             return True
+        if attempt == 2:
+            print(f"looking for a backup worker (up to {patience_s:g} s)...", file=sys.stderr)
         if attempt < checks - 1:
             await asyncio.sleep(interval_s)
     return False

@@ -76,3 +76,4 @@ async def test_three_limiters_on_the_cluster_grant_each_caller_exactly_its_limit
     assert set(per_user.values()) == {100}, per_user  # pro: 100 an hour, whatever the replica or the master
     assert granted["pro"] == 300
     assert not [d for d in decisions if d.limited_by == "unavailable"]
+
