@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.nats import NatsBroker
@@ -82,6 +82,30 @@ def make_service_app(
         ],
         **app_kwargs,
     )
+    return app
+
+
+class ServiceLifecycle(Protocol):
+    """A bus service's resources: opened, put to work, stopped taking work, closed, in that order."""
+
+    broker: NatsBroker
+
+    async def connect(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def lifecycle_app(service: ServiceLifecycle, name: str, readiness: Sequence[ReadinessCheck] = ()) -> AsgiFastStream:
+    """The service's app with its probes and metrics, its lifecycle wired to FastStream's hooks."""
+    app = make_service_app(service.broker, name, readiness=readiness)
+    app.on_startup(service.connect)
+    app.after_startup(service.start)
+    app.on_shutdown(service.stop)
+    app.after_shutdown(service.close)
     return app
 
 

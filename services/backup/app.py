@@ -20,7 +20,7 @@ from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert, publish_event
 from shared.events import Alert, BackupCompleted, BackupRequested, BackupTick
 from shared.logs import configure_logging
-from shared.service_app import make_service_app
+from shared.service_app import lifecycle_app
 from shared.settings import Settings, get_settings
 from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, ensure_streams
 
@@ -79,7 +79,7 @@ class BackupService:
         for request in requests:
             await self.worker.run_request(request, timedelta(seconds=self.settings.backup_request_ttl_s))
 
-    async def start_work(self) -> None:
+    async def start(self) -> None:
         js = jetstream(self.broker)
         self.consumers = [
             BatchConsumer(js, subject=SCHEDULE_BACKUP, durable="backup-schedule", model=BackupTick,
@@ -92,7 +92,7 @@ class BackupService:
             await consumer.start()
         self.tasks.append(asyncio.create_task(run_schedule(self.settings.backup_schedule, self.publish_tick)))
 
-    async def stop_work(self) -> None:
+    async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         for consumer in self.consumers:
@@ -111,9 +111,4 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = BackupService(settings, make_broker(settings.nats_servers, SERVICE))
-    app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
-    app.on_startup(service.connect)
-    app.after_startup(service.start_work)
-    app.on_shutdown(service.stop_work)
-    app.after_shutdown(service.close)
-    return app
+    return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])

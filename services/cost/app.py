@@ -20,7 +20,7 @@ from shared.bus import jetstream, make_broker, publish_alert
 from shared.events import Alert, LlmCompleted
 from shared.logs import configure_logging
 from shared.periodic import every
-from shared.service_app import make_service_app
+from shared.service_app import lifecycle_app
 from shared.settings import FileConfig, Settings, get_settings
 from shared.subjects import LLM_COMPLETED, ensure_streams
 
@@ -58,7 +58,7 @@ class CostService:
         self.recorder = CostRecorder(self.ledger, self.config.price_catalog(), self.config.thresholds,
                                      self.publish_alert)
 
-    async def start_work(self) -> None:
+    async def start(self) -> None:
         assert self.recorder is not None
         self.consumer = BatchConsumer(jetstream(self.broker), subject=LLM_COMPLETED,
                                       durable="cost-ledger", model=LlmCompleted, store=self.recorder.record,
@@ -73,7 +73,7 @@ class CostService:
         if dropped:
             log.info("retention dropped partitions %s", ", ".join(dropped))
 
-    async def stop_work(self) -> None:
+    async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         if self.consumer is not None:
@@ -97,9 +97,4 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = CostService(settings, settings.file_config(), make_broker(settings.nats_servers, SERVICE))
     service.broker.include_router(query_router(service.read_side))
-    app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
-    app.on_startup(service.connect)
-    app.after_startup(service.start_work)
-    app.on_shutdown(service.stop_work)
-    app.after_shutdown(service.close)
-    return app
+    return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])

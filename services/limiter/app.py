@@ -17,7 +17,7 @@ from shared.events import LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
 from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
-from shared.service_app import make_service_app
+from shared.service_app import lifecycle_app
 from shared.settings import Settings, get_settings
 from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, ensure_streams
 
@@ -52,7 +52,7 @@ class LimiterService:
         return Limiter(policy, RedisLimiterStore(self.redis, self.settings.reservation_ttl_s),
                        self.settings.limiter_failure_mode, JetStreamViolationPublisher(jetstream(self.broker)))
 
-    async def start_consumers(self) -> None:
+    async def start(self) -> None:
         assert self.pool is not None
         js, limiter = jetstream(self.broker), self.limiter()
         self.consumers = [
@@ -68,7 +68,7 @@ class LimiterService:
         for consumer in self.consumers:
             await consumer.start()
 
-    async def stop_consumers(self) -> None:
+    async def stop(self) -> None:
         for consumer in self.consumers:
             await consumer.stop()
 
@@ -85,9 +85,4 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = LimiterService(settings, make_broker(settings.nats_servers, SERVICE))
-    app = make_service_app(service.broker, SERVICE, readiness=[("redis", service.redis_ready)])
-    app.on_startup(service.connect)
-    app.after_startup(service.start_consumers)
-    app.on_shutdown(service.stop_consumers)
-    app.after_shutdown(service.close)
-    return app
+    return lifecycle_app(service, SERVICE, readiness=[("redis", service.redis_ready)])

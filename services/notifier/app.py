@@ -19,7 +19,7 @@ from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_dead_letter
 from shared.events import Alert
 from shared.logs import configure_logging
-from shared.service_app import make_service_app
+from shared.service_app import lifecycle_app
 from shared.settings import FileConfig, Settings, get_settings, is_set
 from shared.subjects import ALERTS, ensure_streams
 
@@ -74,7 +74,7 @@ class NotifierService:
         self.notifier = Notifier(store, channels, self.config.routes, settings.notify_max_attempts,
                                  settings.notify_backoff_initial_s, settings.notify_backoff_max_s, self.dead_letter)
 
-    async def start_consumer(self) -> None:
+    async def start(self) -> None:
         assert self.notifier is not None
         self.consumer = BatchConsumer(jetstream(self.broker), subject=ALERTS, durable="notifier",
                                       model=Alert, store=self.notifier.handle, service=SERVICE, batch_size=100,
@@ -82,7 +82,7 @@ class NotifierService:
                                       ack_wait_s=self.settings.notify_claim_lease_s)
         await self.consumer.start()
 
-    async def stop_consumer(self) -> None:
+    async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
 
@@ -101,9 +101,4 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = NotifierService(settings, settings.file_config(), make_broker(settings.nats_servers, SERVICE))
-    app = make_service_app(service.broker, SERVICE, readiness=[("postgres", service.postgres_ready)])
-    app.on_startup(service.connect)
-    app.after_startup(service.start_consumer)
-    app.on_shutdown(service.stop_consumer)
-    app.after_shutdown(service.close)
-    return app
+    return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])
