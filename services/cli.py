@@ -64,14 +64,16 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def backup_worker_listening(js, patience_s: float = 16.0, interval_s: float = 0.5) -> bool:
+async def backup_worker_listening(js, interval_s: float = 0.5) -> bool:
     """Whether a backup worker consumes `backup.requested`: a running worker keeps a pull request waiting
-    on the durable consumer `backup-requests`, or holds a request it is working on. Asked for up to
-    `patience_s`, longer than a worker's longest backoff after a failed pull (15 s)."""
+    on the durable consumer `backup-requests`, or holds a request it is working on. Asked for a little
+    longer than a worker's longest backoff after a failed pull."""
     import nats.js.errors
 
+    from shared.batch_consumer import MAX_BACKOFF_S
     from shared.subjects import BACKUP_REQUESTED, JETSTREAM_BUSY, stream_of
 
+    patience_s = MAX_BACKOFF_S + 1
     checks = int(patience_s / interval_s)
     for attempt in range(checks):
         try:

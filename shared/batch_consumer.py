@@ -27,6 +27,8 @@ from shared.subjects import stream_of
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF_S = 15.0  # the longest a consumer waits before pulling again after failures
+
 E = TypeVar("E", bound=BaseModel)
 
 # After a linger, what has arrived is already at the client or answers a no-wait pull at once;
@@ -47,7 +49,7 @@ class BatchConsumer(Generic[E]):
         batch_size: int = 500,
         fetch_timeout_s: float = 1.0,
         ack_wait_s: float = 30.0,
-        max_backoff_s: float = 15.0,
+        max_backoff_s: float = MAX_BACKOFF_S,
         linger_s: float = 0.0,
     ) -> None:
         self.js = js

@@ -7,6 +7,7 @@ so that no service overwrites another's stream settings.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import nats.errors
@@ -78,6 +79,7 @@ def _matches(pattern: str, subject: str) -> bool:
     return len(given) == len(wanted)
 
 
+@functools.lru_cache(maxsize=1024)
 def stream_of(subject: str) -> str:
     """The stream that keeps `subject` (or a wildcard subject within one), from STREAMS: publishers and
     consumers name only their subject, so a stream is named in this one place."""

@@ -42,7 +42,7 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     clients: dict[str, ProviderClient] = {}
     for name, base_url, key in (("together_ai", settings.together_base_url, settings.together_api_key),
                                 ("openai", settings.openai_base_url, settings.openai_api_key)):
-        if key is not None and is_set(key):
+        if is_set(key):
             clients[name] = HttpxProviderClient(name, base_url, key, settings.provider_timeout_s,
                                            settings.provider_connect_timeout_s)
     return clients

@@ -150,22 +150,18 @@ class Gateway:
               forward_usage_chunk: bool) -> StreamRelay:
         return StreamRelay(self, ctx, model, call, started, forward_usage_chunk)
 
-    def finish_stream(self, relay: StreamRelay, error: str | None) -> None:
-        """Close the upstream and, for a stream that did not complete, publish its event. Both run in a
-        task of their own: a client's disconnect cancels the task that relays, and anything it awaited
-        after that would be cancelled too."""
-        if error is None:
-            self._run_in_background(relay.call.close())
-            return
-        usage = relay.tally.usage(self.counter, relay.ctx.prompt_tokens, relay.ctx.max_tokens)
-        event = self.completed_event(relay.ctx, relay.call.provider, relay.model, relay.started, usage, error)
-        self._run_in_background(self._close_and_publish(relay.call, event))
+    def finish_stream(self, call: ProviderCall, unpublished: LlmCompleted | None) -> None:
+        """Close the upstream and publish the event of a stream that did not complete, in a task of their
+        own: a client's disconnect cancels the task that relays, and anything it awaited after that
+        would be cancelled too."""
+        self._run_in_background(self._close_and_publish(call, unpublished))
 
-    async def _close_and_publish(self, call: ProviderCall, event: LlmCompleted) -> None:
+    async def _close_and_publish(self, call: ProviderCall, event: LlmCompleted | None) -> None:
         try:
             await call.close()
         finally:
-            await self.publisher.publish(event)
+            if event is not None:
+                await self.publisher.publish(event)
 
     def _run_in_background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -208,7 +204,12 @@ class StreamRelay:
     def _finish(self, error: str | None) -> None:
         if not self._finished:
             self._finished = True
-            self.gateway.finish_stream(self, error)
+            self.gateway.finish_stream(self.call, self._event(error) if error is not None else None)
+
+    def _event(self, error: str | None) -> LlmCompleted:
+        """The call's record: the provider's usage if it arrived, else what was relayed, counted."""
+        usage = self.tally.usage(self.gateway.counter, self.ctx.prompt_tokens, self.ctx.max_tokens)
+        return self.gateway.completed_event(self.ctx, self.call.provider, self.model, self.started, usage, error)
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         error: str | None = "client disconnected before the stream ended"
@@ -229,9 +230,7 @@ class StreamRelay:
                     error = f"{self.call.provider} ended the stream before the answer was finished"
                     yield sse_error(error, "provider_stream_incomplete")
                     return
-            usage = self.tally.usage(self.gateway.counter, self.ctx.prompt_tokens, self.ctx.max_tokens)
-            await self.gateway.publisher.publish(
-                self.gateway.completed_event(self.ctx, self.call.provider, self.model, self.started, usage, None))
+            await self.gateway.publisher.publish(self._event(None))
             error = None
             yield b"data: [DONE]\n\n"
         except PROVIDER_STREAM_ERRORS as exc:

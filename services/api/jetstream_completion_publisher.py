@@ -12,8 +12,9 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from shared.bus import publish_event
 from shared.events import LlmCompleted
-from shared.subjects import LLM_COMPLETED, stream_of
+from shared.subjects import LLM_COMPLETED
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ class JetStreamCompletionPublisher:
         self._keep(event)
 
     async def _publish_once(self, event: LlmCompleted) -> None:
-        await self.js.publish(LLM_COMPLETED, event.model_dump_json().encode(), stream=stream_of(LLM_COMPLETED),
-                              headers={"Nats-Msg-Id": event.request_id}, timeout=self.ack_timeout_s)
+        await publish_event(self.js, LLM_COMPLETED, event, event.request_id, self.ack_timeout_s)
 
     def _keep(self, event: LlmCompleted) -> None:
         if len(self.backlog) >= self.backlog_limit:

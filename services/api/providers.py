@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
@@ -48,12 +48,12 @@ class ProviderStreamBroken(Exception):
 class ProvidersFailed(Exception):
     """No provider could serve the call; `errors` says why for each one tried or skipped."""
 
-    def __init__(self, errors: Sequence[ProviderError], skipped: Sequence[str],
-                 attempts: Sequence[ProviderError] = ()) -> None:
-        self.errors = list(errors)
+    def __init__(self, attempts: Sequence[ProviderError], skipped: Sequence[str]) -> None:
+        self.attempts = list(attempts)  # every failed attempt, retries included
         self.skipped = list(skipped)
-        self.attempts = list(attempts)
-        parts = [e.describe() for e in errors] + [f"{name}: circuit open, skipped" for name in skipped]
+        last_of = {attempt.provider: attempt for attempt in self.attempts}
+        self.errors = list(last_of.values())  # each provider's last failure, in the order they were tried
+        parts = [e.describe() for e in self.errors] + [f"{name}: circuit open, skipped" for name in self.skipped]
         super().__init__("; ".join(parts) or "no provider configured for this model")
 
     @property
@@ -90,7 +90,6 @@ class ProviderCall:
     body: dict[str, Any] | None = None
     raw: bytes = b""
     stream: ProviderStream | None = None
-    attempts: list[ProviderError] = field(default_factory=list)
 
     def lines(self) -> AsyncIterator[str]:
         assert self.stream is not None
@@ -136,8 +135,7 @@ class ProviderRouter:
 
     async def call(self, routes: Sequence[ModelRoute], payload: Mapping[str, Any], stream: bool) -> ProviderCall:
         """The first provider that answers. Every failed attempt, retries included, is kept in
-        `attempts` of the result or of the ProvidersFailed raised."""
-        errors: list[ProviderError] = []
+        `attempts` of the ProvidersFailed raised when none answers."""
         attempts: list[ProviderError] = []
         skipped: list[str] = []
         for route in routes:
@@ -152,17 +150,15 @@ class ProviderRouter:
                 result: ProviderCall = await self._retrying()(self._attempt, client, route.model, payload, stream,
                                                               attempts)
             except ProviderError as exc:
-                errors.append(exc)
                 if exc.retryable:
                     breaker.record_failure()
                     log.warning("provider %s failed for %s: %s", route.provider, route.model, exc.describe())
                     continue
                 breaker.record_success()  # the provider answered; the request was what it refused
-                raise ProvidersFailed(errors, skipped, attempts) from exc
+                raise ProvidersFailed(attempts, skipped) from exc
             breaker.record_success()
-            result.attempts = attempts
             return result
-        raise ProvidersFailed(errors, skipped, attempts)
+        raise ProvidersFailed(attempts, skipped)
 
     async def aclose(self) -> None:
         for client in self.clients.values():
