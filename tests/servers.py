@@ -134,9 +134,15 @@ def redis_cluster() -> tuple[list[ProcessServer], str]:
                     *(f"127.0.0.1:{node.port}" for node in nodes), "--cluster-replicas", "1", "--cluster-yes"],
                    check=True, capture_output=True, timeout=60)
 
+    def answer(node: ProcessServer, *command: str) -> bytes:
+        return subprocess.run(["redis-cli", "-p", str(node.port), *command], capture_output=True).stdout
+
     def cluster_ok() -> bool:
-        return all(b"cluster_state:ok" in subprocess.run(
-            ["redis-cli", "-p", str(node.port), "cluster", "info"], capture_output=True).stdout for node in nodes)
+        """Every node sees the slots covered and every replica has synced with its master: a replica
+        that never synced refuses to take over from a failed master (cluster-replica-validity-factor)."""
+        return all(b"cluster_state:ok" in answer(node, "cluster", "info") for node in nodes) and all(
+            b"master_link_status:up" in info for info in (answer(node, "info", "replication") for node in nodes)
+            if b"role:slave" in info)
 
     wait_for(cluster_ok, "redis cluster", 30)
     return nodes, f"redis://127.0.0.1:{nodes[0].port}/0"

@@ -13,7 +13,6 @@ under ACL key patterns:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import cast
 
@@ -125,7 +124,6 @@ class RedisLimiterStore:
         self.redis = redis
         self.reservation_ttl_s = reservation_ttl_s
         self._decide = redis.register_script(DECIDE)
-        self._settle = redis.register_script(SETTLE)
 
     async def check_and_reserve(self, plan: LimitPlan) -> CounterReading:
         keys = caller_keys(plan.key, plan.request_id)
@@ -149,16 +147,13 @@ class RedisLimiterStore:
 
     async def settle_many(self, settlements: Sequence[tuple[str, str, int, int]]) -> int:
         """Settle (key, request id, actual tokens, actual nano-USD); returns how many reservations were
-        still open. Settling twice is a no-op: the reservation is gone. On one Redis the batch is one
-        pipeline (one round trip); on a cluster each caller's slot may live on another node, so the
-        scripts go out together, each to its node."""
-        calls = [(caller_keys(key, request_id), tokens, nano) for key, request_id, tokens, nano in settlements]
-        if isinstance(self.redis, RedisCluster):
-            results = await asyncio.gather(*(self._settle(keys=[k["tok"], k["usd"], k["resv"]], args=[t, n])
-                                             for k, t, n in calls))
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for k, t, n in calls:
-                    await self._settle(keys=[k["tok"], k["usd"], k["resv"]], args=[t, n], client=pipe)
-                results = await pipe.execute()
+        still open. Settling twice is a no-op: the reservation is gone. The batch is one pipeline: one
+        round trip on a single Redis; on a cluster redis-py splits it by slot into one round trip per
+        master. It sends the script's text (EVAL), not its digest: redis-py refuses EVALSHA in a cluster
+        pipeline, and a node that never saw the script (a promoted replica) would not know the digest."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, request_id, tokens, nano in settlements:
+                k = caller_keys(key, request_id)
+                pipe.eval(SETTLE, 3, k["tok"], k["usd"], k["resv"], tokens, nano)
+            results = await pipe.execute()
         return sum(int(r) for r in results)

@@ -1,20 +1,29 @@
-"""The limiter on a real Redis Cluster (six redis-server on loopback: three masters, three replicas)."""
+"""The limiter on a real Redis Cluster (six redis-server on loopback: three masters, three replicas):
+exact grants from several replicas, settlement batched across masters, and a master lost mid-traffic."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import subprocess
+import time
 from collections import Counter
+from decimal import Decimal
 
 import nats
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from services.limiter.policy import subject_key
-from shared.events import LimitDecision, LimitRequest
+from services.limiter.limiter import Limiter
+from services.limiter.policy import LimitPolicy, subject_key
+from services.limiter.redis_limiter_store import RedisLimiterStore
+from shared.events import LimitDecision, LimitRequest, LlmCompleted
+from shared.policy import DEFAULT_TIERS
+from shared.pricing import PriceCatalog
 from tests.conftest import start_service, unique
 from tests.servers import nats_server, redis_cluster
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -26,16 +35,43 @@ def masters_by_slot_range(port: int) -> list[tuple[int, int, int]]:
     return [(entry[0], entry[1], entry[2][1]) for entry in json.loads(out)]
 
 
+def master_of(user: str, ranges: list[tuple[int, int, int]]) -> int:
+    slot = key_slot(subject_key(user, None).encode())
+    return next(m for first, last, m in ranges if first <= slot <= last)
+
+
 def callers_on_every_master(port: int) -> dict[int, str]:
     """One user per master: their hash tags fall in slots that different masters serve."""
     ranges = masters_by_slot_range(port)
     chosen: dict[int, str] = {}
     while len(chosen) < len(ranges):
         user = unique("rc")
-        slot = key_slot(subject_key(user, None).encode())
-        master = next(m for first, last, m in ranges if first <= slot <= last)
-        chosen.setdefault(master, user)
+        chosen.setdefault(master_of(user, ranges), user)
     return chosen
+
+
+def caller_on(master: int, seed_port: int) -> str:
+    ranges = masters_by_slot_range(seed_port)
+    while master_of(user := unique("rc"), ranges) != master:
+        pass
+    return user
+
+
+def cluster_nodes(port: int) -> list[list[str]]:
+    """CLUSTER NODES as seen by one node: id, address, flags, master id, ..."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "cluster", "nodes"], capture_output=True, text=True,
+                         timeout=5).stdout
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
+def replica_of(master_port: int) -> int:
+    rows = cluster_nodes(master_port)
+    master_id = next(row[0] for row in rows if row[1].startswith(f"127.0.0.1:{master_port}@"))
+    return next(int(row[1].split(":")[1].split("@")[0]) for row in rows if row[3] == master_id)
+
+
+def ask_for(user: str) -> LimitRequest:
+    return LimitRequest(request_id=unique("req"), user_id=user, tier="pro", model="gpt-4o-mini", max_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +94,7 @@ async def test_three_limiters_on_the_cluster_grant_each_caller_exactly_its_limit
         assert len(users) == 3
 
         async def ask(user: str) -> LimitDecision:
-            request = LimitRequest(request_id=unique("req"), user_id=user, tier="pro", model="gpt-4o-mini",
-                                   max_tokens=8)
-            reply = await nc.request("llm.request", request.model_dump_json().encode(), timeout=20)
+            reply = await nc.request("llm.request", ask_for(user).model_dump_json().encode(), timeout=20)
             return LimitDecision.model_validate_json(reply.data)
 
         decisions = await asyncio.gather(*(ask(user) for user in users.values() for _ in range(500)))
@@ -77,3 +111,87 @@ async def test_three_limiters_on_the_cluster_grant_each_caller_exactly_its_limit
     assert granted["pro"] == 300
     assert not [d for d in decisions if d.limited_by == "unavailable"]
 
+
+
+class NoViolations:
+    async def publish(self, violation) -> None:
+        pass
+
+
+def completed(request: LimitRequest, tokens: int) -> LlmCompleted:
+    return LlmCompleted(request_id=request.request_id, user_id=request.user_id, tier=request.tier,
+                        model=request.model, provider="together_ai", endpoint="/v1/chat/completions", prompt_tokens=tokens, completion_tokens=0,
+                        total_tokens=tokens, cost=Decimal("0"), success=True, latency_ms=1)
+
+
+async def test_settlement_reaches_every_master_in_one_batch(cluster):
+    nodes, url = cluster
+    client = RedisCluster.from_url(url)
+    await client.initialize()
+    limiter = Limiter(LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), 256, 5000), RedisLimiterStore(client, 900), "closed",
+                      NoViolations())
+    users = list(callers_on_every_master(nodes[0].port).values())
+    try:
+        for _ in range(2):  # the first batch finds the settle script unknown to every master; the second not
+            requests = [ask_for(user) for user in users]
+            assert all([(await limiter.decide(r)).allowed for r in requests])
+            batch = [completed(r, tokens=3) for r in requests]
+            assert await limiter.settle(batch) == 3
+            assert await limiter.settle(batch) == 0  # settled once, on every master
+    finally:
+        await client.aclose()
+
+
+async def test_losing_a_master_fails_closed_quickly_and_exact_limits_return_after_promotion(base_env):
+    nodes, url = redis_cluster()
+    bus, bus_url = nats_server()
+    limiter = start_service("limiter", {**base_env, "NATS_URL": bus_url, "REDIS_URL": url, "REDIS_CLUSTER": "true",
+                                        "LIMITER_REDIS_TIMEOUT_S": "0.5", "LIMITER_FAILURE_MODE": "closed"},
+                            "LIMITER_PORT")
+    nc = await nats.connect(bus_url)
+    try:
+        victim_port = masters_by_slot_range(nodes[0].port)[0][2]
+        victim = next(node for node in nodes if node.port == victim_port)
+        promoted = replica_of(victim.port)
+        survivor = next(node.port for node in nodes if node.port not in (victim.port, promoted))
+        user = caller_on(victim.port, survivor)
+
+        async def ask(who: str) -> tuple[LimitDecision, float]:
+            started = time.monotonic()
+            reply = await nc.request("llm.request", ask_for(who).model_dump_json().encode(), timeout=10)
+            return LimitDecision.model_validate_json(reply.data), time.monotonic() - started
+
+        assert all([(await ask(user))[0].allowed for _ in range(10)])
+        victim.kill()
+
+        def promoted_and_serving() -> bool:
+            rows = {row[1].split("@")[0]: row[2] for row in cluster_nodes(survivor)}
+            info = subprocess.run(["redis-cli", "-p", str(survivor), "cluster", "info"], capture_output=True,
+                                  text=True, timeout=5).stdout
+            return "master" in rows.get(f"127.0.0.1:{promoted}", "") and "cluster_state:ok" in info
+
+        during: list[tuple[LimitDecision, float]] = []
+        deadline = time.monotonic() + 60
+        while not promoted_and_serving():
+            assert time.monotonic() < deadline, "the replica was not promoted within 60 s"
+            during.append(await ask(user))
+            await asyncio.sleep(0.1)
+        unavailable = [d for d, _ in during if d.limited_by == "unavailable"]
+        assert unavailable, "no decision was taken while the master was down"
+        assert not [d for d in unavailable if d.allowed]  # failing closed
+        assert max(seconds for _, seconds in during) < 3, "a decision hung while the master was down"
+
+        async def decisions_exact_again() -> bool:
+            return (await ask(user))[0].limited_by != "unavailable"
+
+        assert await eventually(decisions_exact_again, 30), "the limiter did not follow the promoted replica"
+        fresh = caller_on(promoted, survivor)
+        decisions = await asyncio.gather(*(ask(fresh) for _ in range(150)))
+        assert sum(d.allowed for d, _ in decisions) == 100  # pro: exactly 100 an hour on the promoted master
+        assert limiter.process.poll() is None  # never crashed
+    finally:
+        await nc.close()
+        limiter.stop()
+        bus.stop()
+        for node in nodes:
+            node.stop()
