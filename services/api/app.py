@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
 import nats
 import nats.errors
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from services.api.api_state import ApiState
-from services.api.breaker import CircuitBreaker
+from services.api.breaker import BreakerState, CircuitBreaker
 from services.api.callers import parse_networks
 from services.api.gateway import Gateway
 from services.api.http_edge import RequestMetrics, install_error_handlers
@@ -48,6 +49,16 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     return clients
 
 
+BREAKER_OPEN = Gauge("costwarden_api_provider_breaker_open",
+                     "1 while a provider's circuit breaker is open or half-open (skipping calls)", ["provider"],
+                     multiprocess_mode="livemax")
+
+
+def breaker_gauge(provider: str) -> Callable[[BreakerState], None]:
+    BREAKER_OPEN.labels(provider).set(0)
+    return lambda state: BREAKER_OPEN.labels(provider).set(state is not BreakerState.CLOSED)
+
+
 @asynccontextmanager
 async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
     """Everything the routes use, opened in order and closed in reverse; the gateway drains first."""
@@ -58,7 +69,8 @@ async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
     await ensure_streams(js, settings.nats_stream_replicas)
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
     clients = provider_clients(settings)
-    breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
+    breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
+                                     on_change=breaker_gauge(name))
                 for name in clients}
     gateway = Gateway(
         NatsLimiterClient(nc, settings.limiter_request_timeout_s, settings.limiter_failure_mode),

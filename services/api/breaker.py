@@ -16,10 +16,12 @@ class BreakerState(StrEnum):
 
 class CircuitBreaker:
     def __init__(self, failure_threshold: int, cooldown_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[BreakerState], None] = lambda state: None) -> None:
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
         self.clock = clock
+        self.on_change = on_change
         self.state = BreakerState.CLOSED
         self.failures = 0
         self.opened_at = 0.0
@@ -29,16 +31,21 @@ class CircuitBreaker:
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN and self.clock() - self.opened_at >= self.cooldown_s:
-            self.state = BreakerState.HALF_OPEN
+            self._become(BreakerState.HALF_OPEN)
             return True
         return False
 
     def record_success(self) -> None:
-        self.state = BreakerState.CLOSED
+        self._become(BreakerState.CLOSED)
         self.failures = 0
 
     def record_failure(self) -> None:
         self.failures += 1
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:
-            self.state = BreakerState.OPEN
+            self._become(BreakerState.OPEN)
             self.opened_at = self.clock()
+
+    def _become(self, state: BreakerState) -> None:
+        if state is not self.state:
+            self.state = state
+            self.on_change(state)

@@ -10,6 +10,7 @@ from datetime import timedelta
 import asyncpg
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsBroker
+from prometheus_client import Gauge
 
 from services.backup.pg_backup_log import PgBackupLog
 from services.backup.pg_dump_pipeline import PgDumpPipeline
@@ -20,12 +21,16 @@ from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert, publish_event
 from shared.events import Alert, BackupCompleted, BackupRequested, BackupTick
 from shared.logs import configure_logging
+from shared.periodic import every
 from shared.service_app import lifecycle_app
 from shared.settings import Settings, get_settings
 from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, ensure_streams
 
 SERVICE = "backup"
 BACKUP_ACK_WAIT_S = 60.0  # a running backup keeps its trigger "in progress" well within this
+LAST_SUCCESS_REFRESH_S = 60.0
+LAST_SUCCESS = Gauge("costwarden_backup_last_success_timestamp_seconds",
+                     "When the newest successful backup finished (Unix time; 0 before the first)")
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +78,13 @@ class BackupService:
         assert self.worker is not None
         for tick in ticks:
             await self.worker.run("schedule", slot=tick.slot)
+        await self.export_last_success()
 
     async def on_requests(self, requests: Sequence[BackupRequested]) -> None:
         assert self.worker is not None
         for request in requests:
             await self.worker.run_request(request, timedelta(seconds=self.settings.backup_request_ttl_s))
+        await self.export_last_success()
 
     async def start(self) -> None:
         js = jetstream(self.broker)
@@ -91,6 +98,19 @@ class BackupService:
         for consumer in self.consumers:
             await consumer.start()
         self.tasks.append(asyncio.create_task(run_schedule(self.settings.backup_schedule, self.publish_tick)))
+        self.tasks.append(asyncio.create_task(every(LAST_SUCCESS_REFRESH_S, self.export_last_success,
+                                                    "last backup lookup")))
+
+    async def export_last_success(self) -> None:
+        """Every replica exports the newest success from the shared log, so the figure survives restarts
+        and does not depend on which replica ran the backup (0 until the first one)."""
+        assert self.pool is not None
+        try:
+            finished = await PgBackupLog(self.pool).last_success()
+        except (asyncpg.PostgresError, OSError) as exc:  # the figure stays as it was until the next round
+            log.warning("could not read the last successful backup: %s", type(exc).__name__)
+            return
+        LAST_SUCCESS.set(finished.timestamp() if finished else 0)
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import asyncpg
 
@@ -47,3 +48,9 @@ class PgBackupLog:
         await self.pool.execute(
             "UPDATE backup_logs SET status = 'success', object_key = $2, size_bytes = $3, sha256 = $4,"
             " finished_at = now() WHERE id = $1", log_id, object_key, size_bytes, sha256)
+
+    async def last_success(self) -> datetime | None:
+        """When the newest successful backup finished, whichever replica ran it."""
+        finished: datetime | None = await self.pool.fetchval(
+            "SELECT max(finished_at) FROM backup_logs WHERE status = 'success'")
+        return finished

@@ -16,12 +16,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.health.checks import http_probe, nats_probe, postgres_probe, provider_probe, redis_probe
+from services.health.jetstream_backlog import export_jetstream_backlog
 from services.health.monitor import HealthMonitor, Probe
 from services.health.nats_announcer import NatsAnnouncer
 from services.health.routes import SERVICE, VERSION, HealthState, router
 from services.health.status import HealthBoard
 from shared.logs import configure_logging
 from shared.migrate import pending_migrations
+from shared.periodic import every
 from shared.redis_client import redis_client
 from shared.settings import FileConfig, Settings, get_settings
 from shared.subjects import ensure_streams
@@ -59,11 +61,14 @@ async def monitoring(settings: Settings, state: HealthState) -> AsyncIterator[No
 
     state.monitor = HealthMonitor(state.board, probes_of(settings, settings.file_config(), nc, redis, http),
                                   NatsAnnouncer(nc), migrations_pending)
-    poller = asyncio.create_task(state.monitor.run(settings.health_interval_s))
+    tasks = [asyncio.create_task(state.monitor.run(settings.health_interval_s)),
+             asyncio.create_task(every(settings.health_interval_s, lambda: export_jetstream_backlog(nc.jetstream()),
+                                       "JetStream backlog"))]
     try:
         yield
     finally:
-        poller.cancel()
+        for task in tasks:
+            task.cancel()
         await http.aclose()
         await redis.aclose()
         await nc.close()

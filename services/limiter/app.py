@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import asyncpg
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsBroker
+from prometheus_client import Counter
 
 from services.limiter.jetstream_violation_publisher import JetStreamViolationPublisher
 from services.limiter.limiter import Limiter
@@ -13,8 +16,9 @@ from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, nats_client
-from shared.events import LimitRequest, LimitViolation, LlmCompleted
+from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
+from shared.metric_labels import BoundedLabel
 from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
 from shared.service_app import lifecycle_app
@@ -26,6 +30,23 @@ DECISION_WORKERS = 64
 # Settlements and violation records wait this long to fill a batch: fewer, larger round trips that
 # take less time away from decisions on the same event loop.
 BACKGROUND_LINGER_S = 0.2
+DECISIONS = Counter("costwarden_limiter_decisions_total", "Limiter decisions by tier, outcome and reason",
+                    ["tier", "outcome", "reason"])
+TIER = BoundedLabel(20)
+
+
+Decide = Callable[[LimitRequest], Awaitable[LimitDecision]]
+
+
+def counted(decide: Decide) -> Decide:
+    """Count each decision: outcome allowed, denied or unavailable; reason the limit that decided it."""
+    async def decide_and_count(request: LimitRequest) -> LimitDecision:
+        decision = await decide(request)
+        outcome = ("unavailable" if decision.limited_by == "unavailable"
+                   else "allowed" if decision.allowed else "denied")
+        DECISIONS.labels(TIER(decision.tier), outcome, decision.limited_by or "none").inc()
+        return decision
+    return decide_and_count
 
 
 class LimiterService:
@@ -57,7 +78,7 @@ class LimiterService:
         js, limiter = jetstream(self.broker), self.limiter()
         self.consumers = [
             RequestResponder(nats_client(self.broker), js, subject=LLM_REQUEST, queue=LIMITER_QUEUE,
-                             model=LimitRequest, handle=limiter.decide, service=SERVICE,
+                             model=LimitRequest, handle=counted(limiter.decide), service=SERVICE,
                              max_in_flight=DECISION_WORKERS),
             BatchConsumer(js, subject=LLM_COMPLETED, durable="limiter-settlement",
                           model=LlmCompleted, store=limiter.settle, service=SERVICE, linger_s=BACKGROUND_LINGER_S),

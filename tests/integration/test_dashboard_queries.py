@@ -1,7 +1,9 @@
-"""Every SQL query in docs/LLM_MONITORING_DASHBOARD.md runs against a real, populated database."""
+"""Every SQL query in docs/LLM_MONITORING_DASHBOARD.md, and every SQL panel of the Grafana dashboard,
+runs against a real, populated database."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +21,14 @@ pytestmark = pytest.mark.integration
 
 DOC = ROOT / "docs" / "LLM_MONITORING_DASHBOARD.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", DOC.read_text(), flags=re.S)
+GRAFANA = json.loads((ROOT / "infra" / "grafana" / "dashboards" / "costwarden.json").read_text())
+SQL_PANELS = [(panel["title"], target["rawSql"]) for panel in GRAFANA["panels"] for target in panel["targets"]
+              if "rawSql" in target]
+
+
+def as_grafana_runs_it(sql: str) -> str:
+    """Grafana's macros for the dashboard's default range, the last 48 hours."""
+    return re.sub(r"\$__timeFilter\((\w+)\)", r"\1 BETWEEN now() - interval '48 hours' AND now()", sql)
 
 
 def test_the_dashboard_has_queries_for_each_area():
@@ -48,6 +58,8 @@ async def populated(fresh_database):
                           policy, limited_by, limit_value, window_ms, created_at)
                           VALUES ('v1', 'r1', NULL, '192.0.2.1', 'anonymous', '/api/agent/query', 'standard',
                                   'requests', 3, 3600000, now())""")
+    await pool.execute("""INSERT INTO backup_logs (trigger, status, object_key, size_bytes, sha256, finished_at)
+                          VALUES ('manual', 'success', 'database-backups/b.dump.gz', 1024, 'ab12', now())""")
     yield pool
     await pool.close()
 
@@ -64,3 +76,17 @@ async def test_dashboard_figures_agree_with_the_ledger(populated):
         ledger = await populated.fetchval(
             f"SELECT sum(cost) FROM llm_usage WHERE created_at >= date_trunc('{period}', now(), 'UTC')")
         assert row[{"hour": "hourly", "day": "daily", "month": "monthly"}[period]] == ledger
+
+
+@pytest.mark.parametrize(("title", "sql"), SQL_PANELS, ids=[title for title, _ in SQL_PANELS])
+async def test_grafana_sql_panel_shows_the_recorded_data(populated, title, sql):
+    rows = await populated.fetch(as_grafana_runs_it(sql))
+    assert rows, f"{title} shows nothing"
+
+
+async def test_grafana_top_users_agree_with_the_ledger(populated):
+    sql = dict(SQL_PANELS)["Top users by cost"]
+    shown = {row["user_id"]: row["cost_usd"] for row in await populated.fetch(as_grafana_runs_it(sql))}
+    ledger = {row["user_id"]: float(row["cost"]) for row in await populated.fetch(
+        "SELECT user_id, sum(cost) AS cost FROM llm_usage GROUP BY user_id")}
+    assert shown == pytest.approx(ledger)

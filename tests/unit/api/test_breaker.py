@@ -21,3 +21,17 @@ def test_breaker_opens_after_threshold_and_half_opens_after_cooldown():
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
+
+
+def test_each_change_of_state_is_reported_once():
+    now = [0.0]
+    seen = []
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=10, clock=lambda: now[0], on_change=seen.append)
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_failure()
+    now[0] = 11
+    assert breaker.allow()
+    breaker.record_success()
+    breaker.record_success()
+    assert seen == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
