@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from prometheus_client import REGISTRY
+
 from services.cost.ledger import RollupDelta, RollupKey, UsageRecord
-from services.cost.recorder import CostRecorder
+from services.cost.recorder import SPEND_LABELS, CostRecorder
 from services.cost.thresholds import AlertClaim, SpendTotal
 from shared.events import Alert, LlmCompleted
 from shared.policy import Levels, Thresholds
@@ -75,3 +77,23 @@ async def test_a_batch_is_recorded_once_and_crossing_a_threshold_publishes_one_a
     await recorder.record([spend("c", 600_000)])  # still past it: no second alert for the window
     assert published == ["cost:all:hour:2026-11-28T10:00:00+00:00:warning"]
     assert ledger.totals[("hour", datetime(2026, 11, 28, 10, tzinfo=UTC), "all", "")] == Decimal("1.62")
+
+
+async def test_spend_and_tokens_are_counted_once_per_recorded_event():
+    async def publish(alert: Alert) -> None: ...
+
+    labels = dict(zip(SPEND_LABELS, ("meta-llama/Llama-3-70b-chat-hf", "together_ai", "/v1/chat/completions", "pro"),
+                      strict=True))
+
+    def counted() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("costwarden_spend_usd_total", labels) or 0.0,
+                REGISTRY.get_sample_value("costwarden_tokens_total", {**labels, "kind": "prompt"}) or 0.0)
+
+    recorder = CostRecorder(FakeLedger(), PriceCatalog.with_overrides({}), Thresholds(), publish, clock=lambda: NOW)
+    before = counted()
+    tiered = spend("t1", 600_000).model_copy(update={"tier": "pro"})
+    await recorder.record([tiered, tiered])  # $0.54, the duplicate once
+    usd, tokens = counted()
+    assert (round(usd - before[0], 6), tokens - before[1]) == (0.54, 600_000)
+    assert REGISTRY.get_sample_value("costwarden_cost_alert_threshold_usd",
+                                     {"period": "hour", "severity": "critical"}) == 50.0
