@@ -10,7 +10,7 @@ from shared.settings import get_settings
 
 
 def create_app() -> AsgiFastStream:
-    broker = make_broker(get_settings().nats_url, "bench-echo")
+    broker = make_broker(get_settings(), "bench-echo")
 
     @broker.subscriber("bench.echo", queue="bench-echo", max_workers=64)
     async def echo(msg: NatsMessage) -> bytes:

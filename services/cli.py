@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 import asyncpg
 
@@ -59,8 +60,55 @@ async def _keys_list(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    applied = await apply_migrations(get_settings().database_url)
+    """The database's migrations, then the bus's streams (as the NATS admin identity when the bus has
+    identities: services only bind to streams)."""
+    import nats
+
+    from shared.bus import nats_options
+    from shared.subjects import ensure_streams
+
+    settings = get_settings()
+    applied = await apply_migrations(settings.database_url)
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    nc = await nats.connect(**nats_options(settings, "admin"))
+    try:
+        await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
+    finally:
+        await nc.close()
+    print(f"JetStream streams up to date ({settings.nats_stream_replicas} replica(s) each)")
+    return 0
+
+
+async def _redis_acl(args: argparse.Namespace) -> int:
+    """Print a Redis ACL file: `limiter` with its commands on `cw:*` keys, `health` that can only ping,
+    the default user off. New random passwords; the file holds only their SHA-256, and each user's
+    REDIS_URL (with its password) goes to stderr, once."""
+    import hashlib
+    import secrets
+    from urllib.parse import urlsplit
+
+    from services.limiter.redis_limiter_store import KEY_PATTERN, acl_commands
+    from shared.redis_client import CLIENT_COMMANDS, acl_user
+
+    users = {"limiter": (acl_commands(), KEY_PATTERN), "health": (["ping", *CLIENT_COMMANDS], None)}
+    server = urlsplit(get_settings().redis_url)
+    lines = ["user default off resetkeys resetchannels -@all"]  # an ACL file has no comments
+    for name, (commands, keys) in users.items():
+        password = secrets.token_urlsafe(24)
+        lines.append(acl_user(name, hashlib.sha256(password.encode()).hexdigest(), commands, keys))
+        print(f"{name}: REDIS_URL=redis://{name}:{password}@{server.hostname}:{server.port or 6379}"
+              f"{server.path or '/0'}", file=sys.stderr)
+    print("\n".join(lines))
+    return 0
+
+
+async def _nats_config(args: argparse.Namespace) -> int:
+    from shared.nats_identities import write_nats_config
+
+    auth = write_nats_config(Path(args.out))
+    print(f"{auth}: nats-server authorization (public keys and permissions; `nats-server -c {auth}` or include it)")
+    print(f"{args.out}/<role>.nk: one NKEY seed per role, readable by its owner only; give each service its own "
+          "as NATS_NKEY_SEED_FILE (admin: `costwarden migrate` and the bus commands of this CLI)")
     return 0
 
 
@@ -94,16 +142,16 @@ async def backup_worker_listening(js, interval_s: float = 0.5) -> bool:
 async def _backup_run(args: argparse.Namespace) -> int:
     import nats
 
-    from shared.bus import publish_event
+    from shared.bus import nats_options, publish_event
     from shared.events import BackupRequested
-    from shared.subjects import BACKUP_REQUESTED, ensure_streams
+    from shared.subjects import BACKUP_REQUESTED, bind_streams, stream_of
 
     settings = get_settings()
     request = BackupRequested(restore_test=args.restore_test)
-    nc = await nats.connect(servers=settings.nats_servers)
+    nc = await nats.connect(**nats_options(settings, "admin"))
     try:
         js = nc.jetstream()
-        await ensure_streams(js, settings.nats_stream_replicas)
+        await bind_streams(js, [stream_of(BACKUP_REQUESTED)])
         listening = await backup_worker_listening(js)
         if not listening and not args.queue:
             print("no backup worker is running: nothing consumes backup.requested (durable consumer "
@@ -210,7 +258,14 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="costwarden", description="costwarden control plane")
     commands = root.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("migrate", help="apply pending SQL migrations").set_defaults(handler=_migrate)
+    commands.add_parser("migrate", help="apply pending SQL migrations and create or update the JetStream streams"
+                        ).set_defaults(handler=_migrate)
+    nats_config = commands.add_parser("nats-config", help="write NATS identities (one NKEY per role) and the "
+                                      "nats-server authorization that grants each only what it needs")
+    nats_config.add_argument("--out", required=True, help="directory for auth.conf and the <role>.nk seeds")
+    nats_config.set_defaults(handler=_nats_config)
+    commands.add_parser("redis-acl", help="print a Redis ACL file with least-privilege users for the limiter and "
+                        "the health check (their REDIS_URLs go to stderr)").set_defaults(handler=_redis_acl)
     commands.add_parser("run", help="run every service locally (make run)")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)

@@ -18,14 +18,17 @@ from urllib.parse import urlsplit
 
 import nats
 
+from shared.bus import nats_options
 from shared.logs import configure_logging
 from shared.migrate import apply_migrations
+from shared.nats_identities import seed_file, write_nats_config
 from shared.settings import Settings
 from shared.subjects import ensure_streams
 
 log = logging.getLogger("costwarden.run")
 
 RUN_DIR = Path(".run")
+IDENTITIES_DIR = RUN_DIR / "nats-identities"
 STOP_TIMEOUT_S = 30
 
 
@@ -82,7 +85,8 @@ async def start(name: str, args: list[str], env: dict[str, str], log_file: Path 
         return await asyncio.create_subprocess_exec(*args, env=env, stdout=output, stderr=output)
 
 
-def summary(settings: Settings, services: dict[str, int], simulator_url: str | None) -> str:
+def summary(settings: Settings, services: dict[str, int], simulator_url: str | None,
+            identities: Path | None = None) -> str:
     """What a person needs once everything is up: where each service answers, and what to do next."""
     host = settings.host
     uses = {"api": "gateway: /v1/chat/completions, /api/agent/*, /api/costs/*, /openapi.json",
@@ -93,7 +97,11 @@ def summary(settings: Settings, services: dict[str, int], simulator_url: str | N
     lines += [f"  {name:<10} {f'http://{host}:{port}':<27} {uses[name]}" for name, port in ordered]
     if simulator_url:
         lines.append(f"  {'simulator':<10} {simulator_url:<27} plays Together.ai (set TOGETHER_API_KEY to use it)")
-    cli = Path(sys.prefix) / "bin" / "costwarden"
+    cli = str(Path(sys.prefix) / "bin" / "costwarden")
+    if identities:
+        lines.append(f"  {'bus':<10} {settings.nats_servers[0]:<27} one NATS identity per service ({identities}); "
+                     "bus commands need the admin one:")
+        cli = f"NATS_NKEY_SEED_FILE={seed_file(identities, 'admin')} {cli}"
     lines += [f"  admin      {cli} keys create --user alice --tier pro   (also: keys list|revoke, backup run|list,"
               " restore, migrate)",
               "  Ctrl-C stops everything."]
@@ -103,16 +111,25 @@ def summary(settings: Settings, services: dict[str, int], simulator_url: str | N
 Processes = dict[str, asyncio.subprocess.Process]
 
 
-async def start_nats_if_missing(settings: Settings, env: dict[str, str], processes: Processes) -> None:
+async def start_nats_if_missing(settings: Settings, env: dict[str, str], processes: Processes) -> Path | None:
+    """Start a private nats-server when none answers at NATS_URL, with one NKEY identity per service
+    (costwarden nats-config into .run/nats-identities); returns that directory, or None when the bus
+    is someone else's."""
     first = settings.nats_servers[0]
     if await nats_reachable(first):
-        return
+        if not settings.nats_nkey_seed_file:
+            log.warning("NATS at %s is used without credentials: anyone who reaches it can publish spend, alerts "
+                        "and backup requests (see README, Security)", first)
+        return None
     url = urlsplit(first)
-    log.info("no NATS at %s: starting nats-server with JetStream (data in %s)", first, RUN_DIR)
+    auth = write_nats_config(IDENTITIES_DIR)
+    log.info("no NATS at %s: starting nats-server with JetStream (data in %s, one identity per service in %s)",
+             first, RUN_DIR / "nats", IDENTITIES_DIR)
     processes["nats"] = await start("nats-server", [
-        nats_server_binary(), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
+        nats_server_binary(), "-c", str(auth), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
         "-sd", str(RUN_DIR / "nats")], env, log_file=RUN_DIR / "nats-server.log")
     await wait_until(lambda: nats_reachable(first), "nats-server")
+    return IDENTITIES_DIR
 
 
 async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], processes: Processes) -> str | None:
@@ -129,7 +146,8 @@ async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], pro
     return base_url
 
 
-async def start_services(settings: Settings, env: dict[str, str], processes: Processes) -> dict[str, int]:
+async def start_services(settings: Settings, env: dict[str, str], processes: Processes,
+                         identities: Path | None) -> dict[str, int]:
     services = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
                 "health": settings.health_port, "api": settings.api_port}
     if settings.s3_backup_bucket:
@@ -137,7 +155,8 @@ async def start_services(settings: Settings, env: dict[str, str], processes: Pro
     else:
         log.info("no S3_BACKUP_BUCKET set: the backup worker is not started")
     for name in services:
-        processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], env)
+        own = {"NATS_NKEY_SEED_FILE": str(seed_file(identities, name).resolve())} if identities else {}
+        processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], {**env, **own})
     for name, port in services.items():
         await wait_until(lambda port=port: http_up(port), name, seconds=30)
     return services
@@ -172,15 +191,17 @@ async def main() -> int:
     configure_logging("run", settings.log_level, settings.log_format)
     env = dict(os.environ)
     processes: Processes = {}
-    await start_nats_if_missing(settings, env, processes)
+    identities = await start_nats_if_missing(settings, env, processes)
+    if identities:
+        settings = settings.model_copy(update={"nats_nkey_seed_file": str(seed_file(identities, "admin").resolve())})
     applied = await apply_migrations(settings.database_url)
     log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
-    nc = await nats.connect(servers=settings.nats_servers)
+    nc = await nats.connect(**nats_options(settings, "admin"))
     await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     await nc.close()
     simulator_url = await start_simulator_if_no_key(settings, env, processes)
-    services = await start_services(settings, env, processes)
-    log.info("%s", summary(settings, services, simulator_url))
+    services = await start_services(settings, env, processes, identities)
+    log.info("%s", summary(settings, services, simulator_url, identities))
     failed = await until_stopped_or_failed(processes)
     if failed:
         log.error("%s exited; stopping the rest", ", ".join(failed))

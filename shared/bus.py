@@ -15,7 +15,9 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
+from shared.bus_permissions import inbox_prefix
 from shared.events import Alert, DeadLetter
+from shared.settings import Settings
 from shared.subjects import alert_subject, dead_letter_subject, stream_of
 
 log = logging.getLogger(__name__)
@@ -92,19 +94,27 @@ def dead_letter_middleware(service: str) -> type[BaseMiddleware]:
     return DeadLetterMiddleware
 
 
-def make_broker(servers: str | list[str], service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
+def nats_options(settings: Settings, role: str) -> dict[str, Any]:
+    """How a role connects: the cluster's servers, its own inbox prefix (with authentication on, no
+    role can read another's replies), its NKEY seed when one is configured, and endless reconnection."""
+    options: dict[str, Any] = {"servers": settings.nats_servers, "name": f"costwarden-{role}",
+                               "inbox_prefix": inbox_prefix(role), "max_reconnect_attempts": -1,
+                               "reconnect_time_wait": 1}
+    if settings.nats_nkey_seed_file:
+        options["nkeys_seed"] = settings.nats_nkey_seed_file
+    return options
+
+
+def make_broker(settings: Settings, service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
     return NatsBroker(
-        servers,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=(
             NatsPrometheusMiddleware(registry=registry, app_name=service),
             dead_letter_middleware(service),
         ),
-        name=f"costwarden-{service}",
         # Our logger, not FastStream's own (which has its own handler and format): its lines go through
         # the service's handler like every other line.
         logger=logging.getLogger(f"costwarden.{service}.bus"),
         log_level=logging.DEBUG,  # one line per message would swamp the logs on the hot path
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
+        **nats_options(settings, service),
     )

@@ -11,6 +11,18 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+# What redis-py itself sends, besides a service's own commands: the cluster client learns the slots and
+# the commands' key positions. (Its CLIENT SETINFO on connect may be refused: redis-py ignores that,
+# and Redis 7.0 does not know the command.)
+CLIENT_COMMANDS = ("cluster|slots", "cluster|shards", "command")
+
+
+def acl_user(name: str, password_sha256: str, commands: list[str], key_pattern: str | None) -> str:
+    """One line of a Redis ACL file: the user on, its password's SHA-256 only, its keys (none if
+    `key_pattern` is None), no Pub/Sub channels, and only these commands."""
+    keys = f"~{key_pattern}" if key_pattern else "resetkeys"
+    return f"user {name} on #{password_sha256} {keys} resetchannels -@all " + " ".join(f"+{c}" for c in commands)
+
 
 async def ready(client: Redis | RedisCluster) -> None:
     """Learn a cluster's slots before the first request: redis-py's asyncio cluster client otherwise

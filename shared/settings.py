@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     nats_url: str = Field(default="nats://127.0.0.1:4222",
                           description="One server, or a comma-separated list of a cluster's servers.")
     nats_stream_replicas: int = Field(default=1, ge=1, le=5, description="Replicas of every JetStream stream.")
+    nats_nkey_seed_file: str | None = Field(
+        default=None, description="This identity's NKEY seed file (costwarden nats-config); unset: no authentication.")
 
     together_api_key: SecretStr | None = None
     together_base_url: str = "https://api.together.xyz/v1"

@@ -1,13 +1,14 @@
 """Subjects and JetStream streams, declared in one place.
 
-Streams are created or updated only by `ensure_streams` (run by `costwarden migrate` and at every
-service start, always from these definitions); subscribers refer to them with `declare=False`
-so that no service overwrites another's stream settings.
+Streams are created or updated only by `ensure_streams`, run by `costwarden migrate` (as the bus's
+`admin` identity, the only one allowed to manage streams). Services only bind to them
+(`bind_streams`): they wait for the streams they use to exist and never change a stream's settings.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.errors
@@ -114,3 +115,24 @@ async def _ensure_streams(js: JetStreamContext, replicas: int) -> None:
             await js.add_stream(spec.config(replicas))
         else:
             await js.update_stream(spec.config(replicas))
+
+
+class StreamMissing(RuntimeError):
+    pass
+
+
+async def bind_streams(js: JetStreamContext, streams: Sequence[str], patience_s: float = 60.0) -> None:
+    """Wait until every stream a service uses exists (created by `costwarden migrate`) and answers.
+
+    A cluster electing new leaders, or a migration running at the same moment, answers nothing or
+    "not found" for a while: a starting service waits up to `patience_s`, then exits with the reason."""
+    retrying = AsyncRetrying(stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.2, max=2.0),
+                             retry=retry_if_exception_type((*JETSTREAM_BUSY, NotFoundError)), reraise=True)
+    try:
+        async for attempt in retrying:
+            with attempt:
+                for stream in streams:
+                    await js.stream_info(stream)
+    except NotFoundError as exc:
+        raise StreamMissing(f"a JetStream stream of {', '.join(streams)} does not exist: run `costwarden migrate` "
+                            "(as the NATS admin identity) before starting the services") from exc

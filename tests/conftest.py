@@ -21,7 +21,7 @@ import pytest
 
 from services.simulator.app import create_app as create_simulator
 from shared.migrate import apply_migrations
-from tests.servers import ServiceProcess, ThreadedHttpServer, free_port, nats_server, redis_server
+from tests.servers import ServiceProcess, ThreadedHttpServer, create_streams, free_port, nats_server, redis_server
 
 NATS_IMAGE = "nats:2.11.9-alpine"
 REDIS_IMAGE = "redis:7.4.6-alpine"
@@ -50,6 +50,7 @@ def nats_srv():
         from testcontainers.nats import NatsContainer
 
         with NatsContainer(NATS_IMAGE).with_command("-js") as container:
+            create_streams(container.nats_uri())
             yield None, container.nats_uri()
         return
     server, url = nats_server()

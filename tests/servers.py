@@ -4,6 +4,7 @@ servers (the LLM simulator, webhook sinks)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -84,6 +85,26 @@ class ProcessServer:
         wait_for(lambda: not port_open(self.port), f"{self.name} to stop")
 
 
+def create_streams(urls: str | list[str], replicas: int = 1) -> None:
+    """What `costwarden migrate` does on the bus: services only bind to existing streams. Runs on a
+    thread of its own, so that sync and async tests alike can call it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nats
+
+    from shared.subjects import ensure_streams
+
+    async def create() -> None:
+        nc = await nats.connect(servers=urls if isinstance(urls, list) else [urls])
+        try:
+            await ensure_streams(nc.jetstream(), replicas)
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, create()).result()
+
+
 def nats_server() -> tuple[ProcessServer, str]:
     binary = VENV_BIN / "nats-server"
     port = free_port()
@@ -91,6 +112,7 @@ def nats_server() -> tuple[ProcessServer, str]:
     server = ProcessServer("nats", [str(binary if binary.exists() else "nats-server"), "-js", "-a", "127.0.0.1",
                                     "-p", str(port), "-sd", store], port)
     server.start()
+    create_streams(f"nats://127.0.0.1:{port}")
     return server, f"nats://127.0.0.1:{port}"
 
 
@@ -111,7 +133,9 @@ def nats_cluster(size: int = 3) -> tuple[list[ProcessServer], list[str]]:
         node.process = subprocess.Popen(node.argv, stdout=node.log, stderr=subprocess.STDOUT)
     for node in nodes:
         wait_for(lambda node=node: port_open(node.port), node.name)
-    return nodes, [f"nats://127.0.0.1:{client}" for client, _ in ports]
+    urls = [f"nats://127.0.0.1:{client}" for client, _ in ports]
+    create_streams(urls, replicas=size)  # waits (ensure_streams' patience) for the nodes to elect a leader
+    return nodes, urls
 
 
 def redis_cluster() -> tuple[list[ProcessServer], str]:
@@ -265,3 +289,19 @@ class PostgresServer(ProcessServer):
             self.process.send_signal(signal.SIGINT)
             self.process.wait(30)
         wait_for(lambda: not port_open(self.port), f"{self.name} to stop")
+
+
+def s3_server(bucket: str) -> tuple[object, dict[str, str]]:
+    """An S3-compatible server (moto) on loopback with `bucket` created; (server, the env pointing at it)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+           "S3_BACKUP_BUCKET": bucket}
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    return server, env

@@ -31,9 +31,11 @@ from services.api.pg_api_key_store import PgApiKeyStore
 from services.api.providers import ProviderClient, ProviderRouter
 from services.api.routers import agent, chat, costs, ops
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
+from shared.bus import nats_options
+from shared.bus_permissions import streams_of
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings, is_set
-from shared.subjects import ensure_streams
+from shared.subjects import bind_streams
 
 SERVICE = "api"
 
@@ -63,10 +65,9 @@ def breaker_gauge(provider: str) -> Callable[[BreakerState], None]:
 async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
     """Everything the routes use, opened in order and closed in reverse; the gateway drains first."""
     config = settings.file_config()
-    nc = await nats.connect(servers=settings.nats_servers, name="costwarden-api", max_reconnect_attempts=-1,
-                            reconnect_time_wait=1)
+    nc = await nats.connect(**nats_options(settings, "api"))
     js = nc.jetstream()
-    await ensure_streams(js, settings.nats_stream_replicas)
+    await bind_streams(js, streams_of("api"))
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
     clients = provider_clients(settings)
     breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,

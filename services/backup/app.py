@@ -19,12 +19,13 @@ from services.backup.scheduler import run_schedule
 from services.backup.worker import BackupWorker
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert, publish_event
+from shared.bus_permissions import streams_of
 from shared.events import Alert, BackupCompleted, BackupRequested, BackupTick
 from shared.logs import configure_logging
 from shared.periodic import every
 from shared.service_app import lifecycle_app
 from shared.settings import Settings, get_settings
-from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, ensure_streams
+from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, bind_streams
 
 SERVICE = "backup"
 BACKUP_ACK_WAIT_S = 60.0  # a running backup keeps its trigger "in progress" well within this
@@ -66,7 +67,7 @@ class BackupService:
     async def connect(self) -> None:
         settings = self.settings
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
+        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
         self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
         store = make_store(settings)
         pipeline = PgDumpPipeline(settings.backup_database_url or settings.database_url, store,
@@ -130,5 +131,5 @@ class BackupService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = BackupService(settings, make_broker(settings.nats_servers, SERVICE))
+    service = BackupService(settings, make_broker(settings, SERVICE))
     return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])

@@ -17,12 +17,13 @@ from services.cost.query_router import CostQueries, query_router
 from services.cost.recorder import CostRecorder
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert
+from shared.bus_permissions import streams_of
 from shared.events import Alert, LlmCompleted
 from shared.logs import configure_logging
 from shared.periodic import every
 from shared.service_app import lifecycle_app
 from shared.settings import FileConfig, Settings, get_settings
-from shared.subjects import LLM_COMPLETED, ensure_streams
+from shared.subjects import LLM_COMPLETED, bind_streams
 
 SERVICE = "cost"
 SWEEP_INTERVAL_S = 10.0
@@ -51,7 +52,7 @@ class CostService:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
+        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=6)
         self.ledger = PgUsageLedger(self.pool)
         self.queries = PgCostQueries(self.pool)
@@ -95,6 +96,6 @@ class CostService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = CostService(settings, settings.file_config(), make_broker(settings.nats_servers, SERVICE))
+    service = CostService(settings, settings.file_config(), make_broker(settings, SERVICE))
     service.broker.include_router(query_router(service.read_side))
     return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])

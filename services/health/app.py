@@ -21,12 +21,14 @@ from services.health.monitor import HealthMonitor, Probe
 from services.health.nats_announcer import NatsAnnouncer
 from services.health.routes import SERVICE, VERSION, HealthState, router
 from services.health.status import HealthBoard
+from shared.bus import nats_options
+from shared.bus_permissions import streams_of
 from shared.logs import configure_logging
 from shared.migrate import pending_migrations
 from shared.periodic import every
 from shared.redis_client import redis_client
 from shared.settings import FileConfig, Settings, get_settings
-from shared.subjects import ensure_streams
+from shared.subjects import bind_streams
 
 
 def probes_of(settings: Settings, config: FileConfig, nc: Nats, redis: Redis | RedisCluster,
@@ -50,9 +52,8 @@ def probes_of(settings: Settings, config: FileConfig, nc: Nats, redis: Redis | R
 @asynccontextmanager
 async def monitoring(settings: Settings, state: HealthState) -> AsyncIterator[None]:
     """Connections to what is checked, and the polling task, for the app's lifetime."""
-    nc = await nats.connect(servers=settings.nats_servers, name="costwarden-health", max_reconnect_attempts=-1,
-                            reconnect_time_wait=1, allow_reconnect=True)
-    await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
+    nc = await nats.connect(**nats_options(settings, SERVICE))
+    await bind_streams(nc.jetstream(), streams_of(SERVICE))
     redis = redis_client(settings.redis_url, settings.redis_cluster, settings.health_check_timeout_s, 8)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.health_check_timeout_s))
 

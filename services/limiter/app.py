@@ -16,6 +16,7 @@ from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, nats_client
+from shared.bus_permissions import streams_of
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
 from shared.metric_labels import BoundedLabel
@@ -23,7 +24,7 @@ from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
 from shared.service_app import lifecycle_app
 from shared.settings import Settings, get_settings
-from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, ensure_streams
+from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, bind_streams
 
 SERVICE = "limiter"
 DECISION_WORKERS = 64
@@ -62,7 +63,7 @@ class LimiterService:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
+        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
         await ready(self.redis)
 
@@ -105,5 +106,5 @@ class LimiterService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = LimiterService(settings, make_broker(settings.nats_servers, SERVICE))
+    service = LimiterService(settings, make_broker(settings, SERVICE))
     return lifecycle_app(service, SERVICE, readiness=[("redis", service.redis_ready)])

@@ -13,6 +13,7 @@ under ACL key patterns:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import cast
 
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 from services.limiter.limiter import StorageUnavailable
 from services.limiter.policy import CounterReading, LimitPlan
 from shared.events import LimitedBy
+from shared.redis_client import CLIENT_COMMANDS
 
 DECIDE = """
 local req_key, strict_key, tok_key, usd_key, resv_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -111,6 +113,16 @@ adjust(usd_key, r[4], actual_nano - tonumber(r[2]))
 redis.call('DEL', resv_key)
 return 1
 """
+
+
+KEY_PATTERN = "cw:*"
+
+
+def acl_commands() -> list[str]:
+    """Every command the limiter sends to Redis: the calls inside its scripts (ACLs apply there too),
+    the commands that run them, the readiness ping and what redis-py's clients send."""
+    inside = sorted({name.lower() for name in re.findall(r"redis\.call\('(\w+)'", DECIDE + SETTLE)})
+    return [*inside, "evalsha", "eval", "script|load", "ping", *CLIENT_COMMANDS]
 
 
 def caller_keys(base: str, request_id: str) -> dict[str, str]:

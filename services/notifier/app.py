@@ -17,11 +17,12 @@ from services.notifier.pg_delivery_log import PgDeliveryLog
 from services.notifier.smtp_email_channel import EmailChannel
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_dead_letter
+from shared.bus_permissions import streams_of
 from shared.events import Alert
 from shared.logs import configure_logging
 from shared.service_app import lifecycle_app
 from shared.settings import FileConfig, Settings, get_settings, is_set
-from shared.subjects import ALERTS, ensure_streams
+from shared.subjects import ALERTS, bind_streams
 
 SERVICE = "notifier"
 DELIVERY_FAILED_SUBJECT = "alert"  # final delivery failures go to dlq.alert
@@ -64,7 +65,7 @@ class NotifierService:
     async def connect(self) -> None:
         settings = self.settings
         await self.broker.connect()
-        await ensure_streams(jetstream(self.broker), self.settings.nats_stream_replicas)
+        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
         self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=6)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
         channels = build_channels(settings, self.http)
@@ -100,5 +101,5 @@ class NotifierService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = NotifierService(settings, settings.file_config(), make_broker(settings.nats_servers, SERVICE))
+    service = NotifierService(settings, settings.file_config(), make_broker(settings, SERVICE))
     return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])

@@ -11,18 +11,16 @@ import sys
 from collections import Counter
 
 import asyncpg
-import boto3
 import httpx
 import nats
 import nats.js.errors
 import pytest
-from moto.server import ThreadedMotoServer
 
 from shared.events import LlmCompleted
 from shared.subjects import STREAMS, ensure_streams
 from tests.conftest import start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key
-from tests.servers import free_port, nats_cluster
+from tests.servers import nats_cluster, s3_server
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
@@ -151,17 +149,11 @@ async def test_calls_survive_losing_the_node_that_leads_the_ledger(cluster, base
 
 async def test_a_backup_and_a_cost_alert_complete_after_a_node_fails(cluster, base_env, fresh_database, tmp_path):
     nodes, urls = cluster
-    moto_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
-    moto.start()
-    s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}", "AWS_ACCESS_KEY_ID": "testing",
-              "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="cluster")
+    moto, s3_env = s3_server("cluster")
     config = tmp_path / "costwarden.yaml"
     config.write_text(json.dumps({"thresholds": {"hourly": {"warning": "0.50"}}}))
     env = {**base_env, **s3_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3",
-           "DATABASE_URL": fresh_database, "COSTWARDEN_CONFIG": str(config), "S3_BACKUP_BUCKET": "cluster",
+           "DATABASE_URL": fresh_database, "COSTWARDEN_CONFIG": str(config),
            "S3_BACKUP_PREFIX": "while-a-node-is-down"}
     nc = await connect(urls)
     services = []

@@ -15,18 +15,16 @@ import tempfile
 from decimal import Decimal
 from pathlib import Path
 
-import boto3
 import httpx
 import nats
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
 from services.simulator.app import create_app as create_simulator
 from shared.events import Alert
 from tests.conftest import set_faults, unique
 from tests.integration.helpers import auth, chat_body, new_key
-from tests.servers import ROOT, ProcessServer, ThreadedHttpServer, free_port
+from tests.servers import ROOT, ProcessServer, ThreadedHttpServer, free_port, s3_server
 from tests.sinks import HttpSink
 from tests.support.polling import eventually, wait_for
 
@@ -78,14 +76,7 @@ def test_selectors_are_read_from_promql():
 
 @pytest.fixture
 def s3():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-           "S3_BACKUP_BUCKET": "cw-observed"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket="cw-observed")
+    server, env = s3_server("cw-observed")
     yield env
     server.stop()
 

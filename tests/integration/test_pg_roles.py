@@ -1,0 +1,145 @@
+"""PostgreSQL roles (migration 0007): each service, logged in as a member of its role, does its work
+through its own adapter and is refused a write (or, for health, a read) it must not make."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from services.api.pg_api_key_store import PgApiKeyStore, create_key
+from services.backup.pg_backup_log import PgBackupLog
+from services.cost.pg_usage_ledger import PgUsageLedger
+from services.cost.recorder import CostRecorder
+from services.limiter.pg_violation_log import PgViolationLog
+from services.notifier.pg_delivery_log import PgDeliveryLog
+from shared.events import Alert, LimitViolation, LlmCompleted
+from shared.migrate import pending_migrations
+from shared.policy import Thresholds
+from shared.pricing import PriceCatalog
+from tests.conftest import unique
+
+pytestmark = pytest.mark.integration
+
+
+def as_login(database_url: str, login: str) -> str:
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(netloc=f"{login}@{parts.hostname}:{parts.port or 5432}"))
+
+
+@pytest.fixture
+async def login_as(fresh_database) -> AsyncIterator:
+    """login_as("cost") -> the DATABASE_URL of a new login role that is a member of costwarden_cost."""
+    owner = await asyncpg.connect(fresh_database)
+    made: list[str] = []
+
+    async def login(service: str) -> str:
+        name = f"cw_test_{service}_{uuid.uuid4().hex[:8]}"
+        await owner.execute(f"CREATE ROLE {name} LOGIN IN ROLE costwarden_{service}")
+        made.append(name)
+        return as_login(fresh_database, name)
+
+    yield login
+    for name in made:
+        await owner.execute(f"DROP ROLE {name}")
+    await owner.close()
+
+
+async def refused(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_api_reads_keys_and_writes_nothing(login_as, fresh_database):
+    owner = await asyncpg.connect(fresh_database)
+    key = await create_key(owner, "ann", "pro")
+    await owner.close()
+    url = await login_as("api")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+    try:
+        assert (await PgApiKeyStore(pool, cache_s=0).caller_for(key)).user_id == "ann"
+    finally:
+        await pool.close()
+    await refused(url, "UPDATE api_keys SET tier = 'enterprise'")
+
+
+async def test_limiter_records_violations_only(login_as):
+    url = await login_as("limiter")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+    try:
+        await PgViolationLog(pool).store([LimitViolation(request_id=unique("r"), user_id="ann", tier="free",
+                                                         endpoint="/v1/chat/completions", policy="standard",
+                                                         limited_by="requests", limit=10, window_s=3600)])
+    finally:
+        await pool.close()
+    await refused(url, "DELETE FROM api_keys")
+
+
+async def test_cost_keeps_the_ledger_and_its_partitions_without_owning_anything(login_as):
+    url = await login_as("cost")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    far = datetime(2031, 5, 1, tzinfo=UTC)  # a month with no partition yet: created through the definer function
+
+    async def ignore(alert: Alert) -> None: ...
+
+    try:
+        ledger = PgUsageLedger(pool)
+        event = LlmCompleted(request_id=unique("c"), user_id="ann", provider="together_ai", model="gpt-4o-mini",
+                             endpoint="/v1/chat/completions", prompt_tokens=10, completion_tokens=5, success=True,
+                             latency_ms=3, occurred_at=far)
+        await CostRecorder(ledger, PriceCatalog.with_overrides({}), Thresholds(), ignore, clock=lambda: far).record([event])
+        assert await pool.fetchval("SELECT count(*) FROM llm_usage WHERE request_id = $1", event.request_id) == 1
+        assert await ledger.cleanup(retention_days=36500) == []
+    finally:
+        await pool.close()
+    await refused(url, "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier) VALUES ('h', 'p', 'u', 'pro')")
+
+
+async def test_notifier_keeps_its_deliveries_only(login_as):
+    url = await login_as("notifier")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+    alert = Alert(key=unique("cost:all:hour"), source="cost", severity="warning", title="t", text="x",
+                  threshold=Decimal(1), actual=Decimal(2))
+    try:
+        log = PgDeliveryLog(pool, lease=timedelta(seconds=30), repeat_interval=timedelta(hours=4))
+        assert await log.claim(alert.key, "slack") == "claimed"
+        await log.record([alert], "slack", 1, "sent", None)
+        await log.finish([alert], "slack", "sent")
+        assert await log.channels_that_got(alert.key) == ["slack"]
+    finally:
+        await pool.close()
+    await refused(url, "INSERT INTO llm_usage_ids (request_id, created_at) VALUES ('x', now())")
+
+
+async def test_health_only_connects_and_reads_the_applied_migrations(login_as):
+    url = await login_as("health")
+    assert await pending_migrations(url) == []
+    await refused(url, "SELECT key_hash FROM api_keys")
+
+
+async def test_backup_reads_everything_it_dumps_and_writes_its_log_only(login_as):
+    url = await login_as("backup")
+    dump = subprocess.run(["pg_dump", "--format=custom", "--dbname", url], capture_output=True,
+                          env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
+    assert dump.returncode == 0 and dump.stdout.startswith(b"PGDMP"), dump.stderr.decode()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+    try:
+        log = PgBackupLog(pool)
+        log_id = await log.start("manual", None, unique("req"))
+        assert log_id is not None
+        await log.succeed(log_id, "database-backups/x.dump.gz", 10, "ab")
+        assert await log.last_success() is not None
+    finally:
+        await pool.close()
+    await refused(url, "UPDATE api_keys SET revoked_at = now()")
