@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -19,11 +20,30 @@ async def _keys_create(args: argparse.Namespace) -> int:
 
     conn = await asyncpg.connect(get_settings().database_url)
     try:
-        key = await create_key(conn, args.user, args.tier, args.admin, args.label)
+        key = await create_key(conn, args.user, args.tier, args.admin, args.label, args.expires_in)
     finally:
         await conn.close()
-    print(f"API key for user {args.user} (tier {args.tier}{', admin' if args.admin else ''}); "
+    expiry = f", expires in {args.expires_in}" if args.expires_in else ""
+    print(f"API key for user {args.user} (tier {args.tier}{', admin' if args.admin else ''}{expiry}); "
           "it is shown only once:")
+    print(key)
+    return 0
+
+
+async def _keys_rotate(args: argparse.Namespace) -> int:
+    from services.api.pg_api_key_store import active_key_id, rotate_key
+
+    conn = await asyncpg.connect(get_settings().database_url)
+    try:
+        key_id = await active_key_id(conn, args.key)
+        if key_id <= 0:
+            print("no active key matches" if key_id == 0 else f"{-key_id} active keys share that prefix; give the key",
+                  file=sys.stderr)
+            return 1
+        key = await rotate_key(conn, key_id, args.grace)
+    finally:
+        await conn.close()
+    print(f"new key; the old one keeps working for {args.grace}. It is shown only once:")
     print(key)
     return 0
 
@@ -48,12 +68,13 @@ async def _keys_list(args: argparse.Namespace) -> int:
     conn = await asyncpg.connect(get_settings().database_url)
     try:
         rows = await conn.fetch(
-            "SELECT key_prefix, user_id, tier, is_admin, label, created_at, revoked_at FROM api_keys"
+            "SELECT key_prefix, user_id, tier, is_admin, label, created_at, revoked_at, expires_at FROM api_keys"
             " WHERE ($1::text IS NULL OR user_id = $1) ORDER BY created_at", args.user)
     finally:
         await conn.close()
     for r in rows:
-        state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+        state = (f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else
+                 f"expires {r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"] else "active")
         print(f"{r['key_prefix']}…  {r['user_id']:<20} {r['tier']:<10} {'admin ' if r['is_admin'] else ''}"
               f"{state}  {r['label'] or ''}")
     return 0
@@ -254,6 +275,15 @@ async def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def lifetime(text: str) -> timedelta:
+    from services.api.callers import parse_lifetime
+
+    try:
+        return parse_lifetime(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="costwarden", description="costwarden control plane")
     commands = root.add_subparsers(dest="command", required=True)
@@ -274,7 +304,14 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--tier", required=True, choices=[t for t in DEFAULT_TIERS if t != "anonymous"])
     create.add_argument("--admin", action="store_true", help="may read every user's usage")
     create.add_argument("--label")
+    create.add_argument("--expires-in", type=lifetime, help="e.g. 30d, 12h: the key stops working after that")
     create.set_defaults(handler=_keys_create)
+    rotate = keys.add_parser("rotate", help="a new key with the same user, tier and rights; the old one keeps "
+                             "working for a grace period, then expires")
+    rotate.add_argument("key", help="the key itself, or its displayed prefix")
+    rotate.add_argument("--grace", type=lifetime, default=lifetime("24h"), help="how long the old key still works "
+                        "(default 24h; 0s ends it now)")
+    rotate.set_defaults(handler=_keys_rotate)
     revoke = keys.add_parser("revoke", help="revoke a key (the key itself, or its displayed prefix)")
     revoke.add_argument("key")
     revoke.set_defaults(handler=_keys_revoke)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -22,6 +22,16 @@ def utc_now() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+# Bounds that keep one event from poisoning a batch: the ledger stores token counts and latency as
+# 32-bit integers (a call's prompt and completion tokens together included), and every tag becomes a
+# rollup row. An event past them is dead-lettered with the reason instead of failing its whole batch.
+MAX_TOKENS_PER_CALL = 1_000_000_000
+MAX_LATENCY_MS = 2_147_483_647
+MAX_TAGS = 32
+TagName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+TagValue = Annotated[str, StringConstraints(max_length=256)]
 
 
 class Event(BaseModel):
@@ -92,14 +102,14 @@ class LlmCompleted(Event):
     tier: str | None = Field(default=None, max_length=64)
     provider: str = Field(min_length=1, max_length=64)
     model: str = Field(min_length=1, max_length=256)
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    cached_prompt_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+    completion_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+    cached_prompt_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
     endpoint: str = Field(max_length=256)
     success: bool
     error: str | None = Field(default=None, max_length=2000)
-    latency_ms: int = Field(ge=0)
-    tags: dict[str, str] = Field(default_factory=dict)
+    latency_ms: int = Field(ge=0, le=MAX_LATENCY_MS)
+    tags: dict[TagName, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
     usage_source: UsageSource = Field(
         default="provider",
         description="provider: the provider's own usage; estimated: counted by the sender because the provider "

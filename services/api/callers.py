@@ -8,6 +8,7 @@ import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 KEY_PREFIX = "cw_"
@@ -39,6 +40,17 @@ def hash_api_key(key: str) -> str:
 
 def display_prefix(key: str) -> str:
     return key[:DISPLAY_PREFIX_LEN]
+
+
+LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_lifetime(text: str) -> timedelta:
+    """A key lifetime or grace period: a whole number and a unit, s, m, h or d (`30d`, `12h`)."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in LIFETIME_UNITS or not number.isdigit():
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 45m or 90s")
+    return timedelta(seconds=int(number) * LIFETIME_UNITS[unit])
 
 
 class InvalidCredentials(Exception):

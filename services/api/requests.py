@@ -55,3 +55,40 @@ class LongFormRequest(AgentRequest):
 
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 
+
+
+def request_body_doc(model: type[BaseModel], example: dict[str, Any], streams: bool = False) -> dict[str, Any]:
+    """The OpenAPI entries of an endpoint that reads its JSON body itself (to bound its size and answer
+    in the gateway's error format): the body's schema, with its definitions inlined, and the answers
+    (JSON, or Server-Sent Events when the call streams; errors in the OpenAI format)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    answer = {"application/json": {"schema": {"type": "object"}}}
+    if streams:
+        answer["text/event-stream"] = {"schema": {"type": "string"}}
+    error = {"description": "an error in the OpenAI format",
+             "content": {"application/json": {"schema": ERROR_BODY_SCHEMA}}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema),
+                                                                            "example": example}}},
+        "responses": {"200": {"description": "the completion", "content": answer},
+                      **{str(status): error for status in (400, 401, 404, 413, 415, 422, 429, 502, 503, 504)}},
+    }
+
+
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+}

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from services.simulator.app import create_app as create_simulator
+from shared.bus_permissions import inbox_prefix
 from shared.events import Alert
 from tests.conftest import set_faults, unique
 from tests.integration.helpers import auth, chat_body, new_key
@@ -105,7 +106,8 @@ def system(fresh_database, redis_url, s3, tmp_path):
 
     try:
         wait_for(all_live, "make run's services", 90)
-        yield {"ports": ports, "providers": providers, "slack": slack, "database_url": fresh_database}
+        yield {"ports": ports, "providers": providers, "slack": slack, "database_url": fresh_database,
+               "admin_seed": tmp_path / ".run" / "nats-identities" / "admin.nk"}
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(90)
@@ -150,7 +152,9 @@ async def send_traffic_of_every_kind(system) -> None:
         for server in system["providers"].values():
             set_faults(server)
         assert (await client.get("/v1/nothing-here", headers=auth(pro))).status_code == 404
-    nc = await nats.connect(f"nats://127.0.0.1:{system['ports']['NATS']}")
+    # make run's NATS has an identity per service: the test publishes as other services would, as admin
+    nc = await nats.connect(f"nats://127.0.0.1:{system['ports']['NATS']}", nkeys_seed=str(system["admin_seed"]),
+                            inbox_prefix=inbox_prefix("admin"))
     try:
         js = nc.jetstream()
         alert = Alert(key=unique("cost:all:hour"), source="cost", severity="warning", title="LLM Cost Alert",

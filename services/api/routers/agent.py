@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from services.api.admission import admit, call_context, complete
 from services.api.api_state import ApiState, api_state
 from services.api.http_edge import caller_of, checked_max_tokens, read_body
-from services.api.requests import AgentQuery, AgentRequest, LongFormRequest
+from services.api.requests import AgentQuery, AgentRequest, LongFormRequest, request_body_doc
 from shared.events import Policy
 
 router = APIRouter()
@@ -36,14 +36,15 @@ async def agent_call(request: Request, state: ApiState, body: AgentRequest, text
     }, headers=headers)
 
 
-@router.post("/api/agent/query")
+@router.post("/api/agent/query", openapi_extra=request_body_doc(AgentQuery, {"query": "What is our spend today?"}))
 async def agent_query(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
     body = await read_body(request, AgentQuery, state.settings.max_body_bytes)
     return await agent_call(request, state, body, body.query, "/api/agent/query", "standard",
                             state.settings.default_max_tokens)
 
 
-@router.post("/api/agent/generate-long-form")
+@router.post("/api/agent/generate-long-form", openapi_extra=request_body_doc(
+    LongFormRequest, {"prompt": "Write a short report on LLM spend.", "max_tokens": 64}))
 async def agent_long_form(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
     body = await read_body(request, LongFormRequest, state.settings.max_body_bytes)
     return await agent_call(request, state, body, body.prompt, "/api/agent/generate-long-form", "strict",

@@ -12,7 +12,7 @@ from services.api.admission import admit, call_context, complete
 from services.api.api_state import ApiState, api_state
 from services.api.http_edge import caller_of, checked_max_tokens, provider_failure, read_body
 from services.api.providers import ProvidersFailed
-from services.api.requests import ChatCompletionRequest
+from services.api.requests import ChatCompletionRequest, request_body_doc
 
 router = APIRouter()
 MODELS_CREATED = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
@@ -30,7 +30,9 @@ class RelayResponse(StreamingResponse):
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body_doc(ChatCompletionRequest, {
+    "model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
+    "max_tokens": 16}, streams=True))
 async def chat_completions(request: Request, state: ApiState = Depends(api_state)) -> Response:
     caller = await caller_of(request, state.keys)
     chat = await read_body(request, ChatCompletionRequest, state.settings.max_body_bytes)
