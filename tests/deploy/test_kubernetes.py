@@ -85,6 +85,10 @@ def test_every_service_runs_unprivileged_with_probes_resources_and_metrics():
             assert container["livenessProbe"]["httpGet"]["path"] == "/health/live", name
             assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(container["ports"][0]["containerPort"])
             assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), name  # the only writable path
+            service = name.removeprefix("costwarden-")
+            seed = next(v for v in pod["spec"]["volumes"] if v["name"] == "nats-identity")
+            assert seed["secret"]["secretName"] == f"costwarden-nats-{service}", name  # its own bus identity
+            assert {"name": "NATS_NKEY_SEED_FILE", "value": "/etc/costwarden/nats/seed"} in container["env"], name
 
 
 def test_the_gateway_and_health_have_services_that_reach_their_pods():
