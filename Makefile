@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/costwarden run
+	$(BIN)/costwarden run $(if $(REPLICAS),--replicas $(REPLICAS))
 
 test: $(BIN)/.installed
 	$(BIN)/pytest

@@ -296,7 +296,9 @@ def parser() -> argparse.ArgumentParser:
     nats_config.set_defaults(handler=_nats_config)
     commands.add_parser("redis-acl", help="print a Redis ACL file with least-privilege users for the limiter and "
                         "the health check (their REDIS_URLs go to stderr)").set_defaults(handler=_redis_acl)
-    commands.add_parser("run", help="run every service locally (make run)")
+    run_all = commands.add_parser("run", help="run every service locally (make run)")
+    run_all.add_argument("--replicas", help="processes per service, e.g. limiter=3,cost=2,notifier=2 "
+                         "(default one each; the api scales with API_WORKERS)")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; it is printed once, as the last line")
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from services.devrun import run
 
-        return run()
+        return run(args.replicas)
     return asyncio.run(args.handler(args))
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,9 +28,32 @@ from shared.subjects import ensure_streams
 
 log = logging.getLogger("costwarden.run")
 
+SCALABLE = ("limiter", "cost", "notifier", "health", "backup")
+MAX_REPLICAS = 16
 RUN_DIR = Path(".run")
 IDENTITIES_DIR = RUN_DIR / "nats-identities"
 STOP_TIMEOUT_S = 30
+
+
+def parse_replicas(text: str | None) -> dict[str, int]:
+    """`limiter=3,cost=2` -> how many processes of each service to run (one of any not named)."""
+    counts = dict.fromkeys(SCALABLE, 1)
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, count = item.partition("=")
+        if name == "api":
+            raise ValueError("the api takes API_WORKERS=N (worker processes behind one port), not --replicas")
+        if name not in SCALABLE:
+            raise ValueError(f"--replicas: unknown service {name!r}; choose among {', '.join(SCALABLE)}")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_REPLICAS:
+            raise ValueError(f"--replicas: {item!r} needs a count from 1 to {MAX_REPLICAS}, as in {name}=3")
+        counts[name] = int(count)
+    return counts
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def nats_reachable(url: str) -> bool:
@@ -94,7 +118,7 @@ def summary(settings: Settings, services: dict[str, int], simulator_url: str | N
             "cost": "/metrics, /docs/asyncapi.json", "notifier": "/metrics", "backup": "/metrics"}
     lines = ["costwarden is up:"]
     ordered = sorted(services.items(), key=lambda item: item[0] != "api")  # the gateway first
-    lines += [f"  {name:<10} {f'http://{host}:{port}':<27} {uses[name]}" for name, port in ordered]
+    lines += [f"  {name:<10} {f'http://{host}:{port}':<27} {uses[name.partition('-')[0]]}" for name, port in ordered]
     if simulator_url:
         lines.append(f"  {'simulator':<10} {simulator_url:<27} plays Together.ai (set TOGETHER_API_KEY to use it)")
     cli = str(Path(sys.prefix) / "bin" / "costwarden")
@@ -147,18 +171,25 @@ async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], pro
 
 
 async def start_services(settings: Settings, env: dict[str, str], processes: Processes,
-                         identities: Path | None) -> dict[str, int]:
-    services = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
-                "health": settings.health_port, "api": settings.api_port}
+                         identities: Path | None, replicas: dict[str, int]) -> dict[str, int]:
+    """Every service, each as many times as `replicas` says: the first on its configured port, the
+    others on free ones (each replica serves its own probes and metrics). Returns process name -> port."""
+    ports = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
+             "health": settings.health_port, "api": settings.api_port}
     if settings.s3_backup_bucket:
-        services["backup"] = settings.backup_port
+        ports["backup"] = settings.backup_port
     else:
         log.info("no S3_BACKUP_BUCKET set: the backup worker is not started")
-    for name in services:
+    services: dict[str, int] = {}
+    for name, port in ports.items():
         own = {"NATS_NKEY_SEED_FILE": str(seed_file(identities, name).resolve())} if identities else {}
-        processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"], {**env, **own})
-    for name, port in services.items():
-        await wait_until(lambda port=port: http_up(port), name, seconds=30)
+        for replica in range(1, replicas.get(name, 1) + 1):
+            process = name if replica == 1 else f"{name}-{replica}"
+            services[process] = port if replica == 1 else free_port()
+            processes[process] = await start(process, [sys.executable, "-m", f"services.{name}"],
+                                             {**env, **own, f"{name.upper()}_PORT": str(services[process])})
+    for process, port in services.items():
+        await wait_until(lambda port=port: http_up(port), process, seconds=30)
     return services
 
 
@@ -186,7 +217,7 @@ async def stop_all(processes: Processes) -> None:
             process.kill()
 
 
-async def main() -> int:
+async def main(replicas: dict[str, int]) -> int:
     settings = Settings()
     configure_logging("run", settings.log_level, settings.log_format)
     env = dict(os.environ)
@@ -200,7 +231,7 @@ async def main() -> int:
     await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     await nc.close()
     simulator_url = await start_simulator_if_no_key(settings, env, processes)
-    services = await start_services(settings, env, processes, identities)
+    services = await start_services(settings, env, processes, identities, replicas)
     log.info("%s", summary(settings, services, simulator_url, identities))
     failed = await until_stopped_or_failed(processes)
     if failed:
@@ -210,6 +241,10 @@ async def main() -> int:
     return 1 if failed else 0
 
 
-def run() -> int:
+def run(replicas: str | None = None) -> int:
+    try:
+        counts = parse_replicas(replicas)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     RUN_DIR.mkdir(exist_ok=True)
-    return asyncio.run(main())
+    return asyncio.run(main(counts))

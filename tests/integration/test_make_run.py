@@ -106,3 +106,37 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_pat
     assert not [line for line in output.splitlines() if FASTSTREAM_PLAIN_LINE.match(line)]
     for port in ports.values():
         assert not port_open(port), f"port {port} still open after Ctrl-C"
+
+
+def test_run_with_replicas_starts_each_replica_on_its_own_port_sharing_the_work(database_url, tmp_path):
+    redis_srv, redis_url = redis_server()
+    env, ports = run_env(database_url, redis_url)
+    env["TRUSTED_PROXIES"] = "127.0.0.1/32"  # each request its own anonymous caller (X-Forwarded-For)
+    log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)
+    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "--replicas", "limiter=2,cost=2"], env=env,
+                           cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "costwarden is up" in open(log.name).read(), "make run", 90)
+        summary = open(log.name).read()
+        replicas = {name: int(port) for name, port in re.findall(r"(limiter-2|cost-2)\s+http://[\d.]+:(\d+)", summary)}
+        assert set(replicas) == {"limiter-2", "cost-2"}
+        limiters = [ports["LIMITER_PORT"], replicas["limiter-2"]]
+        for port in [*limiters, ports["COST_PORT"], replicas["cost-2"]]:
+            assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
+        for i in range(40):  # the limiter replicas share llm.request through their queue group
+            answer = httpx.post(f"http://127.0.0.1:{ports['API_PORT']}/api/agent/query", json={"query": "hi"},
+                                headers={"X-Forwarded-For": f"192.0.2.{10 + i}"}, timeout=10)
+            assert answer.status_code == 200, answer.text
+
+        def answered(port: int) -> float:
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("costwarden_requests_handled_seconds_count") and "llm.request" in line)
+
+        shares = [answered(port) for port in limiters]
+        assert sum(shares) == 40 and min(shares) > 0, shares
+    finally:
+        run.send_signal(signal.SIGINT)
+        code = run.wait(90)
+        redis_srv.stop()
+    assert code == 0, open(log.name).read()[-3000:]

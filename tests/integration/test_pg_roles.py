@@ -66,34 +66,27 @@ async def test_api_reads_keys_and_writes_nothing(login_as, fresh_database):
     key = await create_key(owner, "ann", "pro")
     await owner.close()
     url = await login_as("api")
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
-    try:
+    async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
         assert (await PgApiKeyStore(pool, cache_s=0).caller_for(key)).user_id == "ann"
-    finally:
-        await pool.close()
     await refused(url, "UPDATE api_keys SET tier = 'enterprise'")
 
 
 async def test_limiter_records_violations_only(login_as):
     url = await login_as("limiter")
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
-    try:
+    async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
         await PgViolationLog(pool).store([LimitViolation(request_id=unique("r"), user_id="ann", tier="free",
                                                          endpoint="/v1/chat/completions", policy="standard",
                                                          limited_by="requests", limit=10, window_s=3600)])
-    finally:
-        await pool.close()
     await refused(url, "DELETE FROM api_keys")
 
 
 async def test_cost_keeps_the_ledger_and_its_partitions_without_owning_anything(login_as):
     url = await login_as("cost")
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     far = datetime(2031, 5, 1, tzinfo=UTC)  # a month with no partition yet: created through the definer function
 
     async def ignore(alert: Alert) -> None: ...
 
-    try:
+    async with asyncpg.create_pool(url, min_size=1, max_size=2) as pool:
         ledger = PgUsageLedger(pool)
         event = LlmCompleted(request_id=unique("c"), user_id="ann", provider="together_ai", model="gpt-4o-mini",
                              endpoint="/v1/chat/completions", prompt_tokens=10, completion_tokens=5, success=True,
@@ -101,24 +94,19 @@ async def test_cost_keeps_the_ledger_and_its_partitions_without_owning_anything(
         await CostRecorder(ledger, PriceCatalog.with_overrides({}), Thresholds(), ignore, clock=lambda: far).record([event])
         assert await pool.fetchval("SELECT count(*) FROM llm_usage WHERE request_id = $1", event.request_id) == 1
         assert await ledger.cleanup(retention_days=36500) == []
-    finally:
-        await pool.close()
     await refused(url, "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier) VALUES ('h', 'p', 'u', 'pro')")
 
 
 async def test_notifier_keeps_its_deliveries_only(login_as):
     url = await login_as("notifier")
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
     alert = Alert(key=unique("cost:all:hour"), source="cost", severity="warning", title="t", text="x",
                   threshold=Decimal(1), actual=Decimal(2))
-    try:
+    async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
         log = PgDeliveryLog(pool, lease=timedelta(seconds=30), repeat_interval=timedelta(hours=4))
         assert await log.claim(alert.key, "slack") == "claimed"
         await log.record([alert], "slack", 1, "sent", None)
         await log.finish([alert], "slack", "sent")
         assert await log.channels_that_got(alert.key) == ["slack"]
-    finally:
-        await pool.close()
     await refused(url, "INSERT INTO llm_usage_ids (request_id, created_at) VALUES ('x', now())")
 
 
@@ -133,13 +121,10 @@ async def test_backup_reads_everything_it_dumps_and_writes_its_log_only(login_as
     dump = subprocess.run(["pg_dump", "--format=custom", "--dbname", url], capture_output=True,
                           env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
     assert dump.returncode == 0 and dump.stdout.startswith(b"PGDMP"), dump.stderr.decode()
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
-    try:
+    async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
         log = PgBackupLog(pool)
         log_id = await log.start("manual", None, unique("req"))
         assert log_id is not None
         await log.succeed(log_id, "database-backups/x.dump.gz", 10, "ab")
         assert await log.last_success() is not None
-    finally:
-        await pool.close()
     await refused(url, "UPDATE api_keys SET revoked_at = now()")

@@ -1,0 +1,134 @@
+"""The whole system on private servers, as the soak runs it: a three-node NATS cluster, Redis, a private
+PostgreSQL cluster it can stop, two simulators playing Together.ai and OpenAI, a Slack/webhook sink, an
+SMTP server, an S3 server, and every service with replicas, each process its own, to kill and restart."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.simulator.app import create_app as create_simulator
+from shared.migrate import apply_migrations
+from tests.servers import (
+    PostgresServer,
+    ProcessServer,
+    ServiceProcess,
+    ThreadedHttpServer,
+    free_port,
+    nats_cluster,
+    redis_server,
+    s3_server,
+)
+from tests.sinks import HttpSink, SmtpSink
+
+REPLICAS = {"limiter": 3, "cost": 2, "notifier": 2, "health": 2, "backup": 2, "api": 1}
+# Low thresholds, so that the soak's spend raises alerts while the faults land.
+THRESHOLDS = {"hourly": {"warning": "0.001", "critical": "0.002"}, "daily": {"warning": "0.003"},
+              "monthly": {}, "user_daily": {"warning": "0.0005"}}
+
+
+@dataclass
+class Replica:
+    service: str
+    index: int
+    env: dict[str, str]
+    process: ServiceProcess | None = None
+    started_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.index}"
+
+    def start(self) -> None:
+        port = free_port()
+        self.process = ServiceProcess(self.service, {**self.env, f"{self.service.upper()}_PORT": str(port)},
+                                      port).start(timeout_s=60)
+        self.started_at = time.monotonic()
+
+    def rss_kib(self) -> int:
+        assert self.process is not None and self.process.process is not None
+        status = Path(f"/proc/{self.process.process.pid}/status").read_text()
+        found = re.search(r"VmRSS:\s+(\d+) kB", status)
+        return int(found[1]) if found else 0
+
+
+@dataclass
+class System:
+    nats: list[ProcessServer]
+    nats_urls: list[str]
+    redis: ProcessServer
+    postgres: PostgresServer
+    database_url: str
+    providers: dict[str, ThreadedHttpServer]
+    http_sink: HttpSink
+    smtp: SmtpSink
+    s3: object
+    replicas: list[Replica] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        api = next(r for r in self.replicas if r.service == "api")
+        assert api.process is not None
+        return api.process.url
+
+    def of(self, service: str) -> list[Replica]:
+        return [r for r in self.replicas if r.service == service]
+
+    def set_provider_faults(self, **faults: object) -> None:
+        for server in self.providers.values():
+            httpx.post(f"{server.url}/_sim/faults", json=faults, timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        for replica in reversed(self.replicas):
+            if replica.process is not None:
+                replica.process.stop()
+        for server in self.providers.values():
+            server.stop()
+        self.http_sink.stop()
+        self.smtp.stop()
+        self.s3.stop()  # type: ignore[attr-defined]
+        self.redis.stop()
+        self.postgres.stop()
+        for node in self.nats:
+            node.stop()
+
+
+async def start_system(log) -> System:
+    nodes, urls = nats_cluster(3)
+    redis, redis_url = redis_server() or (None, None)
+    assert redis is not None, "redis-server is needed"
+    postgres = PostgresServer()
+    postgres.start()
+    database_url = postgres.url.rsplit("/", 1)[0] + "/soak"
+    await apply_migrations(database_url)
+    providers = {name: ThreadedHttpServer(create_simulator(name)).start() for name in ("together_ai", "openai")}
+    http_sink, smtp = HttpSink(), SmtpSink(password="soak-smtp")
+    s3, s3_env = s3_server("soak-backups")
+    config = Path(tempfile.mkdtemp(prefix="soak-")) / "costwarden.yaml"
+    config.write_text(json.dumps({"thresholds": THRESHOLDS}))
+    env = {
+        **s3_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3", "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url, "COSTWARDEN_CONFIG": str(config), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+        "TOGETHER_BASE_URL": f"{providers['together_ai'].url}/v1", "TOGETHER_API_KEY": "soak-together",
+        "OPENAI_BASE_URL": f"{providers['openai'].url}/v1", "OPENAI_API_KEY": "soak-openai",
+        "SLACK_WEBHOOK_URL": f"{http_sink.url}/slack/T0/B0/soak", "ALERT_WEBHOOK_URL": f"{http_sink.url}/hook/soak",
+        "ALERT_WEBHOOK_SECRET": "soak-signing", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
+        "SMTP_USERNAME": "alerts", "SMTP_PASSWORD": "soak-smtp", "ALERT_EMAIL": "oncall@example.com",
+        "NOTIFY_BACKOFF_INITIAL_S": "0.5", "NOTIFY_BACKOFF_MAX_S": "4", "TRUSTED_PROXIES": "127.0.0.1/32",
+        "API_KEY_CACHE_S": "5", "HEALTH_INTERVAL_S": "2", "BACKUP_SCHEDULE": "0 3 * * *",
+        "S3_BACKUP_PREFIX": "soak",
+    }
+    system = System(nodes, urls, redis, postgres, database_url, providers, http_sink, smtp, s3)
+    for service, count in REPLICAS.items():
+        for index in range(1, count + 1):
+            replica = Replica(service, index, env)
+            replica.start()
+            system.replicas.append(replica)
+            log(f"started {replica.name} on port {replica.process.port if replica.process else '?'}")
+    return system
