@@ -53,6 +53,10 @@ def parse_lifetime(text: str) -> timedelta:
     return timedelta(seconds=int(number) * LIFETIME_UNITS[unit])
 
 
+class KeyStoreUnavailable(Exception):
+    """The key store did not answer, and the key was never seen: the caller should retry shortly."""
+
+
 class InvalidCredentials(Exception):
     pass
 

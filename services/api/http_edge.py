@@ -15,7 +15,14 @@ from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api.callers import ANONYMOUS, ApiKeyStore, Caller, InvalidCredentials, bearer_token
+from services.api.callers import (
+    ANONYMOUS,
+    ApiKeyStore,
+    Caller,
+    InvalidCredentials,
+    KeyStoreUnavailable,
+    bearer_token,
+)
 from services.api.gateway import CallContext
 from services.api.providers import ProvidersFailed
 from services.api.ratelimit_headers import too_many_requests
@@ -158,6 +165,9 @@ async def caller_of(request: Request, keys: ApiKeyStore) -> Caller:
         return await keys.caller_for(token)
     except InvalidCredentials as exc:
         raise ApiError(401, str(exc), code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}) from None
+    except KeyStoreUnavailable:
+        raise ApiError(503, "API keys cannot be checked right now; retry shortly", code="key_store_unavailable",
+                       headers={"Retry-After": "5"}) from None
 
 
 def provider_failure(exc: ProvidersFailed, ctx: CallContext) -> ApiError:
