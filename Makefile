@@ -4,7 +4,9 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint migrate clean
+.PHONY: run test bench soak lint migrate clean
+
+SOAK_MINUTES ?= 5
 
 $(BIN)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -22,6 +24,9 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	@command -v wrk >/dev/null || { echo "installing wrk (the load generator)"; apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m bench
+
+soak: $(BIN)/.installed
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m soak
 
 migrate: $(BIN)/.installed
 	$(BIN)/costwarden migrate

@@ -9,12 +9,14 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 
 from services.simulator.app import create_app as create_simulator
 from shared.migrate import apply_migrations
+from shared.policy import TierLimits
 from tests.servers import (
     PostgresServer,
     ProcessServer,
@@ -22,11 +24,20 @@ from tests.servers import (
     ThreadedHttpServer,
     free_port,
     nats_cluster,
-    redis_server,
     s3_server,
 )
 from tests.sinks import HttpSink, SmtpSink
 
+# Tiers sized for the run: free callers hit their request limit and pro callers their daily budget early
+# (denials under load), enterprise callers keep the providers busy to the end.
+SOAK_TIERS = {
+    "anonymous": TierLimits(requests=3, strict_requests=1, tokens_per_minute=4_000, daily_budget_usd=Decimal("0.10")),
+    "free": TierLimits(requests=30, strict_requests=2, tokens_per_minute=20_000, daily_budget_usd=Decimal("1.00")),
+    "pro": TierLimits(requests=100_000, strict_requests=20, tokens_per_minute=200_000,
+                      daily_budget_usd=Decimal("0.005")),
+    "enterprise": TierLimits(requests=100_000, strict_requests=200, tokens_per_minute=2_000_000,
+                             daily_budget_usd=Decimal("250.00")),
+}
 REPLICAS = {"limiter": 3, "cost": 2, "notifier": 2, "health": 2, "backup": 2, "api": 1}
 # Low thresholds, so that the soak's spend raises alerts while the faults land.
 THRESHOLDS = {"hourly": {"warning": "0.001", "critical": "0.002"}, "daily": {"warning": "0.003"},
@@ -51,11 +62,20 @@ class Replica:
                                       port).start(timeout_s=60)
         self.started_at = time.monotonic()
 
-    def rss_kib(self) -> int:
+    def alive(self) -> bool:
+        return self.process is not None and self.process.process is not None and self.process.process.poll() is None
+
+    def rss_kib(self) -> int | None:
+        """Resident memory, or None while the process is not running (killed by a fault, say)."""
+        if not self.alive():
+            return None
         assert self.process is not None and self.process.process is not None
-        status = Path(f"/proc/{self.process.process.pid}/status").read_text()
+        try:
+            status = Path(f"/proc/{self.process.process.pid}/status").read_text()
+        except FileNotFoundError:
+            return None
         found = re.search(r"VmRSS:\s+(\d+) kB", status)
-        return int(found[1]) if found else 0
+        return int(found[1]) if found else None
 
 
 @dataclass
@@ -101,8 +121,12 @@ class System:
 
 async def start_system(log) -> System:
     nodes, urls = nats_cluster(3)
-    redis, redis_url = redis_server() or (None, None)
-    assert redis is not None, "redis-server is needed"
+    redis_port = free_port()
+    # with its append-only file: limit counters survive the restart the soak inflicts, as they must in production
+    redis = ProcessServer("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "yes", "--dir", tempfile.mkdtemp(prefix="soak-redis-")], redis_port)
+    redis.start()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
     postgres = PostgresServer()
     postgres.start()
     database_url = postgres.url.rsplit("/", 1)[0] + "/soak"
@@ -111,7 +135,8 @@ async def start_system(log) -> System:
     http_sink, smtp = HttpSink(), SmtpSink(password="soak-smtp")
     s3, s3_env = s3_server("soak-backups")
     config = Path(tempfile.mkdtemp(prefix="soak-")) / "costwarden.yaml"
-    config.write_text(json.dumps({"thresholds": THRESHOLDS}))
+    config.write_text(json.dumps({"thresholds": THRESHOLDS,
+                                  "tiers": {name: tier.model_dump(mode="json") for name, tier in SOAK_TIERS.items()}}))
     env = {
         **s3_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3", "REDIS_URL": redis_url,
         "DATABASE_URL": database_url, "COSTWARDEN_CONFIG": str(config), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
