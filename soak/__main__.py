@@ -34,6 +34,7 @@ from soak.traffic import Caller, Traffic
 
 WARM_UP_S = 20.0
 CALLERS = {"free": 2, "pro": 4, "enterprise": 3}
+ANONYMOUS = ("192.0.2.10", "192.0.2.11")
 
 
 def log(line: str) -> None:
@@ -43,8 +44,9 @@ def log(line: str) -> None:
 async def make_callers(database_url: str) -> list[Caller]:
     conn = await asyncpg.connect(database_url)
     try:
-        return [Caller(await create_key(conn, f"soak-{tier}-{i}", tier), f"soak-{tier}-{i}", tier)
-                for tier, n in CALLERS.items() for i in range(n)]
+        keyed = [Caller(await create_key(conn, f"soak-{tier}-{i}", tier), f"soak-{tier}-{i}", tier)
+                 for tier, n in CALLERS.items() for i in range(n)]
+        return keyed + [Caller(None, f"anonymous-{ip}", "anonymous", ip) for ip in ANONYMOUS]
     finally:
         await conn.close()
 

@@ -47,9 +47,10 @@ def provider_trouble(system: System) -> Callable[[], Awaitable[None]]:
     return act
 
 
-def slack_trouble(system: System) -> Callable[[], Awaitable[None]]:
+def channel_trouble(system: System) -> Callable[[], Awaitable[None]]:
     async def act() -> None:
         system.http_sink.fail_next("/slack", *([(429, 2)] * 3), *([(500, None)] * 3))
+        system.smtp.faults.extend(["451 4.3.0 mailbox busy, try later"] * 3)
     return act
 
 
@@ -58,7 +59,7 @@ def schedule(system: System, duration_s: float, seed: int, short: bool) -> list[
     faults = [(f"SIGKILL {service} replica, then start it again", kill_and_restart(system, service, seed))
               for service in ("limiter", "cost", "notifier", "health", "backup")]
     faults += [("provider 5xx burst, then timeouts", provider_trouble(system)),
-               ("Slack answers 429 with Retry-After, then 500", slack_trouble(system))]
+               ("Slack answers 429 with Retry-After, then 500; the SMTP server 451", channel_trouble(system))]
     if short:
         faults = [faults[0], faults[1], faults[5], faults[6]]
     else:

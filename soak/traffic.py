@@ -24,9 +24,16 @@ MODELS = ("meta-llama/Llama-3-8b-chat-hf", "meta-llama/Llama-3-70b-chat-hf", "gp
 
 @dataclass
 class Caller:
-    key: str
+    key: str | None  # None: an anonymous caller, known by its address (X-Forwarded-For through a trusted proxy)
     user_id: str
     tier: str
+    ip: str | None = None
+
+    @property
+    def headers(self) -> dict:
+        if self.key is None:
+            return {"Authorization": openai.Omit(), "X-Forwarded-For": self.ip}
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 @dataclass
@@ -87,7 +94,7 @@ class Traffic:
         try:
             raw = await client.chat.completions.with_raw_response.create(
                 model=model, messages=[{"role": "user", "content": f"soak {unique()}"}], max_tokens=24,
-                extra_headers={"Authorization": f"Bearer {caller.key}"})
+                extra_headers=caller.headers)
         except openai.APIStatusError as exc:
             return {"status": exc.status_code, "request_id": exc.response.headers.get("x-request-id")}
         raw.parse()
@@ -97,7 +104,7 @@ class Traffic:
         try:
             async with client.chat.completions.with_streaming_response.create(
                     model=model, messages=[{"role": "user", "content": f"soak stream {unique()}"}], max_tokens=40,
-                    stream=True, extra_headers={"Authorization": f"Bearer {caller.key}"}) as response:
+                    stream=True, extra_headers=caller.headers) as response:
                 request_id = response.headers.get("x-request-id")
                 chunks = 0
                 async for _ in response.iter_lines():
@@ -157,7 +164,7 @@ class Traffic:
                 if await self.publish_until_acked(js, subject, body, unique("bad")):
                     self.record.malformed_events[subject] += 1
                 path, payload = self.random.choice(bad_http)
-                caller = self.random.choice(self.callers)
+                caller = self.random.choice([c for c in self.callers if c.key])
                 try:
                     answer = await http.post(path, content=payload, headers={
                         "Authorization": f"Bearer {caller.key}", "content-type": "application/json"})
