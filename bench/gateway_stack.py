@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.api.pg_api_key_store import create_key
+from services.api.pg_key_admin import create_key
 from tests.servers import ServiceProcess, free_port, port_open
 from tests.support.polling import wait_for
 
@@ -62,7 +62,7 @@ async def gateway_stack(env: dict[str, str], database_url: str) -> AsyncIterator
     api = ServiceProcess("api", {**env, "API_PORT": str(api_port)}, api_port).start()
     try:
         conn = await asyncpg.connect(database_url)
-        key = await create_key(conn, "bench-user", "enterprise")
+        _, key = await create_key(conn, "bench-user", "enterprise", actor="bench")
         await conn.close()
         yield GatewayStack(upstream, nats_echo, bare, limiter, api, key)
     finally:

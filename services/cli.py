@@ -15,12 +15,20 @@ from shared.policy import DEFAULT_TIERS
 from shared.settings import get_settings
 
 
+def cli_actor() -> str:
+    """Who made a key change from the command line, for the audit rows."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
 async def _keys_create(args: argparse.Namespace) -> int:
-    from services.api.pg_api_key_store import create_key
+    from services.api.pg_key_admin import create_key
 
     conn = await asyncpg.connect(get_settings().database_url)
     try:
-        key = await create_key(conn, args.user, args.tier, args.admin, args.label, args.expires_in)
+        _, key = await create_key(conn, args.user, args.tier, actor=cli_actor(), is_admin=args.admin,
+                                  label=args.label, expires_in=args.expires_in)
     finally:
         await conn.close()
     expiry = f", expires in {args.expires_in}" if args.expires_in else ""
@@ -30,17 +38,26 @@ async def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+async def one_active_key(conn: asyncpg.Connection, key_or_prefix: str) -> int | None:
+    from services.api.pg_key_admin import active_key_id
+
+    key_id = await active_key_id(conn, key_or_prefix)
+    if key_id > 0:
+        return key_id
+    print("no active key matches" if key_id == 0 else f"{-key_id} active keys share that prefix; give the key",
+          file=sys.stderr)
+    return None
+
+
 async def _keys_rotate(args: argparse.Namespace) -> int:
-    from services.api.pg_api_key_store import active_key_id, rotate_key
+    from services.api.pg_key_admin import rotate_key
 
     conn = await asyncpg.connect(get_settings().database_url)
     try:
-        key_id = await active_key_id(conn, args.key)
-        if key_id <= 0:
-            print("no active key matches" if key_id == 0 else f"{-key_id} active keys share that prefix; give the key",
-                  file=sys.stderr)
+        key_id = await one_active_key(conn, args.key)
+        if key_id is None:
             return 1
-        key = await rotate_key(conn, key_id, args.grace)
+        key = await rotate_key(conn, key_id, args.grace, cli_actor())
     finally:
         await conn.close()
     print(f"new key; the old one keeps working for {args.grace}. It is shown only once:")
@@ -49,34 +66,33 @@ async def _keys_rotate(args: argparse.Namespace) -> int:
 
 
 async def _keys_revoke(args: argparse.Namespace) -> int:
-    from services.api.pg_api_key_store import revoke_key
+    from services.api.pg_key_admin import revoke_key
 
     conn = await asyncpg.connect(get_settings().database_url)
     try:
-        revoked = await revoke_key(conn, args.key)
+        key_id = await one_active_key(conn, args.key)
+        if key_id is None:
+            return 1
+        await revoke_key(conn, key_id, cli_actor())
     finally:
         await conn.close()
-    if revoked == 1:
-        print("revoked")
-        return 0
-    print("no active key matches" if revoked == 0 else f"{-revoked} active keys share that prefix; give the key",
-          file=sys.stderr)
-    return 1
+    print("revoked")
+    return 0
 
 
 async def _keys_list(args: argparse.Namespace) -> int:
+    from services.api.pg_key_admin import list_keys
+
     conn = await asyncpg.connect(get_settings().database_url)
     try:
-        rows = await conn.fetch(
-            "SELECT key_prefix, user_id, tier, is_admin, label, created_at, revoked_at, expires_at FROM api_keys"
-            " WHERE ($1::text IS NULL OR user_id = $1) ORDER BY created_at", args.user)
+        keys = await list_keys(conn, user_id=args.user)
     finally:
         await conn.close()
-    for r in rows:
-        state = (f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else
-                 f"expires {r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"] else "active")
-        print(f"{r['key_prefix']}…  {r['user_id']:<20} {r['tier']:<10} {'admin ' if r['is_admin'] else ''}"
-              f"{state}  {r['label'] or ''}")
+    for k in keys:
+        state = (f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else
+                 f"expires {k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "active")
+        print(f"{k.id:>6} {k.prefix}…  {k.user_id:<20} {k.tier:<10} {'admin ' if k.admin else ''}{state}  "
+              f"{k.alias or ''}")
     return 0
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 import asyncpg
 import nats
 
-from services.api.pg_api_key_store import create_key
+from services.api.pg_key_admin import create_key
 from soak.faults import inject, schedule
 from soak.reconcile import (
     Check,
@@ -44,7 +44,7 @@ def log(line: str) -> None:
 async def make_callers(database_url: str) -> list[Caller]:
     conn = await asyncpg.connect(database_url)
     try:
-        keyed = [Caller(await create_key(conn, f"soak-{tier}-{i}", tier), f"soak-{tier}-{i}", tier)
+        keyed = [Caller((await create_key(conn, f"soak-{tier}-{i}", tier, actor="soak"))[1], f"soak-{tier}-{i}", tier)
                  for tier, n in CALLERS.items() for i in range(n)]
         return keyed + [Caller(None, f"anonymous-{ip}", "anonymous", ip) for ip in ANONYMOUS]
     finally:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from services.api.breaker import CircuitBreaker
-from services.api.callers import ApiKeyStore
+from services.api.callers import ApiKeyStore, KeyAdmin
 from services.api.gateway import Gateway
 from services.api.nats_cost_queries import CostQueries
 from shared.settings import FileConfig, Settings
@@ -23,6 +23,7 @@ class ApiState:
     trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
     gateway: Gateway
     keys: ApiKeyStore
+    key_admin: KeyAdmin
     cost_queries: CostQueries
     breakers: Mapping[str, CircuitBreaker]
     readiness: Sequence[tuple[str, Callable[[], Awaitable[object]]]]

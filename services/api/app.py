@@ -28,8 +28,9 @@ from services.api.jetstream_completion_publisher import JetStreamCompletionPubli
 from services.api.nats_cost_queries import NatsCostQueries
 from services.api.nats_limiter_client import NatsLimiterClient
 from services.api.pg_api_key_store import PgApiKeyStore
+from services.api.pg_key_admin import PgKeyAdmin
 from services.api.providers import ProviderClient, ProviderRouter
-from services.api.routers import agent, chat, costs, ops
+from services.api.routers import admin, agent, chat, costs, ops
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from shared.bus import nats_options
 from shared.bus_permissions import streams_of
@@ -90,7 +91,7 @@ async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
 
     try:
         yield ApiState(settings=settings, config=config, trusted_proxies=parse_networks(settings.trusted_proxies),
-                       gateway=gateway, keys=PgApiKeyStore(pool, settings.api_key_cache_s),
+                       gateway=gateway, keys=PgApiKeyStore(pool, settings.api_key_cache_s), key_admin=PgKeyAdmin(pool),
                        cost_queries=NatsCostQueries(nc, settings.cost_query_timeout_s), breakers=breakers,
                        readiness=[("nats", nats_connected), ("postgres", postgres)])
     finally:
@@ -118,6 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(RequestMetrics)
-    for router in (chat.router, agent.router, costs.router, ops.router):
+    for router in (chat.router, agent.router, costs.router, admin.router, ops.router):
         app.include_router(router)
     return app

@@ -7,9 +7,9 @@ import hashlib
 import ipaddress
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 KEY_PREFIX = "cw_"
 DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 8
@@ -68,6 +68,39 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidCredentials("Authorization header must be 'Bearer <api key>'")
     return token.strip()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A key as an administrator sees it: never the key itself, only its displayed prefix."""
+
+    id: int
+    prefix: str
+    user_id: str
+    tier: str
+    admin: bool
+    alias: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: value.isoformat() if isinstance(value, datetime) else value
+                for name, value in asdict(self).items()}
+
+
+class KeyAdmin(Protocol):
+    """Creating, listing, reading and revoking keys; every change audited under `actor`."""
+
+    async def create(self, user_id: str, tier: str, actor: str, is_admin: bool, alias: str | None,
+                     expires_in: timedelta | None) -> tuple[KeyRecord, str]: ...
+
+    async def list(self, user_id: str | None, tier: str | None, revoked: bool | None) -> list[KeyRecord]: ...
+
+    async def get(self, key_id: int) -> KeyRecord | None: ...
+
+    async def revoke(self, key_id: int, actor: str) -> KeyRecord | None: ...
 
 
 class ApiKeyStore(Protocol):

@@ -57,7 +57,20 @@ class LongFormRequest(AgentRequest):
 
 
 
-def request_body_doc(model: type[BaseModel], example: dict[str, Any], streams: bool = False) -> dict[str, Any]:
+class AdminKeyCreate(BaseModel):
+    """Body of POST /admin/keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=256)
+    tier: str = Field(min_length=1, max_length=64)
+    alias: str | None = Field(default=None, max_length=128)
+    expires_in: str | None = Field(default=None, max_length=16, description="a lifetime such as 30d, 12h or 45m")
+    admin: bool = Field(default=False, description="an admin key may read every user's usage and manage keys")
+
+
+def request_body_doc(model: type[BaseModel], example: dict[str, Any], streams: bool = False,
+                     answer_status: int = 200) -> dict[str, Any]:
     """The OpenAPI entries of an endpoint that reads its JSON body itself (to bound its size and answer
     in the gateway's error format): the body's schema, with its definitions inlined, and the answers
     (JSON, or Server-Sent Events when the call streams; errors in the OpenAI format)."""
@@ -81,7 +94,7 @@ def request_body_doc(model: type[BaseModel], example: dict[str, Any], streams: b
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema),
                                                                             "example": example}}},
-        "responses": {"200": {"description": "the completion", "content": answer},
+        "responses": {str(answer_status): {"description": "the answer", "content": answer},
                       **{str(status): error for status in (400, 401, 404, 413, 415, 422, 429, 502, 503, 504)}},
     }
 

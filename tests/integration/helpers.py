@@ -7,7 +7,7 @@ import httpx
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.api.pg_api_key_store import create_key
+from services.api.pg_key_admin import create_key
 
 CHEAP_MODEL = "meta-llama/Llama-3-8b-chat-hf"
 
@@ -20,7 +20,7 @@ def chat_body(model: str = CHEAP_MODEL, max_tokens: int = 8, **extra) -> dict:
 async def new_key(database_url: str, user: str, tier: str, admin: bool = False) -> str:
     conn = await asyncpg.connect(database_url)
     try:
-        return await create_key(conn, user, tier, admin)
+        return (await create_key(conn, user, tier, actor="test", is_admin=admin))[1]
     finally:
         await conn.close()
 

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from services.api.pg_api_key_store import PgApiKeyStore, create_key
+from services.api.pg_api_key_store import PgApiKeyStore
+from services.api.pg_key_admin import create_key
 from services.backup.pg_backup_log import PgBackupLog
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
@@ -61,9 +62,9 @@ async def refused(url: str, sql: str) -> None:
         await conn.close()
 
 
-async def test_api_reads_keys_and_writes_nothing(login_as, fresh_database):
+async def test_api_reads_keys_and_cannot_change_their_user_tier_or_rights(login_as, fresh_database):
     owner = await asyncpg.connect(fresh_database)
-    key = await create_key(owner, "ann", "pro")
+    _, key = await create_key(owner, "ann", "pro", actor="test")
     await owner.close()
     url = await login_as("api")
     async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:

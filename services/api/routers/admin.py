@@ -1,0 +1,99 @@
+"""The admin API for keys: create (the key shown once), list, read (with the user's spend) and revoke.
+Admin keys only; every change is an audit row (who, what, when), through the same code as the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from services.api.api_state import ApiState, api_state
+from services.api.callers import Caller, KeyRecord, parse_lifetime
+from services.api.http_edge import ApiError, caller_of, read_body
+from services.api.nats_cost_queries import CostServiceUnavailable
+from services.api.requests import AdminKeyCreate, request_body_doc
+from shared.cost_query import CostQuery, CurrentCost
+
+router = APIRouter(tags=["admin"])
+
+CREATE_EXAMPLE = {"user_id": "alice", "tier": "pro", "alias": "alice's laptop", "expires_in": "30d"}
+
+
+async def admin_caller(request: Request, state: ApiState) -> Caller:
+    caller = await caller_of(request, state.keys)
+    if caller.anonymous:
+        raise ApiError(401, "the admin API needs an admin API key", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if not caller.is_admin:
+        raise ApiError(403, "this key is not an admin key", type_="permission_error", code="forbidden")
+    return caller
+
+
+def actor_of(caller: Caller) -> str:
+    return f"admin-api:{caller.user_id}"
+
+
+def key_id_of(text: str) -> int:
+    if not text.isdigit():
+        raise ApiError(404, f"no key {text!r}", code="not_found", param="key_id")
+    return int(text)
+
+
+async def found(state: ApiState, key_id: int, record: KeyRecord | None) -> KeyRecord:
+    if record is None:
+        raise ApiError(404, f"no key {key_id}", code="not_found", param="key_id")
+    return record
+
+
+@router.post("/admin/keys", status_code=201, openapi_extra=request_body_doc(AdminKeyCreate, CREATE_EXAMPLE,
+                                                                           answer_status=201))
+async def create_key(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+    caller = await admin_caller(request, state)
+    body = await read_body(request, AdminKeyCreate, state.settings.max_body_bytes)
+    tiers = sorted(name for name in state.config.tiers if name != "anonymous")
+    if body.tier not in tiers:
+        raise ApiError(400, f"tier must be one of {', '.join(tiers)}", code="invalid_value", param="tier")
+    try:
+        expires_in = parse_lifetime(body.expires_in) if body.expires_in else None
+    except ValueError as exc:
+        raise ApiError(400, str(exc), code="invalid_value", param="expires_in") from None
+    record, key = await state.key_admin.create(body.user_id, body.tier, actor_of(caller), body.admin, body.alias,
+                                               expires_in)
+    return JSONResponse({**record.as_json(), "key": key}, status_code=201)
+
+
+@router.get("/admin/keys")
+async def list_keys(request: Request, state: ApiState = Depends(api_state)) -> dict[str, Any]:
+    await admin_caller(request, state)
+    params = request.query_params
+    revoked = params.get("revoked")
+    if revoked not in (None, "true", "false"):
+        raise ApiError(400, "revoked must be true or false", code="invalid_value", param="revoked")
+    keys = await state.key_admin.list(params.get("user_id"), params.get("tier"),
+                                      None if revoked is None else revoked == "true")
+    return {"object": "list", "data": [key.as_json() for key in keys]}
+
+
+@router.get("/admin/keys/{key_id}")
+async def get_key(key_id: str, request: Request, state: ApiState = Depends(api_state)) -> dict[str, Any]:
+    await admin_caller(request, state)
+    number = key_id_of(key_id)
+    record = await found(state, number, await state.key_admin.get(number))
+    try:
+        spend = await state.cost_queries.ask(CostQuery(kind="current", user_id=record.user_id))
+    except CostServiceUnavailable:
+        spend = None  # the key is still shown; its user's spend when the cost service answers
+    today = spend.daily if isinstance(spend, CurrentCost) else None
+    month = spend.monthly if isinstance(spend, CurrentCost) else None
+    return {**record.as_json(), "spend_usd": {"today": str(today) if today is not None else None,
+                                              "this_month": str(month) if month is not None else None}}
+
+
+@router.delete("/admin/keys/{key_id}")
+async def revoke_key(key_id: str, request: Request, state: ApiState = Depends(api_state)) -> dict[str, Any]:
+    """Revoke; the gateway stops accepting the key within its key cache's lifetime (API_KEY_CACHE_S)."""
+    caller = await admin_caller(request, state)
+    number = key_id_of(key_id)
+    record = await found(state, number, await state.key_admin.revoke(number, actor_of(caller)))
+    return record.as_json()
