@@ -149,7 +149,7 @@ async def soak(seconds: float, seed: int, short: bool) -> int:
             checks += await rollup_checks(conn)
             checks += limit_checks(traffic.record)
             checks += await budget_checks(conn, traffic.record)
-            checks += await alert_checks(conn, dead_alerts)
+            checks += await alert_checks(conn, dead_alerts, system.http_sink.received)
             checks += dead_letter_checks(traffic.record, dead)
             rows = await conn.fetchval("SELECT count(*) FROM llm_usage")
             backups = await conn.fetchval("SELECT count(*) FROM backup_logs WHERE status = 'success'")

@@ -92,7 +92,16 @@ async def budget_checks(conn: asyncpg.Connection, record: Record) -> list[Check]
     return [Check("callers past their daily budget by more than a reservation", {}, over)]
 
 
-async def alert_checks(conn: asyncpg.Connection, dead_alerts: list[dict]) -> list[Check]:
+def webhook_receipts(received: list[dict]) -> Counter:
+    """How many times the webhook receiver accepted each alert (a delivery is a digest of alerts)."""
+    keys: Counter = Counter()
+    for request in received:
+        if request["path"].startswith("/hook") and request["status"] == 200:
+            keys.update(alert["key"] for alert in json.loads(request["body"])["alerts"])
+    return keys
+
+
+async def alert_checks(conn: asyncpg.Connection, dead_alerts: list[dict], received: list[dict]) -> list[Check]:
     routes = {"warning": ("slack", "webhook"), "critical": ("slack", "email", "webhook")}
     alerts = await conn.fetch("SELECT alert_key, severity FROM cost_alerts WHERE published_at IS NOT NULL")
     sent: defaultdict[str, Counter] = defaultdict(Counter)
@@ -106,9 +115,13 @@ async def alert_checks(conn: asyncpg.Connection, dead_alerts: list[dict]) -> lis
             n = sent[alert["alert_key"]][channel]
             if n != 1 and (alert["alert_key"], channel) not in dead and (alert["alert_key"], None) not in dead:
                 wrong[f"{alert['alert_key']} {channel}"] = n
+    receipts = webhook_receipts(received)
+    twice_or_never = {alert["alert_key"]: receipts[alert["alert_key"]] for alert in alerts
+                      if receipts[alert["alert_key"]] != 1 and (alert["alert_key"], "webhook") not in dead}
     return [Check("alerts raised (warning and critical)", {"critical", "warning"},
                   {row["severity"] for row in alerts} & {"critical", "warning"}),
-            Check("alerts not delivered exactly once per channel, nor dead-lettered", {}, wrong)]
+            Check("alerts not delivered exactly once per channel, nor dead-lettered", {}, wrong),
+            Check("alerts the webhook receiver did not get exactly once", {}, twice_or_never)]
 
 
 def dead_letter_checks(record: Record, dead_letters: Counter) -> list[Check]:
