@@ -204,12 +204,22 @@ async def until_stopped_or_failed(processes: Processes) -> list[str]:
     return [exits[t] for t in done if t in exits]
 
 
+INFRASTRUCTURE = ("nats", "simulator")
+
+
 async def stop_all(processes: Processes) -> None:
-    """SIGTERM to every process, last started first; each has STOP_TIMEOUT_S to drain, then is killed."""
-    for process in reversed(list(processes.values())):
+    """SIGTERM to the services, which drain their in-flight work through NATS, then to what they use
+    (nats-server, the simulator); each process has STOP_TIMEOUT_S to stop, then is killed."""
+    services = {name: p for name, p in processes.items() if name not in INFRASTRUCTURE}
+    await stop(services)
+    await stop({name: p for name, p in processes.items() if name in INFRASTRUCTURE})
+
+
+async def stop(processes: Processes) -> None:
+    for process in processes.values():
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-    for name, process in reversed(list(processes.items())):
+    for name, process in processes.items():
         try:
             await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
