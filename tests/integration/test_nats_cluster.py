@@ -204,3 +204,37 @@ async def test_a_backup_and_a_cost_alert_complete_after_a_node_fails(cluster, ba
     assert published and published.startswith("cost:all:hour:") and len(alerts) == 1
     assert backup.returncode == 0, backup.stderr
     assert "while-a-node-is-down/costwarden_backup_" in backup.stdout and status == "success"
+
+
+async def test_a_service_starting_for_the_first_time_while_a_node_is_down_creates_its_consumers(base_env):
+    """Its durables do not exist yet, and the cluster is electing new leaders: creating them is not
+    answered for a while, and the service asks again instead of failing its start."""
+    nodes, urls = nats_cluster(3)
+    limiter = None
+    try:
+        nodes[0].kill()
+        limiter = start_service("limiter", {**base_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3"},
+                                "LIMITER_PORT")
+        nc = await connect(urls[1:])
+        try:
+            async def durables() -> set[str]:
+                found = set()
+                for stream in ("LLM", "LIMITS"):
+                    try:
+                        found |= {c.name for c in await nc.jetstream().consumers_info(stream)}
+                    except Exception:  # noqa: BLE001 - a stream still electing its leader does not answer
+                        pass
+                return found
+
+            async def both_created() -> bool:
+                return {"limiter-settlement", "limiter-violations"} <= await durables()
+
+            assert await eventually(both_created, 90), await durables()
+        finally:
+            await nc.close()
+        assert "Traceback" not in limiter.logs() and limiter.process.poll() is None
+    finally:
+        if limiter is not None:
+            limiter.stop()
+        for node in nodes:
+            node.stop()
