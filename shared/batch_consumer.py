@@ -21,10 +21,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.bus import describe_invalid, malformed_json_reason, publish_dead_letter
-from shared.subjects import JETSTREAM_BUSY, stream_of
+from shared.subjects import jetstream_patience, stream_of
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +74,7 @@ class BatchConsumer(Generic[E]):
         up to `patience_s` (creating an existing durable with the same config changes nothing)."""
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                 ack_wait=self.ack_wait_s, max_ack_pending=max(10_000, self.batch_size * 4))
-        retrying = AsyncRetrying(stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.2, max=2.0),
-                                 retry=retry_if_exception_type(JETSTREAM_BUSY), reraise=True)
-        async for attempt in retrying:
+        async for attempt in jetstream_patience(patience_s):
             with attempt:
                 sub = await self.js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream,
                                                    config=config)

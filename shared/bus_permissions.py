@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.subjects import (
+    ALERTS,
     BACKUP_COMPLETED,
     BACKUP_REQUESTED,
     COST_QUERY,
@@ -54,7 +55,7 @@ def durable(subject: str, name: str) -> tuple[str, ...]:
 
 
 def dead_letters(*subjects: str) -> tuple[str, ...]:
-    return (*(dead_letter_subject(subject) for subject in subjects), *stream_lookup("dlq.any"))
+    return (*(dead_letter_subject(subject) for subject in subjects), *stream_lookup(dead_letter_subject(subjects[0])))
 
 
 def own_inbox(role: str, *subjects: str) -> tuple[str, ...]:
@@ -71,11 +72,11 @@ PERMISSIONS: dict[str, Permissions] = {
                  *dead_letters(LLM_REQUEST, LLM_COMPLETED, LIMIT_VIOLATION)),
         subscribe=own_inbox("limiter", LLM_REQUEST), responds=True),
     "cost": Permissions(
-        publish=("alert.cost.*", *stream_lookup(LLM_COMPLETED, "alert.cost.critical"),
+        publish=("alert.cost.*", *stream_lookup(LLM_COMPLETED, ALERTS),
                  *durable(LLM_COMPLETED, "cost-ledger"), *dead_letters(LLM_COMPLETED, COST_QUERY)),
         subscribe=own_inbox("cost", COST_QUERY), responds=True),
     "notifier": Permissions(
-        publish=(*stream_lookup("alert.any.critical"), *durable("alert.any.critical", "notifier"),
+        publish=(*stream_lookup(ALERTS), *durable(ALERTS, "notifier"),
                  *dead_letters("alert", "alert.*.*")),
         subscribe=own_inbox("notifier")),
     "health": Permissions(
@@ -84,7 +85,7 @@ PERMISSIONS: dict[str, Permissions] = {
         subscribe=own_inbox("health")),
     "backup": Permissions(
         publish=(SCHEDULE_BACKUP, BACKUP_COMPLETED, "alert.backup.*",
-                 *stream_lookup(SCHEDULE_BACKUP, BACKUP_REQUESTED, "alert.backup.critical"),
+                 *stream_lookup(SCHEDULE_BACKUP, BACKUP_REQUESTED, ALERTS),
                  *durable(SCHEDULE_BACKUP, "backup-schedule"), *durable(BACKUP_REQUESTED, "backup-requests"),
                  *dead_letters(SCHEDULE_BACKUP, BACKUP_REQUESTED)),
         subscribe=own_inbox("backup")),

@@ -93,6 +93,13 @@ def stream_of(subject: str) -> str:
 JETSTREAM_BUSY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
 
 
+def jetstream_patience(patience_s: float, also: tuple[type[Exception], ...] = ()) -> AsyncRetrying:
+    """Ask JetStream again, backing off up to 2 s, for as long as it is busy (a cluster electing
+    leaders answers nothing, or 503, for a while), then give up with its last error."""
+    return AsyncRetrying(stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.2, max=2.0),
+                         retry=retry_if_exception_type((*JETSTREAM_BUSY, *also)), reraise=True)
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1, patience_s: float = 60.0) -> None:
     """Create every stream that is missing and bring existing ones to these definitions, with `replicas`
     copies each (NATS_STREAM_REPLICAS; raised or lowered on streams that exist). Durable consumers keep
@@ -100,9 +107,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, patience_s: fl
 
     A cluster that just lost a node answers nothing for the streams that node led until they have
     elected new leaders: a service starting then waits up to `patience_s` rather than exit."""
-    retrying = AsyncRetrying(stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.2, max=2.0),
-                             retry=retry_if_exception_type(JETSTREAM_BUSY), reraise=True)
-    async for attempt in retrying:
+    async for attempt in jetstream_patience(patience_s):
         with attempt:
             await _ensure_streams(js, replicas)
 
@@ -126,10 +131,8 @@ async def bind_streams(js: JetStreamContext, streams: Sequence[str], patience_s:
 
     A cluster electing new leaders, or a migration running at the same moment, answers nothing or
     "not found" for a while: a starting service waits up to `patience_s`, then exits with the reason."""
-    retrying = AsyncRetrying(stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.2, max=2.0),
-                             retry=retry_if_exception_type((*JETSTREAM_BUSY, NotFoundError)), reraise=True)
     try:
-        async for attempt in retrying:
+        async for attempt in jetstream_patience(patience_s, also=(NotFoundError,)):
             with attempt:
                 for stream in streams:
                     await js.stream_info(stream)

@@ -9,9 +9,10 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_start, price_events, rollup_deltas
+from services.cost.spend_metrics import SPEND, SPEND_LABELS
 from services.cost.thresholds import (
     AlertClaim,
     SpendTotal,
@@ -33,37 +34,23 @@ ESTIMATED = Counter("costwarden_cost_estimated_usage_total",
                     "Events recorded with estimated usage (the provider sent none)", ["model"])
 ALERTS = Counter("costwarden_cost_alerts_claimed_total", "Cost alerts claimed (each fires once)")
 BATCH_SECONDS = Histogram("costwarden_cost_batch_seconds", "Time to record one batch")
-SPEND_LABELS = ["model", "provider", "endpoint", "tier"]
-SPEND_USD = Counter("costwarden_spend_usd_total", "Spend recorded in the ledger, in USD (committed batches only)",
-                    SPEND_LABELS)
 TOKENS = Counter("costwarden_tokens_total", "Tokens recorded in the ledger (committed batches only)",
                  [*SPEND_LABELS, "kind"])
-THRESHOLD_USD = Gauge("costwarden_cost_alert_threshold_usd", "Configured spend thresholds, for alert rules",
-                      ["period", "severity"])
 MODEL, PROVIDER, ENDPOINT, TIER = BoundedLabel(200), BoundedLabel(20), BoundedLabel(50), BoundedLabel(20)
 
 
 def count_spend(records: Sequence[UsageRecord]) -> None:
-    """Spend and tokens by model, provider, endpoint and tier (float: Prometheus' only number type;
-    the ledger keeps the exact Decimal)."""
+    """Spend and tokens by model, provider, endpoint and tier."""
     for record in records:
         event = record.event
         labels = (MODEL(event.model), PROVIDER(event.provider), ENDPOINT(event.endpoint), TIER(event.tier))
-        SPEND_USD.labels(*labels).inc(float(record.cost))
+        SPEND.add(labels, record.cost)
         TOKENS.labels(*labels, "prompt").inc(event.prompt_tokens)
         TOKENS.labels(*labels, "completion").inc(event.completion_tokens)
         if not record.priced:
             UNPRICED.labels(labels[0]).inc()
         if event.usage_source == "estimated":
             ESTIMATED.labels(labels[0]).inc()
-
-
-def export_thresholds(thresholds: Thresholds) -> None:
-    for period in ("hour", "day", "month"):
-        levels = thresholds.for_period(period)
-        for severity, usd in (("warning", levels.warning), ("critical", levels.critical)):
-            if usd is not None:
-                THRESHOLD_USD.labels(period, severity).set(float(usd))
 
 
 class LedgerTransaction(Protocol):
@@ -114,7 +101,7 @@ class CostRecorder:
         self.thresholds = thresholds
         self.publish_alert = publish_alert
         self.clock = clock
-        export_thresholds(thresholds)
+        SPEND.set_thresholds(thresholds)
         fallback = catalog.fallback
         self.fallback_text = f"${fallback.input}/${fallback.output} per 1M tokens"
 

@@ -40,7 +40,7 @@ def key_id_of(text: str) -> int:
     return int(text)
 
 
-async def found(state: ApiState, key_id: int, record: KeyRecord | None) -> KeyRecord:
+def found(key_id: int, record: KeyRecord | None) -> KeyRecord:
     if record is None:
         raise ApiError(404, f"no key {key_id}", code="not_found", param="key_id")
     return record
@@ -79,15 +79,14 @@ async def list_keys(request: Request, state: ApiState = Depends(api_state)) -> d
 async def get_key(key_id: str, request: Request, state: ApiState = Depends(api_state)) -> dict[str, Any]:
     await admin_caller(request, state)
     number = key_id_of(key_id)
-    record = await found(state, number, await state.key_admin.get(number))
+    record = found(number, await state.key_admin.get(number))
     try:
-        spend = await state.cost_queries.ask(CostQuery(kind="current", user_id=record.user_id))
+        answer = await state.cost_queries.ask(CostQuery(kind="current", user_id=record.user_id))
     except CostServiceUnavailable:
-        spend = None  # the key is still shown; its user's spend when the cost service answers
-    today = spend.daily if isinstance(spend, CurrentCost) else None
-    month = spend.monthly if isinstance(spend, CurrentCost) else None
-    return {**record.as_json(), "spend_usd": {"today": str(today) if today is not None else None,
-                                              "this_month": str(month) if month is not None else None}}
+        answer = None  # the key is still shown; its user's spend when the cost service answers
+    spend = answer if isinstance(answer, CurrentCost) else None
+    return {**record.as_json(), "spend_usd": {"today": str(spend.daily) if spend else None,
+                                              "this_month": str(spend.monthly) if spend else None}}
 
 
 @router.delete("/admin/keys/{key_id}")
@@ -95,5 +94,5 @@ async def revoke_key(key_id: str, request: Request, state: ApiState = Depends(ap
     """Revoke; the gateway stops accepting the key within its key cache's lifetime (API_KEY_CACHE_S)."""
     caller = await admin_caller(request, state)
     number = key_id_of(key_id)
-    record = await found(state, number, await state.key_admin.revoke(number, actor_of(caller)))
+    record = found(number, await state.key_admin.revoke(number, actor_of(caller)))
     return record.as_json()

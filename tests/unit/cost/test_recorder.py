@@ -86,7 +86,7 @@ async def test_spend_and_tokens_are_counted_once_per_recorded_event():
                       strict=True))
 
     def counted() -> tuple[float, float]:
-        return (REGISTRY.get_sample_value("costwarden_spend_usd_total", labels) or 0.0,
+        return (float(REGISTRY.get_sample_value("costwarden_spend_usd_total", labels) or 0),
                 REGISTRY.get_sample_value("costwarden_tokens_total", {**labels, "kind": "prompt"}) or 0.0)
 
     recorder = CostRecorder(FakeLedger(), PriceCatalog.with_overrides({}), Thresholds(), publish, clock=lambda: NOW)
