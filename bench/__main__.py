@@ -13,7 +13,9 @@ same run (`python -m bench ledger` runs one part only).
    sequential gateway call pays.
 4. Cost ledger: llm.completed events/s from JetStream into Postgres (ledger rows, rollups, threshold
    checks) for one cost process, beside nats-py's raw pull-consume-and-ack rate on the same stream.
-5. Backup: the streamed backup of a 500 MB database beside `pg_dump | gzip` (bench/backup_bench.py).
+5. Console: each page's latency on a month of 1 M ledger rows beside the console's bare round trip
+   and the raw-ledger query that the rollups replace (bench/console_bench.py).
+6. Backup: the streamed backup of a 500 MB database beside `pg_dump | gzip` (bench/backup_bench.py).
 
 Everything runs on loopback: private nats-server and redis-server, a scratch Postgres database, the
 LLM simulator as the upstream. Results are printed and written to bench/results/latest.txt.
@@ -290,6 +292,10 @@ async def main() -> None:
             await bench_limiter(env, lines)
         if not only or "ledger" in only:
             await bench_ledger(env, lines)
+        if not only or "console" in only:
+            from bench.console_bench import bench_console
+
+            await bench_console(env, pg, lines)
         if not only or "backup" in only:
             from bench.backup_bench import bench_backup
 

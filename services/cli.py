@@ -149,37 +149,11 @@ async def _nats_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def backup_worker_listening(js, interval_s: float = 0.5) -> bool:
-    """Whether a backup worker consumes `backup.requested`: a running worker keeps a pull request waiting
-    on the durable consumer `backup-requests`, or holds a request it is working on. Asked for a little
-    longer than a worker's longest backoff after a failed pull."""
-    import nats.js.errors
-
-    from shared.batch_consumer import MAX_BACKOFF_S
-    from shared.subjects import BACKUP_REQUESTED, JETSTREAM_BUSY, stream_of
-
-    patience_s = MAX_BACKOFF_S + 1
-    checks = int(patience_s / interval_s)
-    for attempt in range(checks):
-        try:
-            info = await js.consumer_info(stream_of(BACKUP_REQUESTED), "backup-requests")
-        except nats.js.errors.NotFoundError:
-            return False
-        except JETSTREAM_BUSY:  # a cluster electing leaders answers nothing for a moment: ask again
-            info = None
-        if info is not None and ((info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0):
-            return True
-        if attempt == 2:
-            print(f"looking for a backup worker (up to {patience_s:g} s)...", file=sys.stderr)
-        if attempt < checks - 1:
-            await asyncio.sleep(interval_s)
-    return False
-
-
 async def _backup_run(args: argparse.Namespace) -> int:
     import nats
 
-    from shared.bus import nats_options, publish_event
+    from shared.batch_consumer import MAX_BACKOFF_S
+    from shared.bus import backup_worker_listening, nats_options, publish_event
     from shared.events import BackupRequested
     from shared.subjects import BACKUP_REQUESTED, bind_streams, stream_of
 
@@ -189,7 +163,8 @@ async def _backup_run(args: argparse.Namespace) -> int:
     try:
         js = nc.jetstream()
         await bind_streams(js, [stream_of(BACKUP_REQUESTED)])
-        listening = await backup_worker_listening(js)
+        listening = await backup_worker_listening(js, MAX_BACKOFF_S + 1, on_wait=lambda patience_s: print(
+            f"looking for a backup worker (up to {patience_s:g} s)...", file=sys.stderr))
         if not listening and not args.queue:
             print("no backup worker is running: nothing consumes backup.requested (durable consumer "
                   "backup-requests). Start one (the backup service, which `make run` starts when S3_BACKUP_BUCKET "

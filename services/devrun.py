@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,18 +18,20 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import nats
 
+from shared.api_keys import hash_api_key
 from shared.bus import nats_options
 from shared.logs import configure_logging
 from shared.migrate import apply_migrations
 from shared.nats_identities import seed_file, write_nats_config
-from shared.settings import Settings
+from shared.settings import Settings, is_set
 from shared.subjects import ensure_streams
 
 log = logging.getLogger("costwarden.run")
 
-SCALABLE = ("limiter", "cost", "notifier", "health", "backup")
+SCALABLE = ("limiter", "cost", "notifier", "health", "backup", "console")
 MAX_REPLICAS = 16
 RUN_DIR = Path(".run")
 IDENTITIES_DIR = RUN_DIR / "nats-identities"
@@ -110,14 +113,15 @@ async def start(name: str, args: list[str], env: dict[str, str], log_file: Path 
 
 
 def summary(settings: Settings, services: dict[str, int], simulator_url: str | None,
-            identities: Path | None = None) -> str:
+            identities: Path | None = None, admin_key: Path | None = None) -> str:
     """What a person needs once everything is up: where each service answers, and what to do next."""
     host = settings.host
     uses = {"api": "gateway: /v1/chat/completions, /api/agent/*, /api/costs/*, /openapi.json",
             "health": "/health (every dependency), /health/ready", "limiter": "/metrics",
-            "cost": "/metrics, /docs/asyncapi.json", "notifier": "/metrics", "backup": "/metrics"}
+            "cost": "/metrics, /docs/asyncapi.json", "notifier": "/metrics", "backup": "/metrics",
+            "console": f"the console: sign in with {f'the admin key in {admin_key}' if admin_key else 'an API key'}"}
     lines = ["costwarden is up:"]
-    ordered = sorted(services.items(), key=lambda item: item[0] != "api")  # the gateway first
+    ordered = sorted(services.items(), key=lambda item: item[0] not in ("api", "console"))  # what people use first
     lines += [f"  {name:<10} {f'http://{host}:{port}':<27} {uses[name.partition('-')[0]]}" for name, port in ordered]
     if simulator_url:
         lines.append(f"  {'simulator':<10} {simulator_url:<27} plays Together.ai (set TOGETHER_API_KEY to use it)")
@@ -170,12 +174,55 @@ async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], pro
     return base_url
 
 
+ADMIN_KEY_FILE = RUN_DIR / "admin-key"
+
+
+async def first_admin_key(database_url: str) -> Path | None:
+    """A new installation has no key to sign in to the console with: make run creates one admin key
+    (user `admin`) the first time and keeps it in .run/admin-key, readable by its owner only, never in
+    the log. None when the database already has an admin key that this file does not hold."""
+    from services.api.pg_key_admin import create_key
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        if ADMIN_KEY_FILE.exists():
+            kept = ADMIN_KEY_FILE.read_text().strip()
+            if await conn.fetchval("SELECT count(*) FROM api_keys WHERE key_hash = $1 AND is_admin"
+                                   " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+                                   hash_api_key(kept)):
+                return ADMIN_KEY_FILE
+        if await conn.fetchval("SELECT count(*) FROM api_keys WHERE is_admin AND revoked_at IS NULL"):
+            return None
+        _, key = await create_key(conn, "admin", "enterprise", actor="make-run", is_admin=True, label="first admin")
+    finally:
+        await conn.close()
+    ADMIN_KEY_FILE.unlink(missing_ok=True)
+    ADMIN_KEY_FILE.touch(mode=0o600)
+    ADMIN_KEY_FILE.write_text(key + "\n")
+    log.info("created a first admin key (user admin) in %s: sign in to the console with it", ADMIN_KEY_FILE)
+    return ADMIN_KEY_FILE
+
+
+def console_env(settings: Settings) -> dict[str, str]:
+    """The console's secret (kept in .run/ so that sessions outlive a restart) and where it finds the
+    api and the health service."""
+    env = {"CONSOLE_API_URL": f"http://127.0.0.1:{settings.api_port}",
+           "CONSOLE_HEALTH_URL": f"http://127.0.0.1:{settings.health_port}"}
+    if not is_set(settings.console_session_secret):
+        secret = RUN_DIR / "console-secret"
+        if not secret.exists():
+            secret.touch(mode=0o600)
+            secret.write_text(secrets.token_urlsafe(32))
+        env["CONSOLE_SESSION_SECRET"] = secret.read_text().strip()
+    return env
+
+
 async def start_services(settings: Settings, env: dict[str, str], processes: Processes,
                          identities: Path | None, replicas: dict[str, int]) -> dict[str, int]:
     """Every service, each as many times as `replicas` says: the first on its configured port, the
     others on free ones (each replica serves its own probes and metrics). Returns process name -> port."""
     ports = {"limiter": settings.limiter_port, "cost": settings.cost_port, "notifier": settings.notifier_port,
-             "health": settings.health_port, "api": settings.api_port}
+             "health": settings.health_port, "api": settings.api_port, "console": settings.console_port}
     if settings.s3_backup_bucket:
         ports["backup"] = settings.backup_port
     else:
@@ -237,12 +284,14 @@ async def main(replicas: dict[str, int]) -> int:
         settings = settings.model_copy(update={"nats_nkey_seed_file": str(seed_file(identities, "admin").resolve())})
     applied = await apply_migrations(settings.database_url)
     log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
+    admin_key = await first_admin_key(settings.database_url)
     nc = await nats.connect(**nats_options(settings, "admin"))
     await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     await nc.close()
     simulator_url = await start_simulator_if_no_key(settings, env, processes)
+    env.update(console_env(settings))
     services = await start_services(settings, env, processes, identities, replicas)
-    log.info("%s", summary(settings, services, simulator_url, identities))
+    log.info("%s", summary(settings, services, simulator_url, identities, admin_key))
     failed = await until_stopped_or_failed(processes)
     if failed:
         log.error("%s exited; stopping the rest", ", ".join(failed))

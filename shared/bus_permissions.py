@@ -27,7 +27,7 @@ from shared.subjects import (
     stream_of,
 )
 
-ROLES = ("api", "limiter", "cost", "notifier", "health", "backup", "upstream", "admin")
+ROLES = ("api", "limiter", "cost", "notifier", "health", "backup", "console", "upstream", "admin")
 
 
 def inbox_prefix(role: str) -> str:
@@ -89,6 +89,10 @@ PERMISSIONS: dict[str, Permissions] = {
                  *durable(SCHEDULE_BACKUP, "backup-schedule"), *durable(BACKUP_REQUESTED, "backup-requests"),
                  *dead_letters(SCHEDULE_BACKUP, BACKUP_REQUESTED)),
         subscribe=own_inbox("backup")),
+    "console": Permissions(
+        publish=(BACKUP_REQUESTED, *stream_lookup(BACKUP_REQUESTED, dead_letter_subject(LLM_COMPLETED)),
+                 f"$JS.API.CONSUMER.INFO.{stream_of(BACKUP_REQUESTED)}.backup-requests"),
+        subscribe=own_inbox("console")),
     "upstream": Permissions(publish=(LLM_REQUEST, LLM_COMPLETED), subscribe=own_inbox("upstream")),
     "admin": Permissions(publish=(">",), subscribe=(">",)),
 }

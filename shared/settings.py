@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     cost_port: int = 3003
     notifier_port: int = 3004
     backup_port: int = 3005
+    console_port: int = 3006
     simulator_port: int = 3010
 
     slack_webhook_url: SecretStr | None = None
@@ -149,6 +150,13 @@ class Settings(BaseSettings):
     backup_request_ttl_s: float = Field(default=3600, gt=0, description="A backup request older than this is not run.")
     pg_dump_path: str = "pg_dump"
     pg_restore_path: str = "pg_restore"
+
+    console_session_secret: SecretStr | None = Field(
+        default=None, description="Encrypts and signs the console's session cookies; the same on every replica.")
+    console_session_hours: float = Field(default=12, gt=0, description="A console session lasts this long.")
+    console_cookie_secure: bool = Field(default=False, description="Send the session cookie over HTTPS only.")
+    console_api_url: str = Field(default="http://127.0.0.1:3000", description="The api, for the console's key actions.")
+    console_health_url: str = Field(default="http://127.0.0.1:3001", description="The health service, for the console.")
 
     costwarden_config: Path | None = None
     log_level: str = "INFO"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -186,16 +187,25 @@ def unique_ip() -> str:
     return f"{('192.0.2', '198.51.100', '203.0.113')[raw % 3]}.{(raw >> 8) % 254 + 1}"
 
 
-@pytest.fixture
-async def fresh_database(pg_server_url):
-    """A migrated database of its own, for tests that need global totals no other test touches."""
+@asynccontextmanager
+async def migrated_database(pg_server_url: str) -> AsyncIterator[str]:
+    """A migrated database of its own, dropped afterwards."""
     name = f"costwarden_iso_{uuid.uuid4().hex[:10]}"
     url = _with_database(pg_server_url, name)
     await apply_migrations(url)
-    yield url
-    conn = await asyncpg.connect(_with_database(pg_server_url, "postgres"))
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    try:
+        yield url
+    finally:
+        conn = await asyncpg.connect(_with_database(pg_server_url, "postgres"))
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+@pytest.fixture
+async def fresh_database(pg_server_url):
+    """For tests that need global totals no other test touches."""
+    async with migrated_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

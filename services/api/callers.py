@@ -3,16 +3,11 @@ Pure rules; the key store is a port (PgApiKeyStore is its adapter)."""
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
-
-KEY_PREFIX = "cw_"
-DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 8
 
 
 @dataclass(frozen=True)
@@ -27,19 +22,6 @@ class Caller:
 
 
 ANONYMOUS = Caller(user_id=None, tier="anonymous")
-
-
-def new_api_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_api_key(key: str) -> str:
-    """Keys are long random strings, so a fast hash is enough (no dictionary to guard against)."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def display_prefix(key: str) -> str:
-    return key[:DISPLAY_PREFIX_LEN]
 
 
 LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}

@@ -13,8 +13,8 @@ from services.api.callers import (
     Caller,
     InvalidCredentials,
     KeyStoreUnavailable,
-    hash_api_key,
 )
+from shared.api_keys import hash_api_key
 from shared.events import utc_now
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import asyncpg
 
-from services.api.callers import DISPLAY_PREFIX_LEN, KeyRecord, display_prefix, hash_api_key, new_api_key
+from services.api.callers import KeyRecord
+from shared.api_keys import DISPLAY_PREFIX_LEN, display_prefix, hash_api_key, new_api_key
 from shared.events import utc_now
 
 COLUMNS = "id, key_prefix, user_id, tier, is_admin, label, created_at, last_used_at, expires_at, revoked_at"

@@ -6,13 +6,13 @@ one alert per scope, period, level and window.
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from services.cost.ledger import bucket_start
+from shared.cost_query import month_bounds, projected_month_end
 from shared.events import Alert
 from shared.policy import Thresholds
 
@@ -77,21 +77,14 @@ def threshold_alerts(total: SpendTotal, thresholds: Thresholds) -> list[AlertCla
     return alerts
 
 
-def month_end(at: datetime) -> datetime:
-    start = bucket_start("month", at)
-    days = calendar.monthrange(start.year, start.month)[1]
-    return start + timedelta(days=days)
-
-
 def projection_alert(month_to_date: Decimal, now: datetime, thresholds: Thresholds) -> AlertClaim | None:
     """Warn once a day when this month's spend, projected linearly to month end, passes the monthly
     critical threshold. Not before a day has passed: a first hour's spend says little of a month."""
     critical = thresholds.monthly.critical
-    start, end = bucket_start("month", now), month_end(now)
-    elapsed = now - start
-    if critical is None or elapsed < MIN_PROJECTION_ELAPSED or month_to_date > critical:
+    start, end = month_bounds(now)
+    if critical is None or now - start < MIN_PROJECTION_ELAPSED or month_to_date > critical:
         return None
-    projected = month_to_date * Decimal((end - start) / timedelta(seconds=1)) / Decimal(elapsed / timedelta(seconds=1))
+    projected = projected_month_end(month_to_date, now)
     if projected <= critical:
         return None
     last_day = (end - timedelta(days=1)).date().isoformat()

@@ -16,7 +16,7 @@ from shared.settings import Settings
 from tests.servers import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
-SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup")
+SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup", "console")
 
 
 def port_of(service: str) -> int:
@@ -43,6 +43,14 @@ def test_every_costwarden_service_is_checked_on_its_readiness_endpoint():
         assert spec["command"] == ["python", "-m", f"services.{service}"]
         probe = " ".join(spec["healthcheck"]["test"])
         assert f"http://127.0.0.1:{port_of(service)}/health/ready" in probe, service
+
+
+def test_the_console_gets_only_what_it_needs_and_finds_the_api_and_health():
+    console = COMPOSE["services"]["console"]["environment"]
+    assert not {"TOGETHER_API_KEY", "OPENAI_API_KEY", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD"} & set(console)
+    assert console["CONSOLE_API_URL"] == f"http://api:{port_of('api')}"
+    assert console["CONSOLE_HEALTH_URL"] == f"http://health:{port_of('health')}"
+    assert console["CONSOLE_SESSION_SECRET"].startswith("${CONSOLE_SESSION_SECRET:?")  # no default secret
 
 
 def test_prometheus_scrapes_every_service_and_loads_the_rules():

@@ -16,8 +16,8 @@ import yaml
 from tests.servers import ROOT
 
 K8S = ROOT / "infra" / "k8s"
-SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup")
-PUBLIC = {"api", "health"}
+SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup", "console")
+PUBLIC = {"api", "health", "console"}
 VERSION = "1.31.0"
 
 
@@ -91,7 +91,7 @@ def test_every_service_runs_unprivileged_with_probes_resources_and_metrics():
             assert {"name": "NATS_NKEY_SEED_FILE", "value": "/etc/costwarden/nats/seed"} in container["env"], name
 
 
-def test_the_gateway_and_health_have_services_that_reach_their_pods():
+def test_the_gateway_health_and_console_have_services_that_reach_their_pods():
     services = of_kind(BASE, "Service")
     assert set(services) == {f"costwarden-{s}" for s in PUBLIC}
     deployments = of_kind(BASE, "Deployment")
@@ -124,7 +124,7 @@ def selects(selector: dict, labels: dict) -> bool:
     return True
 
 
-def test_only_the_gateway_and_health_are_reachable_from_outside_the_namespace():
+def test_only_the_gateway_health_and_console_are_reachable_from_outside_the_namespace():
     policies = of_kind(BASE, "NetworkPolicy")
     pods = {s: {"app": "costwarden", "service": s} for s in SERVICES}
     deny = policies["costwarden-default-deny"]["spec"]
@@ -147,6 +147,22 @@ def test_only_services_that_call_out_reach_the_internet_and_only_the_limiter_and
         "api", "health", "notifier", "backup"}
     assert {s for s in SERVICES if selects(redis["podSelector"], {"app": "costwarden", "service": s})} == {
         "limiter", "health"}
+
+
+def test_the_console_gets_its_own_secret_and_reaches_only_the_api_and_health_in_the_namespace():
+    console = containers(of_kind(BASE, "Deployment")["costwarden-console"])[0]
+    assert "envFrom" in console and all("secretRef" not in source for source in console["envFrom"])  # no provider keys
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in console["env"] if "valueFrom" in e}
+    assert secrets == {"DATABASE_URL": "costwarden-secrets", "CONSOLE_SESSION_SECRET": "costwarden-console"}
+    assert {"name": "CONSOLE_COOKIE_SECURE", "value": "true"} in console["env"]
+    egress = of_kind(BASE, "NetworkPolicy")["costwarden-console-egress"]["spec"]
+    targets = {s for s in SERVICES for rule in egress["egress"] for peer in rule["to"]
+               if selects(peer["podSelector"], {"app": "costwarden", "service": s})}
+    assert targets == {"api", "health"}
+    urls = {e["name"]: e["value"] for e in console["env"] if "value" in e}
+    services = of_kind(BASE, "Service")
+    for variable, service in (("CONSOLE_API_URL", "costwarden-api"), ("CONSOLE_HEALTH_URL", "costwarden-health")):
+        assert urls[variable] == f"http://{service}:{services[service]['spec']['ports'][0]['port']}"
 
 
 def test_the_overlay_pins_the_image_and_namespace_and_applies_its_patches():

@@ -152,6 +152,9 @@ async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secu
     ("upstream", "subscribe _INBOX_api.>"),
     ("limiter", "subscribe _INBOX_cost.>"),
     ("health", "subscribe alert.>"),
+    ("console", "publish llm.completed"),
+    ("console", "publish $JS.API.STREAM.MSG.GET.DLQ"),  # it counts dead letters, it does not read them
+    ("console", "subscribe alert.>"),
 ])
 async def test_an_identity_is_refused_what_it_must_not_do(secured_bus, role, what):
     violations: list[str] = []

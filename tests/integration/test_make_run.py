@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -23,17 +25,18 @@ pytestmark = pytest.mark.integration
 
 
 FASTSTREAM_PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # FastStream's own format
-READABLE_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (api|limiter|cost|notifier|health|run)\s+(DEBUG|INFO|WARNING|ERROR) ")
+READABLE_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d\.\d{3} (api|limiter|cost|notifier|health|console|run)\s+(DEBUG|INFO|WARNING|ERROR) ")
 
 
 def run_env(database_url: str, redis_url: str) -> tuple[dict[str, str], dict[str, int]]:
     ports = {name: free_port() for name in ("NATS", "API_PORT", "LIMITER_PORT", "COST_PORT", "NOTIFIER_PORT",
-                                            "HEALTH_PORT", "SIMULATOR_PORT")}
+                                            "HEALTH_PORT", "CONSOLE_PORT", "SIMULATOR_PORT")}
     env = {k: v for k, v in os.environ.items() if k not in ("TOGETHER_API_KEY", "OPENAI_API_KEY", "LOG_FORMAT")}
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
                API_PORT=str(ports["API_PORT"]), LIMITER_PORT=str(ports["LIMITER_PORT"]), COST_PORT=str(ports["COST_PORT"]),
                NOTIFIER_PORT=str(ports["NOTIFIER_PORT"]), HEALTH_PORT=str(ports["HEALTH_PORT"]),
-               SIMULATOR_PORT=str(ports["SIMULATOR_PORT"]))
+               CONSOLE_PORT=str(ports["CONSOLE_PORT"]), SIMULATOR_PORT=str(ports["SIMULATOR_PORT"]))
     return env, ports
 
 
@@ -71,17 +74,31 @@ def test_in_a_terminal_every_line_is_readable_and_a_summary_says_where_things_ar
     text = output.decode(errors="replace").replace("\r\n", "\n")
     assert code == 0, text[-3000:]
     ours = [line for line in text.splitlines() if READABLE_LINE.match(line)]
-    assert {READABLE_LINE.match(line)[1] for line in ours} == {"api", "limiter", "cost", "notifier", "health", "run"}
+    assert {READABLE_LINE.match(line)[1] for line in ours} == {"api", "limiter", "cost", "notifier", "health",
+                                                               "console", "run"}
     assert not [line for line in text.splitlines() if line.startswith('{"ts"') or FASTSTREAM_PLAIN_LINE.match(line)]
     assert any("FastStream app started" in line for line in ours)
     summary = text[text.index("costwarden is up:"):]
     assert f"http://127.0.0.1:{ports['API_PORT']}" in summary and f"http://127.0.0.1:{ports['HEALTH_PORT']}" in summary
     assert f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/v1" in summary and "keys create --user" in summary
+    assert f"http://127.0.0.1:{ports['CONSOLE_PORT']}" in summary
 
 
-def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_path):
+def console_spend_today(console: str, key: str) -> Decimal:
+    with httpx.Client(base_url=console, timeout=10) as browser:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
+        assert csrf is not None
+        assert browser.post("/signin", data={"key": key, "csrf": csrf[1], "next": "/"}).status_code == 303
+        day = re.search(r'data-period="day">.*?data-value="([^"]+)"', browser.get("/").text, re.S)
+        assert day is not None
+        return Decimal(day[1])
+
+
+def test_run_starts_everything_and_ctrl_c_stops_everything(fresh_database, tmp_path):
+    """A new installation: make run starts everything, and the first call's spend is in the console,
+    signed in with the admin key that make run made, within a minute."""
     redis_srv, redis_url = redis_server()  # a fresh one: other tests spend 127.0.0.1's anonymous quota
-    env, ports = run_env(database_url, redis_url)
+    env, ports = run_env(fresh_database, redis_url)
     log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)
     run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=tmp_path,
                            stdout=log, stderr=subprocess.STDOUT)
@@ -92,6 +109,11 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_pat
         assert response.status_code == 200
         assert response.json()["provider"] == "together_ai"
         assert response.json()["response"].startswith("This is a simulated answer")
+        started = time.monotonic()
+        admin_key = (tmp_path / ".run" / "admin-key").read_text().strip()
+        console = f"http://127.0.0.1:{ports['CONSOLE_PORT']}"
+        wait_for(lambda: console_spend_today(console, admin_key) > 0, "the first spend in the console", 60)
+        assert time.monotonic() - started < 60
     finally:
         run.send_signal(signal.SIGINT)
         code = run.wait(60)
@@ -101,7 +123,9 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(database_url, tmp_pat
     assert "starting nats-server with JetStream" in output
     assert "no TOGETHER_API_KEY set: the gateway calls the local LLM simulator" in output
     services = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert {entry["service"] for entry in services} >= {"api", "limiter", "cost", "notifier", "health", "run"}
+    assert {entry["service"] for entry in services} >= {"api", "limiter", "cost", "notifier", "health", "console",
+                                                        "run"}
+    assert "created a first admin key" in output and admin_key not in output  # the key is in its file only
     assert any("FastStream app started" in entry["msg"] for entry in services)  # not a line of its own format
     assert not [line for line in output.splitlines() if FASTSTREAM_PLAIN_LINE.match(line)]
     # the services stop before NATS: each drains through a live connection

@@ -5,12 +5,8 @@ every rule evaluates without error. A wrong metric name or label fails here, not
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -20,20 +16,19 @@ import nats
 import pytest
 import yaml
 
-from services.simulator.app import create_app as create_simulator
 from shared.bus_permissions import inbox_prefix
 from shared.events import Alert
 from tests.conftest import set_faults, unique
 from tests.integration.helpers import auth, chat_body, new_key
-from tests.servers import ROOT, ProcessServer, ThreadedHttpServer, free_port, s3_server
-from tests.sinks import HttpSink
-from tests.support.polling import eventually, wait_for
+from tests.integration.system import costwarden_run
+from tests.servers import ROOT, ProcessServer, free_port, s3_server
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
 RULES = ROOT / "infra" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "costwarden.json"
-SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup")
+SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup")  # those with metrics to scrape
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
                 "offset"}
@@ -85,35 +80,8 @@ def s3():
 @pytest.fixture
 def system(fresh_database, redis_url, s3, tmp_path):
     """`costwarden run` with every service (backup included), private providers and a Slack sink."""
-    providers = {name: ThreadedHttpServer(create_simulator(name)).start() for name in ("together_ai", "openai")}
-    slack = HttpSink()
-    ports = {name: free_port() for name in ("NATS", *(f"{s.upper()}_PORT" for s in SERVICES))}
-    env = {k: v for k, v in os.environ.items() if k != "LOG_FORMAT"}
-    env.update(s3, DATABASE_URL=fresh_database, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
-               TOGETHER_BASE_URL=f"{providers['together_ai'].url}/v1", TOGETHER_API_KEY="test-together-key",
-               OPENAI_BASE_URL=f"{providers['openai'].url}/v1", OPENAI_API_KEY="test-openai-key",
-               SLACK_WEBHOOK_URL=f"{slack.url}/slack/T0/B0/observed", HEALTH_INTERVAL_S="1",
-               API_KEY_CACHE_S="0", PROVIDER_MAX_RETRIES="0",
-               **{name: str(port) for name, port in ports.items() if name != "NATS"})
-    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=tmp_path,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    def all_live() -> bool:
-        try:
-            return all(httpx.get(f"http://127.0.0.1:{ports[f'{s.upper()}_PORT']}/health/live").is_success
-                       for s in SERVICES)
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(all_live, "make run's services", 90)
-        yield {"ports": ports, "providers": providers, "slack": slack, "database_url": fresh_database,
-               "admin_seed": tmp_path / ".run" / "nats-identities" / "admin.nk"}
-    finally:
-        run.send_signal(signal.SIGINT)
-        run.wait(90)
-        slack.stop()
-        for server in providers.values():
-            server.stop()
+    with costwarden_run(fresh_database, redis_url, s3, tmp_path) as running:
+        yield running
 
 
 def prometheus_scraping(ports: dict[str, int]) -> tuple[ProcessServer, str]:

@@ -17,10 +17,14 @@ import pytest
 from services.api.pg_api_key_store import PgApiKeyStore
 from services.api.pg_key_admin import create_key
 from services.backup.pg_backup_log import PgBackupLog
+from services.console.console import DIMENSIONS, ORDERS
+from services.console.periods import preset
+from services.console.pg_console_store import PgConsoleStore
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
 from services.limiter.pg_violation_log import PgViolationLog
 from services.notifier.pg_delivery_log import PgDeliveryLog
+from shared.api_keys import hash_api_key
 from shared.events import Alert, LimitViolation, LlmCompleted
 from shared.migrate import pending_migrations
 from shared.policy import Thresholds
@@ -129,3 +133,43 @@ async def test_backup_reads_everything_it_dumps_and_writes_its_log_only(login_as
         await log.succeed(log_id, "database-backups/x.dump.gz", 10, "ab")
         assert await log.last_success() is not None
     await refused(url, "UPDATE api_keys SET revoked_at = now()")
+
+
+async def test_console_reads_what_it_shows_and_writes_nothing(login_as, fresh_database):
+    owner = await asyncpg.connect(fresh_database)
+    _, key = await create_key(owner, "ann", "pro", actor="test")
+    await owner.close()
+
+    async def ignore(alert: Alert) -> None: ...
+
+    async with asyncpg.create_pool(fresh_database, min_size=0, max_size=1) as owner_pool:
+        await CostRecorder(PgUsageLedger(owner_pool), PriceCatalog.with_overrides({}), Thresholds(), ignore).record([
+            LlmCompleted(request_id=unique("r"), user_id="ann", provider="together_ai",
+                         model="meta-llama/Llama-3-8b-chat-hf", prompt_tokens=1000, completion_tokens=1000,
+                         endpoint="/v1/chat/completions", success=True, latency_ms=10, tags={"team": "a", "feature": "f"})])
+    url = await login_as("console")
+    now = datetime.now(UTC)
+    async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
+        store = PgConsoleStore(pool)
+        signed_in = await store.signed_in_key(hash_api_key(key))
+        assert signed_in is not None and signed_in.user_id == "ann"
+        assert (await store.spend("ann", now))["day"] == Decimal("0.0004")
+        window = preset("24h", now)
+        assert [row.key for row in await store.breakdown(None, window, "tag", "key", 10)] == ["feature=f", "team=a"]
+        assert [row.key for row in await store.breakdown("ann", window, "model", "cost", 10)] == [
+            "meta-llama/Llama-3-8b-chat-hf"]
+        for user in (None, "ann"):
+            for dimension in DIMENSIONS:
+                for order in ORDERS:
+                    rows = await store.breakdown(user, window, dimension, order, 10)
+                    assert sum(row.cost for row in rows) == Decimal("0.0004") * (2 if dimension == "tag" else 1)
+        assert (await store.traffic(None, now - timedelta(hours=1), now + timedelta(minutes=1))).requests == 1
+        assert await store.alerts(None, now - timedelta(days=1), 10) == []
+        assert await store.denials(None, window.start, window.end) == []
+        assert await store.backups(5) == []
+        assert [k.user_id for k in await store.keys(None)] == ["ann"]
+    await refused(url, "UPDATE api_keys SET revoked_at = now()")
+    await refused(url, "INSERT INTO llm_cost_rollups (period, bucket, dimension, key, requests, successes,"
+                       " prompt_tokens, completion_tokens, cost, latency_ms_sum) VALUES ('hour', now(), 'all', 'x',"
+                       " 1, 1, 1, 1, 1, 1)")
+    await refused(url, "SELECT * FROM api_key_audit")

@@ -6,8 +6,9 @@ from services.devrun import parse_replicas
 
 
 def test_named_services_take_their_count_and_the_rest_one():
-    assert parse_replicas("limiter=3, cost=2") == {"limiter": 3, "cost": 2, "notifier": 1, "health": 1, "backup": 1}
-    assert parse_replicas(None) == dict.fromkeys(("limiter", "cost", "notifier", "health", "backup"), 1)
+    assert parse_replicas("limiter=3, cost=2") == {"limiter": 3, "cost": 2, "notifier": 1, "health": 1, "backup": 1,
+                                                  "console": 1}
+    assert parse_replicas(None) == dict.fromkeys(("limiter", "cost", "notifier", "health", "backup", "console"), 1)
 
 
 @pytest.mark.parametrize(("text", "says"), [

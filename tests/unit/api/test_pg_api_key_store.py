@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.api.callers import KeyStoreUnavailable, hash_api_key
+from services.api.callers import KeyStoreUnavailable
 from services.api.pg_api_key_store import PgApiKeyStore
+from shared.api_keys import hash_api_key
 
 
 class FlakyPool:

@@ -1,0 +1,103 @@
+"""Composition root of the console: Postgres (read only), the api and health service over HTTP, and
+its own NATS identity, wired to the use case and the pages (routes.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import nats
+import nats.errors
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from services.console import routes
+from services.console.console import Console
+from services.console.httpx_key_actions import HttpxKeyActions
+from services.console.httpx_live_status import HttpxLiveStatus
+from services.console.nats_bus_actions import NatsBusActions
+from services.console.pg_console_store import PgConsoleStore
+from services.console.sessions import SessionCodec
+from shared.bus import nats_options
+from shared.logs import configure_logging
+from shared.service_app import metrics_text, run_readiness
+from shared.settings import Settings, get_settings, is_set
+
+SERVICE = "console"
+
+
+def session_codec(settings: Settings) -> SessionCodec:
+    if not is_set(settings.console_session_secret):
+        raise SystemExit("CONSOLE_SESSION_SECRET is not set: the console needs a secret (the same on every replica) "
+                         "to seal its session cookies, such as the output of `openssl rand -base64 32`")
+    return SessionCodec(settings.console_session_secret.get_secret_value(), settings.console_session_hours * 3600)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    codec = session_codec(settings)
+    config = settings.file_config()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
+        nc = await nats.connect(**nats_options(settings, SERVICE))
+        client = httpx.AsyncClient()
+        store = PgConsoleStore(pool)
+        console = Console(store, HttpxLiveStatus(client, settings.console_health_url, settings.console_api_url),
+                          HttpxKeyActions(client, settings.console_api_url), NatsBusActions(nc), config.thresholds)
+        app.state.console = routes.ConsoleState(console, store, codec,
+                                                sorted(name for name in config.tiers if name != "anonymous"),
+                                                settings.console_cookie_secure)
+
+        async def postgres() -> None:
+            await pool.fetchval("SELECT 1")
+
+        async def nats_connected() -> None:
+            if not nc.is_connected:
+                raise ConnectionError("NATS disconnected")
+
+        app.state.readiness = [("postgres", postgres), ("nats", nats_connected)]
+        try:
+            yield
+        finally:
+            await client.aclose()
+            with contextlib.suppress(nats.errors.Error, RuntimeError):
+                await nc.drain()
+            await pool.close()
+
+    # No /docs: the console is pages for people; its only API is the api's.
+    app = FastAPI(title="costwarden console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.include_router(routes.router)
+    routes.install_handlers(app)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'][1:])}: {error['msg']}" for error in exc.errors())
+        return routes.render(request, "error.html", None, status=400, title="Bad request", message=problems)
+
+    @app.get("/health/live", include_in_schema=False)
+    async def live() -> dict[str, str]:
+        return {"status": "alive", "service": SERVICE}
+
+    @app.get("/health/ready", include_in_schema=False)
+    async def ready() -> JSONResponse:
+        checks = await run_readiness(app.state.readiness)
+        is_ready = all(result == "ok" for result in checks.values())
+        return JSONResponse({"status": "ready" if is_ready else "not ready", "service": SERVICE, "checks": checks},
+                            status_code=200 if is_ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

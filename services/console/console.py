@@ -1,0 +1,328 @@
+"""The console's use case: who may see what, and each page's figures, from ports that read what the
+other services record (ConsoleStore), ask the running services (LiveStatus), act through the api's
+admin API (KeyActions) and the bus (BusActions). No I/O here: the adapters do it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from services.console.periods import HOUR, TimeRange, floor_hour
+from shared.cost_query import projected_month_end
+from shared.policy import Levels, Thresholds
+
+DIMENSIONS = ("model", "endpoint", "tag", "user")
+ORDERS = ("cost", "requests", "tokens", "key")
+MINUTE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is signed in: an admin sees everyone; anyone else only their own user."""
+
+    key_id: int
+    user_id: str
+    admin: bool
+
+    @property
+    def only_user(self) -> str | None:
+        return None if self.admin else self.user_id
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    id: int
+    prefix: str
+    user_id: str
+    tier: str
+    admin: bool
+    alias: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    per_minute: dict[datetime, int]
+    requests: int
+    successes: int
+    p95_latency_ms: float | None
+
+
+@dataclass(frozen=True)
+class BreakdownRow:
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    estimated_cost: Decimal
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    today: Decimal = Decimal(0)
+    this_month: Decimal = Decimal(0)
+    requests_today: int = 0
+
+
+@dataclass(frozen=True)
+class DenialRow:
+    hour: datetime
+    tier: str
+    endpoint: str
+    reason: str
+    denials: int
+
+
+@dataclass(frozen=True)
+class DeniedCaller:
+    caller: str
+    tier: str
+    denials: int
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    status: str  # the latest attempt's: sent, retrying or failed
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    key: str
+    severity: str
+    message: str
+    raised_at: datetime
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.key.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class BackupRow:
+    id: int
+    trigger: str
+    status: str
+    object_key: str | None
+    size_bytes: int | None
+    sha256: str | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def verification(self) -> str:
+        """A run is marked success only after its object was read back and its SHA-256 matched."""
+        return {"success": "read back, checksum matched", "running": "pending"}.get(self.status, "not verified")
+
+
+@dataclass(frozen=True)
+class DependencyRow:
+    name: str
+    status: str
+    latency_ms: float | None
+    last_checked: str | None
+    failures_in_a_row: int
+    message: str
+
+
+class ConsoleStore(Protocol):
+    """What the other services recorded in Postgres; `user` None means every user."""
+
+    async def signed_in_key(self, key_hash: str) -> KeyRow | None: ...
+
+    async def key(self, key_id: int) -> KeyRow | None: ...
+
+    async def spend(self, user: str | None, now: datetime) -> dict[str, Decimal]: ...
+
+    async def hourly_cost(self, user: str | None, start: datetime, end: datetime) -> dict[datetime, Decimal]: ...
+
+    async def traffic(self, user: str | None, start: datetime, end: datetime) -> Traffic: ...
+
+    async def breakdown(self, user: str | None, window: TimeRange, dimension: str, order: str,
+                        limit: int) -> list[BreakdownRow]: ...
+
+    async def keys(self, user: str | None) -> list[KeyRow]: ...
+
+    async def usage_by_user(self, users: Sequence[str], now: datetime) -> dict[str, UserUsage]: ...
+
+    async def denials(self, user: str | None, start: datetime, end: datetime) -> list[DenialRow]: ...
+
+    async def most_denied(self, user: str | None, start: datetime, end: datetime, limit: int
+                          ) -> list[DeniedCaller]: ...
+
+    async def alerts(self, user: str | None, since: datetime, limit: int) -> list[AlertRow]: ...
+
+    async def backups(self, limit: int) -> list[BackupRow]: ...
+
+
+class LiveStatus(Protocol):
+    """The running services' own view: None when a service does not answer."""
+
+    async def dependencies(self) -> list[DependencyRow] | None: ...
+
+    async def breakers(self) -> dict[str, str] | None: ...
+
+
+class KeyActionRefused(Exception):
+    """The admin API refused a key action; the message is the api's own and safe to show."""
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    id: int
+    key: str
+    prefix: str
+
+
+class KeyActions(Protocol):
+    """Key changes through the api's admin API, made as the signed-in key (audited as its user)."""
+
+    async def create(self, as_key: str, user_id: str, tier: str, alias: str | None, expires_in: str | None,
+                     admin: bool) -> CreatedKey: ...
+
+    async def revoke(self, as_key: str, key_id: int) -> None: ...
+
+
+class BackupUnavailable(Exception):
+    """No backup worker takes requests now."""
+
+
+class BusActions(Protocol):
+    async def dead_letters(self) -> int | None: ...
+
+    async def request_backup(self) -> str: ...
+
+
+Level = Literal["ok", "warning", "critical"]
+
+
+@dataclass(frozen=True)
+class PeriodSpend:
+    period: str
+    spent: Decimal
+    warning: Decimal | None
+    critical: Decimal | None
+
+    @property
+    def level(self) -> Level:
+        if self.critical is not None and self.spent > self.critical:
+            return "critical"
+        if self.warning is not None and self.spent > self.warning:
+            return "warning"
+        return "ok"
+
+
+@dataclass(frozen=True)
+class Overview:
+    spend: list[PeriodSpend]
+    projected_month: Decimal
+    hourly_cost: list[tuple[datetime, Decimal]]
+    traffic: Traffic
+    minutes: list[tuple[datetime, int]]
+    alerts_today: list[AlertRow]
+
+    @property
+    def success_rate(self) -> Decimal | None:
+        if not self.traffic.requests:
+            return None
+        return (Decimal(100) * self.traffic.successes / self.traffic.requests).quantize(Decimal("0.1"))
+
+
+def period_spend(spent: dict[str, Decimal], thresholds: Thresholds, per_user: bool) -> list[PeriodSpend]:
+    """Spend this hour, today and this month beside its thresholds: a user's own day is held to the
+    per-user daily levels, which are the only per-user ones."""
+    levels = {"hour": thresholds.hourly, "day": thresholds.daily, "month": thresholds.monthly}
+    if per_user:
+        levels = {"hour": Levels(), "day": thresholds.user_daily, "month": Levels()}
+    return [PeriodSpend(period, spent.get(period, Decimal(0)), levels[period].warning, levels[period].critical)
+            for period in ("hour", "day", "month")]
+
+
+def series(values: dict[datetime, Decimal], start: datetime, end: datetime, step: timedelta
+           ) -> list[tuple[datetime, Decimal]]:
+    """One value per step from start to end, zero where nothing was recorded."""
+    count = int((end - start) / step)
+    return [(start + i * step, values.get(start + i * step, Decimal(0))) for i in range(count)]
+
+
+def breakdown_csv(rows: Sequence[BreakdownRow], dimension: str, window: TimeRange) -> str:
+    """The rows exactly as the page shows them, with the window they cover."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([dimension, "requests", "prompt_tokens", "completion_tokens", "cost_usd", "estimated_cost_usd",
+                     "from_utc", "to_utc"])
+    for row in rows:
+        writer.writerow([row.key, row.requests, row.prompt_tokens, row.completion_tokens, row.cost, row.estimated_cost,
+                         window.start.isoformat(), window.end.isoformat()])
+    return out.getvalue()
+
+
+class Console:
+    def __init__(self, store: ConsoleStore, status: LiveStatus, keys: KeyActions, bus: BusActions,
+                 thresholds: Thresholds) -> None:
+        self.store, self.status, self.key_actions, self.bus = store, status, keys, bus
+        self.thresholds = thresholds
+
+    async def overview(self, viewer: Viewer, now: datetime) -> Overview:
+        user = viewer.only_user
+        spent = await self.store.spend(user, now)
+        hour = floor_hour(now)
+        first_hour = hour - 47 * HOUR
+        hourly = await self.store.hourly_cost(user, first_hour, hour + HOUR)
+        since = now.replace(second=0, microsecond=0) - timedelta(hours=24) + MINUTE
+        traffic = await self.store.traffic(user, since, since + timedelta(hours=24))
+        minutes = [(at, int(count)) for at, count in series(
+            {at: Decimal(n) for at, n in traffic.per_minute.items()}, since, since + timedelta(hours=24), MINUTE)]
+        day_start = hour.replace(hour=0)
+        alerts = await self.store.alerts(user, day_start, 100)
+        return Overview(spend=period_spend(spent, self.thresholds, per_user=user is not None),
+                        projected_month=projected_month_end(spent.get("month", Decimal(0)), now),
+                        hourly_cost=series(hourly, first_hour, hour + HOUR, HOUR), traffic=traffic, minutes=minutes,
+                        alerts_today=alerts)
+
+    async def costs(self, viewer: Viewer, window: TimeRange, dimension: str, order: str, limit: int
+                    ) -> list[BreakdownRow]:
+        if dimension not in DIMENSIONS or order not in ORDERS:
+            raise ValueError(f"dimension must be one of {', '.join(DIMENSIONS)}; sort one of {', '.join(ORDERS)}")
+        return await self.store.breakdown(viewer.only_user, window, dimension, order, limit)
+
+    async def keys(self, viewer: Viewer, now: datetime) -> tuple[list[KeyRow], dict[str, UserUsage]]:
+        rows = await self.store.keys(viewer.only_user)
+        usage = await self.store.usage_by_user(sorted({row.user_id for row in rows}), now)
+        return rows, usage
+
+    async def limits(self, viewer: Viewer, window: TimeRange) -> tuple[list[DenialRow], list[DeniedCaller]]:
+        user = viewer.only_user
+        return (await self.store.denials(user, window.start, window.end),
+                await self.store.most_denied(user, window.start, window.end, 20))
+
+    async def alerts(self, viewer: Viewer, now: datetime) -> tuple[list[AlertRow], int | None]:
+        rows = await self.store.alerts(viewer.only_user, now - timedelta(days=7), 200)
+        return rows, (await self.bus.dead_letters() if viewer.admin else None)
+
+    async def health(self) -> tuple[list[DependencyRow] | None, dict[str, str] | None]:
+        return await self.status.dependencies(), await self.status.breakers()
+
+    async def backups(self) -> list[BackupRow]:
+        return await self.store.backups(50)
+

@@ -1,0 +1,239 @@
+"""What the console shows, read from Postgres as the costwarden_console role (SELECT only). Spend and
+breakdowns come from the cost service's rollups wherever one serves; only what no rollup keeps (a single
+user's breakdown, requests per minute and the 95th percentile of latency) is read from the ledger, over
+an indexed time range."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from services.console.console import (
+    AlertRow,
+    BackupRow,
+    BreakdownRow,
+    Delivery,
+    DenialRow,
+    DeniedCaller,
+    KeyRow,
+    Traffic,
+    UserUsage,
+)
+from services.console.periods import TimeRange, floor_hour, rollup_spans
+
+KEY_COLUMNS = ("id, key_prefix, user_id, tier, is_admin, label, created_at, last_used_at, expires_at, revoked_at")
+
+SPEND = """
+SELECT period, coalesce(sum(cost), 0) AS cost FROM llm_cost_rollups
+WHERE dimension = $1 AND key = $2
+  AND (period, bucket) IN (('hour', $3::timestamptz), ('day', $4::timestamptz), ('month', $5::timestamptz))
+GROUP BY period
+"""
+
+HOURLY_COST = """
+SELECT bucket, cost FROM llm_cost_rollups
+WHERE period = 'hour' AND dimension = $1 AND key = $2 AND bucket >= $3 AND bucket < $4
+"""
+
+PER_MINUTE = """
+SELECT date_trunc('minute', created_at) AS minute, count(*) AS requests FROM llm_usage
+WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+GROUP BY 1
+"""
+
+TRAFFIC = """
+SELECT count(*) AS requests, count(*) FILTER (WHERE success) AS successes,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
+FROM llm_usage WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+"""
+
+SUMS = ("sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
+        " sum(cost) AS cost, sum(estimated_cost) AS estimated_cost")
+
+ROLLUP_BREAKDOWN = f"""
+SELECT key, {SUMS} FROM llm_cost_rollups
+WHERE dimension = $1
+  AND ((period = $2 AND bucket >= $3 AND bucket < $4) OR (period = $5 AND bucket >= $6 AND bucket < $7)
+       OR (period = $8 AND bucket >= $9 AND bucket < $10))
+GROUP BY key ORDER BY {{order}} LIMIT $11
+"""
+
+LEDGER_KEYS = {"model": "model", "endpoint": "endpoint", "user": "user_id"}
+
+# One user's breakdown from the ledger (no rollup keeps a user by model, endpoint or tag). Tags are
+# grouped by their whole set first: a user has few distinct sets, so each is expanded once, not per row.
+LEDGER_BREAKDOWN = """
+WITH grouped AS (
+    SELECT {key} AS key, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
+           sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
+           coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost
+    FROM llm_usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1
+)
+SELECT key, requests, prompt_tokens, completion_tokens, cost, estimated_cost FROM grouped
+ORDER BY {order} LIMIT $4
+"""
+
+LEDGER_TAG_BREAKDOWN = """
+WITH grouped AS (
+    SELECT tags, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
+           sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
+           coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost
+    FROM llm_usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY tags
+)
+SELECT t.key || '=' || t.value AS key, sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens,
+       sum(completion_tokens) AS completion_tokens, sum(cost) AS cost, sum(estimated_cost) AS estimated_cost
+FROM grouped CROSS JOIN LATERAL jsonb_each_text(tags) AS t
+GROUP BY 1 ORDER BY {order} LIMIT $4
+"""
+
+ORDER_BY = {"cost": "cost DESC, key", "requests": "requests DESC, key",
+            "tokens": "prompt_tokens + completion_tokens DESC, key", "key": "key"}
+# Queries that aggregate in their last step order by their own sums (an output column's name may not be
+# used inside an expression).
+ROLLUP_ORDER_BY = {**ORDER_BY, "tokens": "sum(prompt_tokens) + sum(completion_tokens) DESC, key"}
+
+USAGE_BY_USER = """
+SELECT key AS user_id, period, cost, requests FROM llm_cost_rollups
+WHERE dimension = 'user' AND key = ANY($1::text[])
+  AND (period, bucket) IN (('day', $2::timestamptz), ('month', $3::timestamptz))
+"""
+
+DENIALS = """
+SELECT date_trunc('hour', created_at) AS hour, tier, endpoint, limited_by AS reason, count(*) AS denials
+FROM rate_limit_violations
+WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+GROUP BY 1, 2, 3, 4 ORDER BY 1 DESC, 5 DESC, 2, 3, 4
+"""
+
+MOST_DENIED = """
+SELECT coalesce('user ' || user_id, 'ip ' || ip_address, 'unknown') AS caller, max(tier) AS tier,
+       count(*) AS denials, max(created_at) AS last_at
+FROM rate_limit_violations
+WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT $4
+"""
+
+ALERTS = """
+SELECT key, severity, message, raised_at FROM (
+    SELECT alert_key AS key, severity, message, created_at AS raised_at FROM cost_alerts
+    WHERE created_at >= $1 AND ($2::text IS NULL OR scope = 'user:' || $2)
+    UNION ALL
+    SELECT d.alert_key, NULL, NULL, min(d.created_at) FROM alert_deliveries d
+    WHERE $2::text IS NULL AND d.created_at >= $1
+      AND NOT EXISTS (SELECT FROM cost_alerts c WHERE c.alert_key = d.alert_key)
+    GROUP BY d.alert_key
+) raised ORDER BY raised_at DESC, key LIMIT $3
+"""
+
+DELIVERIES = """
+SELECT DISTINCT ON (alert_key, channel) alert_key, channel, status, error,
+       max(attempt) OVER (PARTITION BY alert_key, channel) AS attempts
+FROM alert_deliveries WHERE alert_key = ANY($1::text[])
+ORDER BY alert_key, channel, id DESC
+"""
+
+BACKUPS = """
+SELECT id, trigger, status, object_key, size_bytes, sha256, error, started_at, finished_at FROM backup_logs
+ORDER BY started_at DESC, id DESC LIMIT $1
+"""
+
+
+def key_row(row: asyncpg.Record) -> KeyRow:
+    return KeyRow(row["id"], row["key_prefix"], row["user_id"], row["tier"], row["is_admin"], row["label"],
+                  row["created_at"], row["last_used_at"], row["expires_at"], row["revoked_at"])
+
+
+def scope_of(user: str | None) -> tuple[str, str]:
+    return ("user", user) if user else ("all", "")
+
+
+def breakdown_row(row: asyncpg.Record) -> BreakdownRow:
+    return BreakdownRow(row["key"] or "", int(row["requests"]), int(row["prompt_tokens"]),
+                        int(row["completion_tokens"]), row["cost"], row["estimated_cost"])
+
+
+class PgConsoleStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def signed_in_key(self, key_hash: str) -> KeyRow | None:
+        row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash)
+        return key_row(row) if row else None
+
+    async def key(self, key_id: int) -> KeyRow | None:
+        row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return key_row(row) if row else None
+
+    async def spend(self, user: str | None, now: datetime) -> dict[str, Decimal]:
+        hour = floor_hour(now)
+        day = hour.replace(hour=0)
+        rows = await self.pool.fetch(SPEND, *scope_of(user), hour, day, day.replace(day=1))
+        return {row["period"]: row["cost"] for row in rows}
+
+    async def hourly_cost(self, user: str | None, start: datetime, end: datetime) -> dict[datetime, Decimal]:
+        rows = await self.pool.fetch(HOURLY_COST, *scope_of(user), start, end)
+        return {row["bucket"]: row["cost"] for row in rows}
+
+    async def traffic(self, user: str | None, start: datetime, end: datetime) -> Traffic:
+        async with self.pool.acquire() as conn:
+            minutes = await conn.fetch(PER_MINUTE, start, end, user)
+            totals = await conn.fetchrow(TRAFFIC, start, end, user)
+        return Traffic({row["minute"]: row["requests"] for row in minutes}, totals["requests"], totals["successes"],
+                       totals["p95"])
+
+    async def breakdown(self, user: str | None, window: TimeRange, dimension: str, order: str,
+                        limit: int) -> list[BreakdownRow]:
+        if user is not None:
+            if dimension == "tag":
+                sql = LEDGER_TAG_BREAKDOWN.format(order=ROLLUP_ORDER_BY[order])
+            else:
+                sql = LEDGER_BREAKDOWN.format(key=LEDGER_KEYS[dimension], order=ORDER_BY[order])
+            return [breakdown_row(row) for row in await self.pool.fetch(sql, user, window.start, window.end, limit)]
+        spans = rollup_spans(window.start, window.end)
+        spans += [("hour", window.end, window.end)] * (3 - len(spans))  # empty: matches no bucket
+        args = [value for span in spans for value in span]
+        rows = await self.pool.fetch(ROLLUP_BREAKDOWN.format(order=ROLLUP_ORDER_BY[order]), dimension, *args, limit)
+        return [breakdown_row(row) for row in rows]
+
+    async def keys(self, user: str | None) -> list[KeyRow]:
+        rows = await self.pool.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR user_id = $1)"
+                                     " ORDER BY created_at DESC, id DESC LIMIT 500", user)
+        return [key_row(row) for row in rows]
+
+    async def usage_by_user(self, users: Sequence[str], now: datetime) -> dict[str, UserUsage]:
+        day = floor_hour(now).replace(hour=0)
+        rows = await self.pool.fetch(USAGE_BY_USER, list(users), day, day.replace(day=1))
+        found: dict[str, dict[str, asyncpg.Record]] = {}
+        for row in rows:
+            found.setdefault(row["user_id"], {})[row["period"]] = row
+        return {user: UserUsage(
+            today=periods["day"]["cost"] if "day" in periods else Decimal(0),
+            this_month=periods["month"]["cost"] if "month" in periods else Decimal(0),
+            requests_today=int(periods["day"]["requests"]) if "day" in periods else 0,
+        ) for user, periods in found.items()}
+
+    async def denials(self, user: str | None, start: datetime, end: datetime) -> list[DenialRow]:
+        rows = await self.pool.fetch(DENIALS, start, end, user)
+        return [DenialRow(row["hour"], row["tier"], row["endpoint"], row["reason"], row["denials"]) for row in rows]
+
+    async def most_denied(self, user: str | None, start: datetime, end: datetime, limit: int) -> list[DeniedCaller]:
+        rows = await self.pool.fetch(MOST_DENIED, start, end, user, limit)
+        return [DeniedCaller(row["caller"], row["tier"], row["denials"], row["last_at"]) for row in rows]
+
+    async def alerts(self, user: str | None, since: datetime, limit: int) -> list[AlertRow]:
+        async with self.pool.acquire() as conn:
+            raised = await conn.fetch(ALERTS, since, user, limit)
+            deliveries = await conn.fetch(DELIVERIES, [row["key"] for row in raised])
+        by_key: dict[str, dict[str, Delivery]] = {}
+        for row in deliveries:
+            by_key.setdefault(row["alert_key"], {})[row["channel"]] = Delivery(row["status"], row["attempts"],
+                                                                                row["error"])
+        return [AlertRow(row["key"], row["severity"] or "", row["message"] or "", row["raised_at"],
+                         by_key.get(row["key"], {})) for row in raised]
+
+    async def backups(self, limit: int) -> list[BackupRow]:
+        return [BackupRow(**dict(row)) for row in await self.pool.fetch(BACKUPS, limit)]
+

@@ -1,0 +1,353 @@
+"""The console's pages: sign-in and sign-out, then Overview, Costs (with CSV), Keys, Limits, Alerts,
+Health and Backups, rendered on the server from Jinja2 templates. Every page needs a session; every
+form post needs the session's CSRF token; Health and Backups are for admins."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from prometheus_client import Histogram
+
+from services.console.console import (
+    DIMENSIONS,
+    ORDERS,
+    BackupUnavailable,
+    Console,
+    ConsoleStore,
+    KeyActionRefused,
+    Viewer,
+    breakdown_csv,
+)
+from services.console.periods import PRESETS, TimeRange, parse_range
+from services.console.sessions import (
+    NEW_KEY_COOKIE,
+    SESSION_COOKIE,
+    SIGNIN_COOKIE,
+    Session,
+    SessionCodec,
+    new_nonce,
+)
+from services.console.svg_charts import Point, bar_chart, line_chart
+from shared.api_keys import hash_api_key
+from shared.events import utc_now
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+PAGE_SECONDS = Histogram("costwarden_console_page_seconds", "Time to answer a console page", ["page"])
+TOP_CHOICES = (10, 20, 50, 100, 500)
+NEW_KEY_SHOWN_S = 120
+
+
+def usd(value: Decimal | None) -> str:
+    """Dollars and cents from $1 up; below that four places, since a call often costs a fraction of a cent."""
+    if value is None:
+        return "—"
+    amount = Decimal(value)
+    places = Decimal("0.01") if abs(amount) >= 1 else Decimal("0.0001")
+    return f"${amount.quantize(places, rounding=ROUND_HALF_UP):,}"
+
+
+def when(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+TEMPLATES.env.filters.update(usd=usd, when=when, number=lambda n: f"{int(n):,}")
+
+
+@dataclass
+class ConsoleState:
+    console: Console
+    store: ConsoleStore
+    codec: SessionCodec
+    tiers: list[str]
+    secure_cookie: bool
+
+
+class SignInNeeded(Exception):
+    def __init__(self, path: str, stale_cookie: bool) -> None:
+        self.path, self.stale_cookie = path, stale_cookie
+
+
+class Forbidden(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def state_of(request: Request) -> ConsoleState:
+    state: ConsoleState = request.app.state.console
+    return state
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    session: Session
+    viewer: Viewer
+
+
+async def signed_in(request: Request, state: ConsoleState = Depends(state_of)) -> SignedIn:
+    """The session's key must still be active (a revoked or expired key ends its console sessions);
+    rights are read again from the key, not trusted from the cookie."""
+    session = state.codec.open(request.cookies.get(SESSION_COOKIE))
+    row = await state.store.key(session.key_id) if session else None
+    if session is None or row is None or not row.active(utc_now()) or row.user_id != session.user_id:
+        raise SignInNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+                           stale_cookie=SESSION_COOKIE in request.cookies)
+    return SignedIn(session, Viewer(row.id, row.user_id, row.admin))
+
+
+def admin_only(who: SignedIn) -> None:
+    if not who.viewer.admin:
+        raise Forbidden("this page is for admin keys")
+
+
+def check_csrf(state: ConsoleState, who: SignedIn, token: str) -> None:
+    if not state.codec.csrf_ok(who.session.nonce, token):
+        raise Forbidden("the form was not sent by this console (missing or wrong CSRF token); reload and retry")
+
+
+def render(request: Request, template: str, who: SignedIn | None, status: int = 200, **context: Any) -> HTMLResponse:
+    state = state_of(request)
+    csrf = state.codec.csrf_token(who.session.nonce) if who else context.pop("csrf", "")
+    return TEMPLATES.TemplateResponse(request, template, {"viewer": who.viewer if who else None, "csrf": csrf,
+                                                          "path": request.url.path, **context}, status_code=status)
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path of this console: never another site (open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def set_cookie(response: Response, state: ConsoleState, name: str, value: str, max_age: int, path: str = "/") -> None:
+    response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite="strict",
+                        secure=state.secure_cookie)
+
+
+router = APIRouter()
+
+
+@router.get("/signin", response_class=HTMLResponse)
+async def signin_form(request: Request, next: str = "/", state: ConsoleState = Depends(state_of)) -> Response:
+    nonce = new_nonce()
+    response = render(request, "signin.html", None, csrf=state.codec.csrf_token(nonce), next=safe_next(next))
+    set_cookie(response, state, SIGNIN_COOKIE, nonce, 3600, path="/signin")
+    return response
+
+
+@router.post("/signin", response_class=HTMLResponse)
+async def signin(request: Request, key: str = Form(""), csrf: str = Form(""), next: str = Form("/"),
+                 state: ConsoleState = Depends(state_of)) -> Response:
+    if not state.codec.csrf_ok(request.cookies.get(SIGNIN_COOKIE), csrf):
+        raise Forbidden("the sign-in form expired or was not sent by this console; reload it and sign in again")
+    row = await state.store.signed_in_key(hash_api_key(key.strip())) if key.strip() else None
+    if row is None or not row.active(utc_now()):
+        return render(request, "signin.html", None, status=401, csrf=csrf, next=safe_next(next),
+                      error="That key is unknown, revoked or expired.")
+    session = Session(key=key.strip(), key_id=row.id, user_id=row.user_id, admin=row.admin, nonce=new_nonce())
+    response = RedirectResponse(safe_next(next), status_code=303)
+    set_cookie(response, state, SESSION_COOKIE, state.codec.seal(session), int(state.codec.lifetime_s))
+    response.delete_cookie(SIGNIN_COOKIE, path="/signin")
+    return response
+
+
+@router.post("/signout")
+async def signout(csrf: str = Form(""), who: SignedIn = Depends(signed_in),
+                  state: ConsoleState = Depends(state_of)) -> Response:
+    check_csrf(state, who, csrf)
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, who: SignedIn = Depends(signed_in),
+                   state: ConsoleState = Depends(state_of)) -> Response:
+    with PAGE_SECONDS.labels("overview").time():
+        page = await state.console.overview(who.viewer, utc_now())
+    top_cost = max((cost for _, cost in page.hourly_cost), default=Decimal(0))
+    hourly = bar_chart("Cost per hour, last 48 hours", [
+        Point(at.strftime("%d %H:00"), cost, usd(cost)) for at, cost in page.hourly_cost], usd(top_cost))
+    top_rpm = max((count for _, count in page.minutes), default=0)
+    per_minute = line_chart("Requests per minute, last 24 hours", [
+        Point(at.strftime("%d %H:%M"), count, f"{count} requests") for at, count in page.minutes], str(top_rpm))
+    return render(request, "overview.html", who, page=page, hourly_chart=hourly, minute_chart=per_minute)
+
+
+def window_of(range_name: str | None, start: str | None, end: str | None) -> TimeRange:
+    try:
+        return parse_range(range_name, start, end, utc_now())
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+class BadInput(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+@dataclass(frozen=True)
+class CostsQuery:
+    window: TimeRange
+    by: str
+    sort: str
+    top: int
+
+
+def costs_query(range: str | None = None, start: str | None = None, end: str | None = None, by: str = "model",
+                sort: str = "cost", top: int = 20) -> CostsQuery:
+    if by not in DIMENSIONS:
+        raise BadInput(f"by must be one of {', '.join(DIMENSIONS)}")
+    if sort not in ORDERS:
+        raise BadInput(f"sort must be one of {', '.join(ORDERS)}")
+    if not 1 <= top <= 1000:
+        raise BadInput("top must be from 1 to 1000")
+    return CostsQuery(window_of(range, start, end), by, sort, top)
+
+
+@router.get("/costs", response_class=HTMLResponse)
+async def costs(request: Request, query: CostsQuery = Depends(costs_query), who: SignedIn = Depends(signed_in),
+                state: ConsoleState = Depends(state_of)) -> Response:
+    with PAGE_SECONDS.labels("costs").time():
+        rows = await state.console.costs(who.viewer, query.window, query.by, query.sort, query.top)
+    return render(request, "costs.html", who, rows=rows, query=query, presets=PRESETS, dimensions=DIMENSIONS,
+                  orders=ORDERS, tops=TOP_CHOICES, csv_link=f"/costs.csv?{request.url.query}",
+                  total=sum((row.cost for row in rows), Decimal(0)))
+
+
+@router.get("/costs.csv")
+async def costs_csv(query: CostsQuery = Depends(costs_query), who: SignedIn = Depends(signed_in),
+                    state: ConsoleState = Depends(state_of)) -> Response:
+    rows = await state.console.costs(who.viewer, query.window, query.by, query.sort, query.top)
+    name = f"costwarden-costs-by-{query.by}-{query.window.start:%Y%m%dT%H}-{query.window.end:%Y%m%dT%H}.csv"
+    return PlainTextResponse(breakdown_csv(rows, query.by, query.window), media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def keys_page(request: Request, who: SignedIn, state: ConsoleState, status: int = 200,
+                    **context: Any) -> Response:
+    with PAGE_SECONDS.labels("keys").time():
+        rows, usage = await state.console.keys(who.viewer, utc_now())
+    return render(request, "keys.html", who, status=status, keys=rows, usage=usage, tiers=state.tiers,
+                  now=utc_now(), **context)
+
+
+@router.get("/keys", response_class=HTMLResponse)
+async def keys(request: Request, revoked: int | None = None, who: SignedIn = Depends(signed_in),
+               state: ConsoleState = Depends(state_of)) -> Response:
+    """A key just created is shown here once: it comes in a sealed cookie that this answer deletes, so
+    that neither a URL, nor a reload, nor the history shows it again."""
+    created = state.codec.open_text(request.cookies.get(NEW_KEY_COOKIE), NEW_KEY_SHOWN_S)
+    response = await keys_page(request, who, state, revoked=revoked, created=created)
+    if NEW_KEY_COOKIE in request.cookies:
+        response.delete_cookie(NEW_KEY_COOKIE, path="/keys")
+    return response
+
+
+@router.post("/keys", response_class=HTMLResponse)
+async def create_key(request: Request, user_id: str = Form(""), tier: str = Form(""), alias: str = Form(""),
+                     expires_in: str = Form(""), admin: str = Form(""), csrf: str = Form(""),
+                     who: SignedIn = Depends(signed_in), state: ConsoleState = Depends(state_of)) -> Response:
+    check_csrf(state, who, csrf)
+    admin_only(who)
+    try:
+        made = await state.console.key_actions.create(who.session.key, user_id.strip(), tier, alias.strip() or None,
+                                                      expires_in.strip() or None, admin == "on")
+    except KeyActionRefused as exc:
+        return await keys_page(request, who, state, status=400, error=str(exc))
+    response = RedirectResponse(f"/keys?created={made.id}", status_code=303)
+    set_cookie(response, state, NEW_KEY_COOKIE, state.codec.seal_text(made.key), NEW_KEY_SHOWN_S, path="/keys")
+    return response
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(request: Request, key_id: int, csrf: str = Form(""), who: SignedIn = Depends(signed_in),
+                     state: ConsoleState = Depends(state_of)) -> Response:
+    check_csrf(state, who, csrf)
+    admin_only(who)
+    try:
+        await state.console.key_actions.revoke(who.session.key, key_id)
+    except KeyActionRefused as exc:
+        return await keys_page(request, who, state, status=400, error=str(exc))
+    return RedirectResponse(f"/keys?revoked={key_id}", status_code=303)
+
+
+@router.get("/limits", response_class=HTMLResponse)
+async def limits(request: Request, range: str | None = None, who: SignedIn = Depends(signed_in),
+                 state: ConsoleState = Depends(state_of)) -> Response:
+    window = window_of(range, None, None)
+    with PAGE_SECONDS.labels("limits").time():
+        denials, callers = await state.console.limits(who.viewer, window)
+    per_hour: dict[datetime, int] = {}
+    for row in denials:
+        per_hour[row.hour] = per_hour.get(row.hour, 0) + row.denials
+    hours = window.hours()
+    chart = bar_chart("Denials per hour", [Point(at.strftime("%d %H:00"), per_hour.get(at, 0),
+                                                 f"{per_hour.get(at, 0)} denials") for at in hours[-168:]],
+                      str(max(per_hour.values(), default=0)))
+    return render(request, "limits.html", who, denials=denials, callers=callers, window=window, chart=chart,
+                  presets=PRESETS, total=sum(per_hour.values()))
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+async def alerts(request: Request, who: SignedIn = Depends(signed_in),
+                 state: ConsoleState = Depends(state_of)) -> Response:
+    with PAGE_SECONDS.labels("alerts").time():
+        rows, dead_letters = await state.console.alerts(who.viewer, utc_now())
+    channels = sorted({channel for row in rows for channel in row.deliveries})
+    return render(request, "alerts.html", who, alerts=rows, channels=channels, dead_letters=dead_letters)
+
+
+@router.get("/status", response_class=HTMLResponse)
+async def status(request: Request, who: SignedIn = Depends(signed_in),
+                 state: ConsoleState = Depends(state_of)) -> Response:
+    admin_only(who)
+    began = time.perf_counter()
+    dependencies, breakers = await state.console.health()
+    PAGE_SECONDS.labels("status").observe(time.perf_counter() - began)
+    return render(request, "status.html", who, dependencies=dependencies, breakers=breakers)
+
+
+@router.get("/backups", response_class=HTMLResponse)
+async def backups(request: Request, requested: str | None = None, who: SignedIn = Depends(signed_in),
+                  state: ConsoleState = Depends(state_of)) -> Response:
+    admin_only(who)
+    return render(request, "backups.html", who, backups=await state.console.backups(), requested=requested)
+
+
+@router.post("/backups", response_class=HTMLResponse)
+async def run_backup(request: Request, csrf: str = Form(""), who: SignedIn = Depends(signed_in),
+                     state: ConsoleState = Depends(state_of)) -> Response:
+    check_csrf(state, who, csrf)
+    admin_only(who)
+    try:
+        request_id = await state.console.bus.request_backup()
+    except BackupUnavailable as exc:
+        return render(request, "backups.html", who, status=503, backups=await state.console.backups(),
+                      error=str(exc))
+    return RedirectResponse(f"/backups?requested={quote(request_id)}", status_code=303)
+
+
+def install_handlers(app: Any) -> None:
+    @app.exception_handler(SignInNeeded)
+    async def to_signin(request: Request, exc: SignInNeeded) -> Response:
+        response = RedirectResponse(f"/signin?next={quote(exc.path)}", status_code=303)
+        if exc.stale_cookie:  # only a cookie that came and failed: a request without one changes nothing
+            response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return render(request, "error.html", None, status=403, title="Not allowed", message=exc.message)
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, exc: BadInput) -> Response:
+        return render(request, "error.html", None, status=400, title="Bad request", message=exc.message)

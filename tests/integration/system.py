@@ -1,0 +1,57 @@
+"""`costwarden run` (what `make run` starts) in a folder of its own, against a private database and
+NATS, with private providers, S3 and a Slack sink: the whole system, as a new user gets it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from services.simulator.app import create_app as create_simulator
+from tests.servers import ThreadedHttpServer, free_port
+from tests.sinks import HttpSink
+from tests.support.polling import wait_for
+
+SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup", "console")
+
+
+@contextmanager
+def costwarden_run(database_url: str, redis_url: str, s3_env: dict[str, str], folder: Path,
+                   **extra_env: str) -> Iterator[dict]:
+    providers = {name: ThreadedHttpServer(create_simulator(name)).start() for name in ("together_ai", "openai")}
+    slack = HttpSink()
+    ports = {name: free_port() for name in ("NATS", *(f"{s.upper()}_PORT" for s in SERVICES))}
+    env = {k: v for k, v in os.environ.items() if k != "LOG_FORMAT"}
+    env.update(s3_env, DATABASE_URL=database_url, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
+               TOGETHER_BASE_URL=f"{providers['together_ai'].url}/v1", TOGETHER_API_KEY="test-together-key",
+               OPENAI_BASE_URL=f"{providers['openai'].url}/v1", OPENAI_API_KEY="test-openai-key",
+               SLACK_WEBHOOK_URL=f"{slack.url}/slack/T0/B0/observed", HEALTH_INTERVAL_S="1",
+               API_KEY_CACHE_S="0", PROVIDER_MAX_RETRIES="0",
+               **{name: str(port) for name, port in ports.items() if name != "NATS"}, **extra_env)
+    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=folder,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def all_live() -> bool:
+        try:
+            return all(httpx.get(f"http://127.0.0.1:{ports[f'{s.upper()}_PORT']}/health/live").is_success
+                       for s in SERVICES)
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(all_live, "make run's services", 90)
+        yield {"ports": ports, "providers": providers, "slack": slack, "database_url": database_url,
+               "admin_seed": folder / ".run" / "nats-identities" / "admin.nk", "folder": folder,
+               "url": {s: f"http://127.0.0.1:{ports[f'{s.upper()}_PORT']}" for s in SERVICES}}
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(90)
+        slack.stop()
+        for server in providers.values():
+            server.stop()

@@ -1,0 +1,100 @@
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from services.console.console import (
+    BreakdownRow,
+    Console,
+    Traffic,
+    Viewer,
+    breakdown_csv,
+    period_spend,
+)
+from services.console.periods import preset
+from shared.policy import Thresholds
+
+NOW = datetime(2026, 11, 28, 14, 37, tzinfo=UTC)
+ADMIN, ALICE = Viewer(1, "ops", admin=True), Viewer(2, "alice", admin=False)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.asked: list[tuple] = []
+
+    async def spend(self, user, now):
+        self.asked.append(("spend", user))
+        return {"hour": Decimal("12"), "day": Decimal("12.5"), "month": Decimal("280")}
+
+    async def hourly_cost(self, user, start, end):
+        return {end - timedelta(hours=1): Decimal("2")}
+
+    async def traffic(self, user, start, end):
+        return Traffic({end - timedelta(minutes=1): 5}, 10, 9, 120.0)
+
+    async def alerts(self, user, since, limit):
+        self.asked.append(("alerts", user, since))
+        return []
+
+    async def breakdown(self, user, window, dimension, order, limit):
+        self.asked.append(("breakdown", user, dimension))
+        return []
+
+
+class FakeBus:
+    async def dead_letters(self):
+        return 3
+
+
+def console(store: FakeStore) -> Console:
+    return Console(store, None, None, FakeBus(), Thresholds())  # type: ignore[arg-type]
+
+
+async def test_the_overview_holds_spend_to_its_thresholds_and_fills_every_hour_and_minute():
+    store = FakeStore()
+    page = await console(store).overview(ADMIN, NOW)
+    assert [(s.period, s.level) for s in page.spend] == [("hour", "warning"), ("day", "ok"), ("month", "ok")]
+    assert len(page.hourly_cost) == 48 and page.hourly_cost[-1] == (datetime(2026, 11, 28, 14, tzinfo=UTC),
+                                                                    Decimal("2"))
+    assert sum(cost for _, cost in page.hourly_cost) == Decimal("2")
+    assert len(page.minutes) == 24 * 60 and page.minutes[-1][1] == 5
+    assert page.success_rate == Decimal("90.0")
+    days_in_november = 30
+    elapsed_days = Decimal(27) + (Decimal(14) + Decimal(37) / 60) / 24
+    assert abs(page.projected_month - Decimal(280) * days_in_november / elapsed_days) < Decimal("0.000001")
+    assert ("spend", None) in store.asked and ("alerts", None, datetime(2026, 11, 28, tzinfo=UTC)) in store.asked
+
+
+async def test_a_user_sees_only_their_own_figures_held_to_the_per_user_daily_levels():
+    store = FakeStore()
+    page = await console(store).overview(ALICE, NOW)
+    assert ("spend", "alice") in store.asked
+    assert [(s.period, s.warning, s.level) for s in page.spend] == [
+        ("hour", None, "ok"), ("day", Decimal(10), "warning"), ("month", None, "ok")]
+    rows, dead = await console(store).alerts(ALICE, NOW)
+    assert dead is None  # the bus's dead letters are everyone's: admins only
+    assert (await console(store).alerts(ADMIN, NOW))[1] == 3
+    await console(store).costs(ALICE, preset("24h", NOW), "model", "cost", 10)
+    assert ("breakdown", "alice", "model") in store.asked
+
+
+def test_period_spend_levels():
+    spend = period_spend({"month": Decimal("5000.01")}, Thresholds(), per_user=False)
+    assert [s.level for s in spend] == ["ok", "ok", "critical"]
+
+
+async def test_an_unknown_breakdown_is_refused():
+    with pytest.raises(ValueError, match="dimension must be one of"):
+        await console(FakeStore()).costs(ADMIN, preset("24h", NOW), "team", "cost", 10)
+
+
+def test_the_csv_is_what_the_page_shows_with_its_window():
+    window = preset("24h", NOW)
+    rows = [BreakdownRow("m1", 3, 10, 20, Decimal("0.0000123456"), Decimal(0)), BreakdownRow("m,2", 1, 1, 1,
+                                                                                            Decimal("2"), Decimal("2"))]
+    parsed = list(csv.DictReader(io.StringIO(breakdown_csv(rows, "model", window))))
+    assert [(r["model"], Decimal(r["cost_usd"]), int(r["requests"])) for r in parsed] == [
+        ("m1", Decimal("0.0000123456"), 3), ("m,2", Decimal(2), 1)]
+    assert parsed[0]["from_utc"] == window.start.isoformat()
