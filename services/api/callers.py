@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from shared.api_keys import KeyRecord
 
 
 @dataclass(frozen=True)
@@ -50,26 +52,6 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidCredentials("Authorization header must be 'Bearer <api key>'")
     return token.strip()
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    """A key as an administrator sees it: never the key itself, only its displayed prefix."""
-
-    id: int
-    prefix: str
-    user_id: str
-    tier: str
-    admin: bool
-    alias: str | None
-    created_at: datetime
-    last_used_at: datetime | None
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {name: value.isoformat() if isinstance(value, datetime) else value
-                for name, value in asdict(self).items()}
 
 
 class KeyAdmin(Protocol):

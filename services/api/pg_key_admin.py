@@ -7,16 +7,8 @@ from datetime import timedelta
 
 import asyncpg
 
-from services.api.callers import KeyRecord
-from shared.api_keys import DISPLAY_PREFIX_LEN, display_prefix, hash_api_key, new_api_key
+from shared.api_keys import DISPLAY_PREFIX_LEN, KEY_COLUMNS, KeyRecord, display_prefix, hash_api_key, new_api_key
 from shared.events import utc_now
-
-COLUMNS = "id, key_prefix, user_id, tier, is_admin, label, created_at, last_used_at, expires_at, revoked_at"
-
-
-def record_of(row: asyncpg.Record) -> KeyRecord:
-    return KeyRecord(row["id"], row["key_prefix"], row["user_id"], row["tier"], row["is_admin"], row["label"],
-                     row["created_at"], row["last_used_at"], row["expires_at"], row["revoked_at"])
 
 
 async def audit(conn: asyncpg.Connection, key_id: int, action: str, actor: str) -> None:
@@ -53,10 +45,10 @@ async def revoke_key(conn: asyncpg.Connection, key_id: int, actor: str) -> KeyRe
     stops accepting it within its key cache's lifetime."""
     async with conn.transaction():
         row = await conn.fetchrow(f"UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
-                                  f" RETURNING {COLUMNS}", key_id)
+                                  f" RETURNING {KEY_COLUMNS}", key_id)
         if row is not None:
             await audit(conn, key_id, "revoke", actor)
-            return record_of(row)
+            return KeyRecord.from_row(row)
     return await get_key(conn, key_id)
 
 
@@ -76,16 +68,17 @@ async def rotate_key(conn: asyncpg.Connection, key_id: int, grace: timedelta, ac
 
 
 async def get_key(conn: asyncpg.Connection, key_id: int) -> KeyRecord | None:
-    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM api_keys WHERE id = $1", key_id)
-    return record_of(row) if row else None
+    row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+    return KeyRecord.from_row(row) if row else None
 
 
 async def list_keys(conn: asyncpg.Connection, user_id: str | None = None, tier: str | None = None,
                     revoked: bool | None = None) -> list[KeyRecord]:
     rows = await conn.fetch(
-        f"SELECT {COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR tier = $2)"
-        " AND ($3::boolean IS NULL OR (revoked_at IS NOT NULL) = $3) ORDER BY created_at, id", user_id, tier, revoked)
-    return [record_of(row) for row in rows]
+        f"SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR user_id = $1)"
+        " AND ($2::text IS NULL OR tier = $2) AND ($3::boolean IS NULL OR (revoked_at IS NOT NULL) = $3)"
+        " ORDER BY created_at, id", user_id, tier, revoked)
+    return [KeyRecord.from_row(row) for row in rows]
 
 
 class PgKeyAdmin:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Literal, Protocol
 
 from services.console.periods import HOUR, TimeRange, floor_hour
+from shared.api_keys import KeyRecord
 from shared.cost_query import projected_month_end
 from shared.policy import Levels, Thresholds
 
@@ -32,23 +33,6 @@ class Viewer:
     @property
     def only_user(self) -> str | None:
         return None if self.admin else self.user_id
-
-
-@dataclass(frozen=True)
-class KeyRow:
-    id: int
-    prefix: str
-    user_id: str
-    tier: str
-    admin: bool
-    alias: str | None
-    created_at: datetime
-    last_used_at: datetime | None
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-    def active(self, now: datetime) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 @dataclass(frozen=True)
@@ -148,9 +132,9 @@ class DependencyRow:
 class ConsoleStore(Protocol):
     """What the other services recorded in Postgres; `user` None means every user."""
 
-    async def signed_in_key(self, key_hash: str) -> KeyRow | None: ...
+    async def signed_in_key(self, key_hash: str) -> KeyRecord | None: ...
 
-    async def key(self, key_id: int) -> KeyRow | None: ...
+    async def key(self, key_id: int) -> KeyRecord | None: ...
 
     async def spend(self, user: str | None, now: datetime) -> dict[str, Decimal]: ...
 
@@ -161,7 +145,7 @@ class ConsoleStore(Protocol):
     async def breakdown(self, user: str | None, window: TimeRange, dimension: str, order: str,
                         limit: int) -> list[BreakdownRow]: ...
 
-    async def keys(self, user: str | None) -> list[KeyRow]: ...
+    async def keys(self, user: str | None) -> list[KeyRecord]: ...
 
     async def usage_by_user(self, users: Sequence[str], now: datetime) -> dict[str, UserUsage]: ...
 
@@ -306,7 +290,7 @@ class Console:
             raise ValueError(f"dimension must be one of {', '.join(DIMENSIONS)}; sort one of {', '.join(ORDERS)}")
         return await self.store.breakdown(viewer.only_user, window, dimension, order, limit)
 
-    async def keys(self, viewer: Viewer, now: datetime) -> tuple[list[KeyRow], dict[str, UserUsage]]:
+    async def keys(self, viewer: Viewer, now: datetime) -> tuple[list[KeyRecord], dict[str, UserUsage]]:
         rows = await self.store.keys(viewer.only_user)
         usage = await self.store.usage_by_user(sorted({row.user_id for row in rows}), now)
         return rows, usage

@@ -18,13 +18,11 @@ from services.console.console import (
     Delivery,
     DenialRow,
     DeniedCaller,
-    KeyRow,
     Traffic,
     UserUsage,
 )
 from services.console.periods import TimeRange, floor_hour, rollup_spans
-
-KEY_COLUMNS = ("id, key_prefix, user_id, tier, is_admin, label, created_at, last_used_at, expires_at, revoked_at")
+from shared.api_keys import KEY_COLUMNS, KeyRecord
 
 SPEND = """
 SELECT period, coalesce(sum(cost), 0) AS cost FROM llm_cost_rollups
@@ -141,11 +139,6 @@ ORDER BY started_at DESC, id DESC LIMIT $1
 """
 
 
-def key_row(row: asyncpg.Record) -> KeyRow:
-    return KeyRow(row["id"], row["key_prefix"], row["user_id"], row["tier"], row["is_admin"], row["label"],
-                  row["created_at"], row["last_used_at"], row["expires_at"], row["revoked_at"])
-
-
 def scope_of(user: str | None) -> tuple[str, str]:
     return ("user", user) if user else ("all", "")
 
@@ -159,13 +152,13 @@ class PgConsoleStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def signed_in_key(self, key_hash: str) -> KeyRow | None:
+    async def signed_in_key(self, key_hash: str) -> KeyRecord | None:
         row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash)
-        return key_row(row) if row else None
+        return KeyRecord.from_row(row) if row else None
 
-    async def key(self, key_id: int) -> KeyRow | None:
+    async def key(self, key_id: int) -> KeyRecord | None:
         row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-        return key_row(row) if row else None
+        return KeyRecord.from_row(row) if row else None
 
     async def spend(self, user: str | None, now: datetime) -> dict[str, Decimal]:
         hour = floor_hour(now)
@@ -198,10 +191,10 @@ class PgConsoleStore:
         rows = await self.pool.fetch(ROLLUP_BREAKDOWN.format(order=ROLLUP_ORDER_BY[order]), dimension, *args, limit)
         return [breakdown_row(row) for row in rows]
 
-    async def keys(self, user: str | None) -> list[KeyRow]:
+    async def keys(self, user: str | None) -> list[KeyRecord]:
         rows = await self.pool.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR user_id = $1)"
                                      " ORDER BY created_at DESC, id DESC LIMIT 500", user)
-        return [key_row(row) for row in rows]
+        return [KeyRecord.from_row(row) for row in rows]
 
     async def usage_by_user(self, users: Sequence[str], now: datetime) -> dict[str, UserUsage]:
         day = floor_hour(now).replace(hour=0)

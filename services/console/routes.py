@@ -47,12 +47,13 @@ NEW_KEY_SHOWN_S = 120
 
 
 def usd(value: Decimal | None) -> str:
-    """Dollars and cents from $1 up; below that four places, since a call often costs a fraction of a cent."""
+    """Dollars and cents from $1 up; below that, enough places to show what a few calls cost (a short
+    call on a small model costs millionths of a dollar). The exact figure is in each cell's data-value."""
     if value is None:
         return "—"
     amount = Decimal(value)
-    places = Decimal("0.01") if abs(amount) >= 1 else Decimal("0.0001")
-    return f"${amount.quantize(places, rounding=ROUND_HALF_UP):,}"
+    places = "0.01" if abs(amount) >= 1 or amount == 0 else "0.0001" if abs(amount) >= Decimal("0.01") else "0.000001"
+    return f"${amount.quantize(Decimal(places), rounding=ROUND_HALF_UP):,}"
 
 
 def when(value: datetime | None) -> str:

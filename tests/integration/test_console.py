@@ -138,7 +138,7 @@ async def test_an_admin_sees_every_page_with_the_ledgers_figures(system, browser
     assert value(await page.get_attribute("[data-period=day] .figure", "data-value")) == spent_today
     assert value(await page.get_attribute("[data-period=month] .figure", "data-value")) == spent_today
     shown = await page.inner_text("[data-period=day] .figure")
-    assert shown == f"${spent_today.quantize(Decimal('0.0001')):,}"
+    assert spent_today < Decimal("0.01") and shown == f"${spent_today.quantize(Decimal('0.000001')):,}"
     calls = (await ledger(db, "SELECT count(*) AS n, count(*) FILTER (WHERE success) AS ok FROM llm_usage"))[0]
     assert value(await page.get_attribute("[data-stat=requests] .figure", "data-value")) == calls["n"]
     assert await page.locator("svg.chart rect.bar").count() == 48
@@ -167,6 +167,16 @@ async def test_an_admin_sees_every_page_with_the_ledgers_figures(system, browser
     rows = page.locator("#breakdown tbody tr")
     assert {await rows.nth(i).get_attribute("data-key"): value(
         await rows.nth(i).locator("td").nth(4).get_attribute("data-value")) for i in range(await rows.count())} == tags
+    tomorrow = today + timedelta(days=1)
+    await page.goto(f"/costs?range=custom&start={today:%Y-%m-%d}&end={tomorrow:%Y-%m-%d}&by=endpoint")
+    by_endpoint = {row["endpoint"]: row["c"] for row in await ledger(
+        db, "SELECT endpoint, sum(cost) AS c FROM llm_usage WHERE created_at >= $1 GROUP BY 1", today)}
+    rows = page.locator("#breakdown tbody tr")
+    assert {await rows.nth(i).get_attribute("data-key"): value(
+        await rows.nth(i).locator("td").nth(4).get_attribute("data-value")) for i in range(await rows.count())} \
+        == by_endpoint
+    bad = await page.goto("/costs?range=custom&start=yesterday&end=today")
+    assert bad is not None and bad.status == 400 and "start must be a date" in await page.inner_text("main")
     await page.goto("/costs?range=7d&by=user&sort=cost")
     await screenshot(page, "costs")
 
@@ -262,6 +272,7 @@ async def test_a_user_sees_only_their_own_usage(system, browser, traffic):
     await page.goto("/keys")
     listed = await page.locator("#keys tbody tr td:nth-child(3)").all_inner_texts()
     assert listed == [alice]
+    assert value(await page.get_attribute("#keys tbody tr td:nth-child(10)", "data-value")) == own["c"]
     assert await page.locator("text=Create key").count() == 0
     await page.goto("/limits")
     assert value(await page.get_attribute("#denials-total", "data-value")) == 0  # bob's denials are not hers

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from services.api.api_state import ApiState, api_state
-from services.api.callers import Caller, KeyRecord, parse_lifetime
+from services.api.callers import Caller, parse_lifetime
 from services.api.http_edge import ApiError, caller_of, read_body
 from services.api.nats_cost_queries import CostServiceUnavailable
 from services.api.requests import AdminKeyCreate, request_body_doc
+from shared.api_keys import KeyRecord
 from shared.cost_query import CostQuery, CurrentCost
 
 router = APIRouter(tags=["admin"])

@@ -14,6 +14,7 @@ from services.console.console import (
     period_spend,
 )
 from services.console.periods import preset
+from services.console.routes import usd
 from shared.policy import Thresholds
 
 NOW = datetime(2026, 11, 28, 14, 37, tzinfo=UTC)
@@ -98,3 +99,11 @@ def test_the_csv_is_what_the_page_shows_with_its_window():
     assert [(r["model"], Decimal(r["cost_usd"]), int(r["requests"])) for r in parsed] == [
         ("m1", Decimal("0.0000123456"), 3), ("m,2", Decimal(2), 1)]
     assert parsed[0]["from_utc"] == window.start.isoformat()
+
+
+@pytest.mark.parametrize(("amount", "shown"), [
+    (Decimal("1234.567"), "$1,234.57"), (Decimal("0.25"), "$0.2500"), (Decimal("0.0000042"), "$0.000004"),
+    (Decimal(0), "$0.00"), (None, "—"),
+])
+def test_money_is_shown_with_the_places_its_size_needs(amount, shown):
+    assert usd(amount) == shown
