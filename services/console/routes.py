@@ -219,8 +219,9 @@ async def costs(request: Request, query: CostsQuery = Depends(costs_query), who:
                 state: ConsoleState = Depends(state_of)) -> Response:
     with PAGE_SECONDS.labels("costs").time():
         rows = await state.console.costs(who.viewer, query.window, query.by, query.sort, query.top)
+    sort_links = {order: str(request.url.include_query_params(sort=order)) for order in ORDERS}
     return render(request, "costs.html", who, rows=rows, query=query, presets=PRESETS, dimensions=DIMENSIONS,
-                  orders=ORDERS, tops=TOP_CHOICES, csv_link=f"/costs.csv?{request.url.query}",
+                  orders=ORDERS, tops=TOP_CHOICES, csv_link=f"/costs.csv?{request.url.query}", sort_links=sort_links,
                   total=sum((row.cost for row in rows), Decimal(0)))
 
 

@@ -178,6 +178,10 @@ async def test_an_admin_sees_every_page_with_the_ledgers_figures(system, browser
     bad = await page.goto("/costs?range=custom&start=yesterday&end=today")
     assert bad is not None and bad.status == 400 and "start must be a date" in await page.inner_text("main")
     await page.goto("/costs?range=7d&by=user&sort=cost")
+    await page.click("#breakdown th >> text=Requests")  # a column's heading sorts by it
+    counts = [int(await cell.get_attribute("data-value") or 0)
+              for cell in await page.locator("#breakdown tbody tr td:nth-child(2)").all()]
+    assert "sort=requests" in page.url and counts == sorted(counts, reverse=True) and len(counts) >= 2
     await screenshot(page, "costs")
 
     await page.goto("/limits")
