@@ -110,6 +110,9 @@ class LlmCompleted(Event):
     error: str | None = Field(default=None, max_length=2000)
     latency_ms: int = Field(ge=0, le=MAX_LATENCY_MS)
     tags: dict[TagName, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
+    api_key_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1,
+        description="The id of the API key the call was made with (the gateway sets it); spend is rolled up per key.")
     usage_source: UsageSource = Field(
         default="provider",
         description="provider: the provider's own usage; estimated: counted by the sender because the provider "

@@ -17,6 +17,7 @@ class Caller:
     user_id: str | None
     tier: str
     is_admin: bool = False
+    key_id: int | None = None
 
     @property
     def anonymous(self) -> bool:

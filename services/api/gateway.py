@@ -116,7 +116,7 @@ class Gateway:
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cached_prompt_tokens=usage.cached_prompt_tokens, usage_source=usage.source,
             endpoint=ctx.endpoint, success=error is None, error=error,
-            latency_ms=int((time.perf_counter() - started) * 1000), tags=dict(ctx.tags),
+            latency_ms=int((time.perf_counter() - started) * 1000), tags=dict(ctx.tags), api_key_id=ctx.caller.key_id,
         )
 
     async def _call(self, ctx: CallContext, model: str, payload: Mapping[str, Any], stream: bool

@@ -25,7 +25,7 @@ LOOKUP = """
 WITH found AS (SELECT id, user_id, tier, is_admin, expires_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL),
      used AS (UPDATE api_keys k SET last_used_at = now() FROM found
               WHERE k.id = found.id AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'))
-SELECT user_id, tier, is_admin, expires_at FROM found
+SELECT id, user_id, tier, is_admin, expires_at FROM found
 """
 
 
@@ -59,7 +59,7 @@ class PgApiKeyStore:
                 if self._unavailable:
                     log.info("API key store answers again")
                     self._unavailable = False
-                caller = Caller(row["user_id"], row["tier"], row["is_admin"]) if row else None
+                caller = Caller(row["user_id"], row["tier"], row["is_admin"], row["id"]) if row else None
                 if len(self._cache) > 100_000:
                     self._cache.clear()
                 hit = self._cache[digest] = (now + self.cache_s, caller, row["expires_at"] if row else None)

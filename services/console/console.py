@@ -58,7 +58,7 @@ class BreakdownRow:
 
 
 @dataclass(frozen=True)
-class UserUsage:
+class KeyUsage:
     today: Decimal = Decimal(0)
     this_month: Decimal = Decimal(0)
     requests_today: int = 0
@@ -147,7 +147,7 @@ class ConsoleStore(Protocol):
 
     async def keys(self, user: str | None) -> list[KeyRecord]: ...
 
-    async def usage_by_user(self, users: Sequence[str], now: datetime) -> dict[str, UserUsage]: ...
+    async def usage_by_key(self, key_ids: Sequence[int], now: datetime) -> dict[int, KeyUsage]: ...
 
     async def denials(self, user: str | None, start: datetime, end: datetime) -> list[DenialRow]: ...
 
@@ -290,10 +290,9 @@ class Console:
             raise ValueError(f"dimension must be one of {', '.join(DIMENSIONS)}; sort one of {', '.join(ORDERS)}")
         return await self.store.breakdown(viewer.only_user, window, dimension, order, limit)
 
-    async def keys(self, viewer: Viewer, now: datetime) -> tuple[list[KeyRecord], dict[str, UserUsage]]:
+    async def keys(self, viewer: Viewer, now: datetime) -> tuple[list[KeyRecord], dict[int, KeyUsage]]:
         rows = await self.store.keys(viewer.only_user)
-        usage = await self.store.usage_by_user(sorted({row.user_id for row in rows}), now)
-        return rows, usage
+        return rows, await self.store.usage_by_key([row.id for row in rows], now)
 
     async def limits(self, viewer: Viewer, window: TimeRange) -> tuple[list[DenialRow], list[DeniedCaller]]:
         user = viewer.only_user

@@ -18,8 +18,8 @@ from services.console.console import (
     Delivery,
     DenialRow,
     DeniedCaller,
+    KeyUsage,
     Traffic,
-    UserUsage,
 )
 from services.console.periods import TimeRange, floor_hour, rollup_spans
 from shared.api_keys import KEY_COLUMNS, KeyRecord
@@ -93,9 +93,9 @@ ORDER_BY = {"cost": "cost DESC, key", "requests": "requests DESC, key",
 # used inside an expression).
 ROLLUP_ORDER_BY = {**ORDER_BY, "tokens": "sum(prompt_tokens) + sum(completion_tokens) DESC, key"}
 
-USAGE_BY_USER = """
-SELECT key AS user_id, period, cost, requests FROM llm_cost_rollups
-WHERE dimension = 'user' AND key = ANY($1::text[])
+USAGE_BY_KEY = """
+SELECT key, period, cost, requests FROM llm_cost_rollups
+WHERE dimension = 'key' AND key = ANY($1::text[])
   AND (period, bucket) IN (('day', $2::timestamptz), ('month', $3::timestamptz))
 """
 
@@ -196,17 +196,17 @@ class PgConsoleStore:
                                      " ORDER BY created_at DESC, id DESC LIMIT 500", user)
         return [KeyRecord.from_row(row) for row in rows]
 
-    async def usage_by_user(self, users: Sequence[str], now: datetime) -> dict[str, UserUsage]:
+    async def usage_by_key(self, key_ids: Sequence[int], now: datetime) -> dict[int, KeyUsage]:
         day = floor_hour(now).replace(hour=0)
-        rows = await self.pool.fetch(USAGE_BY_USER, list(users), day, day.replace(day=1))
-        found: dict[str, dict[str, asyncpg.Record]] = {}
+        rows = await self.pool.fetch(USAGE_BY_KEY, [str(key_id) for key_id in key_ids], day, day.replace(day=1))
+        found: dict[int, dict[str, asyncpg.Record]] = {}
         for row in rows:
-            found.setdefault(row["user_id"], {})[row["period"]] = row
-        return {user: UserUsage(
+            found.setdefault(int(row["key"]), {})[row["period"]] = row
+        return {key_id: KeyUsage(
             today=periods["day"]["cost"] if "day" in periods else Decimal(0),
             this_month=periods["month"]["cost"] if "month" in periods else Decimal(0),
             requests_today=int(periods["day"]["requests"]) if "day" in periods else 0,
-        ) for user, periods in found.items()}
+        ) for key_id, periods in found.items()}
 
     async def denials(self, user: str | None, start: datetime, end: datetime) -> list[DenialRow]:
         rows = await self.pool.fetch(DENIALS, start, end, user)

@@ -90,6 +90,8 @@ def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:
     dims = [("all", ""), ("model", event.model), ("endpoint", event.endpoint)]
     if event.user_id:
         dims.append(("user", event.user_id))
+    if event.api_key_id:
+        dims.append(("key", str(event.api_key_id)))
     dims.extend(("tag", f"{name}={value}") for name, value in sorted(event.tags.items()))
     return dims
 

@@ -242,6 +242,14 @@ async def test_an_admin_creates_and_revokes_a_key_that_works_through_the_gateway
         row = page.locator("#keys tbody tr", has_text=user)
         assert await row.count() == 1
         key_id = await row.get_attribute("data-key-id")
+
+        async def recorded():
+            return (await ledger(system["database_url"], "SELECT sum(cost) AS c FROM llm_usage WHERE api_key_id = $1",
+                                 int(key_id)))[0]["c"]
+
+        spent = await eventually(recorded, 30)
+        await page.reload()
+        assert value(await row.locator("td").nth(9).get_attribute("data-value")) == spent > 0  # the key's own
         await row.locator("text=Revoke").click()
         await page.wait_for_url(f"**/keys?revoked={key_id}")
         assert await page.inner_text(f"tr[data-key-id='{key_id}'] .state") == "revoked"
@@ -276,7 +284,7 @@ async def test_a_user_sees_only_their_own_usage(system, browser, traffic):
     await page.goto("/keys")
     listed = await page.locator("#keys tbody tr td:nth-child(3)").all_inner_texts()
     assert listed == [alice]
-    assert value(await page.get_attribute("#keys tbody tr td:nth-child(10)", "data-value")) == own["c"]
+    assert value(await page.get_attribute("#keys tbody tr td:nth-child(10)", "data-value")) == own["c"]  # one key
     assert await page.locator("text=Create key").count() == 0
     await page.goto("/limits")
     assert value(await page.get_attribute("#denials-total", "data-value")) == 0  # bob's denials are not hers

@@ -32,3 +32,13 @@ def test_every_period_and_dimension_gets_the_batch_and_its_estimated_share():
     tag = deltas[("day", datetime(2026, 11, 28, tzinfo=UTC), "tag", "team=x")]
     assert (tag.requests, tag.estimated_requests) == (1, 1)
     assert [key for key, _ in rollup_deltas(records)] == sorted(deltas)  # one lock order for every writer
+
+
+def test_spend_is_rolled_up_per_api_key_when_the_call_names_one():
+    records = price_events([completed("a", 1_000_000, api_key_id=7), completed("b", 1_000_000, api_key_id=8),
+                            completed("c", 1_000_000)], PriceCatalog.with_overrides({}))
+    deltas = dict(rollup_deltas(records))
+    day = datetime(2026, 11, 28, tzinfo=UTC)
+    assert deltas[("day", day, "key", "7")].cost == deltas[("day", day, "key", "8")].cost == Decimal("0.90")
+    assert deltas[("day", day, "user", "ann")].requests == 3  # the user's rollup has every call, keyed or not
+    assert {key for (_, _, dimension, key) in deltas if dimension == "key"} == {"7", "8"}
