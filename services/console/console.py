@@ -249,6 +249,14 @@ def series(values: dict[datetime, Decimal], start: datetime, end: datetime, step
     return [(start + i * step, values.get(start + i * step, Decimal(0))) for i in range(count)]
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A user id or tag that a spreadsheet would run as a formula (`=HYPERLINK(...)`) is written as text."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def breakdown_csv(rows: Sequence[BreakdownRow], dimension: str, window: TimeRange) -> str:
     """The rows exactly as the page shows them, with the window they cover."""
     out = io.StringIO()
@@ -256,8 +264,8 @@ def breakdown_csv(rows: Sequence[BreakdownRow], dimension: str, window: TimeRang
     writer.writerow([dimension, "requests", "prompt_tokens", "completion_tokens", "cost_usd", "estimated_cost_usd",
                      "from_utc", "to_utc"])
     for row in rows:
-        writer.writerow([row.key, row.requests, row.prompt_tokens, row.completion_tokens, row.cost, row.estimated_cost,
-                         window.start.isoformat(), window.end.isoformat()])
+        writer.writerow([spreadsheet_safe(row.key), row.requests, row.prompt_tokens, row.completion_tokens, row.cost,
+                         row.estimated_cost, window.start.isoformat(), window.end.isoformat()])
     return out.getvalue()
 
 

@@ -122,10 +122,11 @@ def render(request: Request, template: str, who: SignedIn | None, status: int = 
 
 
 def safe_next(target: str | None) -> str:
-    """Only a path of this console: never another site (open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a path of this console: never another site (open redirect). Browsers drop tabs and line
+    breaks from a URL and read a backslash as a slash, so `/\t/evil` would be `//evil`."""
+    if not target or not target.startswith("/") or any(ch in target for ch in "\t\r\n\\"):
         return "/"
-    return target
+    return "/" if target.startswith("//") else target
 
 
 def set_cookie(response: Response, state: ConsoleState, name: str, value: str, max_age: int, path: str = "/") -> None:

@@ -71,8 +71,9 @@ def value(text: str | None) -> Decimal:
 
 async def signed_in(browser: Browser, console: str, key: str) -> Page:
     page = await (await browser.new_context(base_url=console, viewport={"width": 1280, "height": 900})).new_page()
-    await page.goto("/")
+    answer = await page.goto("/")
     assert "/signin" in page.url  # no session: sent to sign in
+    assert answer is not None and "frame-ancestors 'none'" in answer.headers["content-security-policy"]
     await page.fill("#key", key)
     await page.click("button[type=submit]")
     await page.wait_for_url(f"{console}/")

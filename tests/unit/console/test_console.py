@@ -14,7 +14,7 @@ from services.console.console import (
     period_spend,
 )
 from services.console.periods import preset
-from services.console.routes import usd
+from services.console.routes import safe_next, usd
 from shared.policy import Thresholds
 
 NOW = datetime(2026, 11, 28, 14, 37, tzinfo=UTC)
@@ -107,3 +107,18 @@ def test_the_csv_is_what_the_page_shows_with_its_window():
 ])
 def test_money_is_shown_with_the_places_its_size_needs(amount, shown):
     assert usd(amount) == shown
+
+
+def test_a_key_a_spreadsheet_would_run_as_a_formula_is_written_as_text():
+    rows = [BreakdownRow("=HYPERLINK(\"http://evil\")", 1, 1, 1, Decimal(1), Decimal(0)),
+            BreakdownRow("-2+3", 1, 1, 1, Decimal(1), Decimal(0)), BreakdownRow("team=a", 1, 1, 1, Decimal(1), Decimal(0))]
+    keys = [r["tag"] for r in csv.DictReader(io.StringIO(breakdown_csv(rows, "tag", preset("24h", NOW))))]
+    assert keys == ["'=HYPERLINK(\"http://evil\")", "'-2+3", "team=a"]
+
+
+@pytest.mark.parametrize(("target", "sent_to"), [
+    ("/costs?range=7d", "/costs?range=7d"), (None, "/"), ("https://evil.example", "/"), ("//evil.example", "/"),
+    ("/\\evil.example", "/"), ("/\t/evil.example", "/"), ("costs", "/"),
+])
+def test_after_sign_in_only_a_path_of_the_console_is_followed(target, sent_to):
+    assert safe_next(target) == sent_to
