@@ -29,7 +29,8 @@ class ApiState:
     readiness: Sequence[tuple[str, Callable[[], Awaitable[object]]]]
 
 
-def api_state(request: Request) -> ApiState:
-    """FastAPI dependency: the state of the app serving this request."""
+async def api_state(request: Request) -> ApiState:
+    """FastAPI dependency: the state of the app serving this request. A coroutine on purpose: FastAPI
+    runs a plain function dependency in its thread pool, a thread hop per request."""
     state: ApiState = request.app.state.api
     return state

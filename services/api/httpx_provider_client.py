@@ -17,6 +17,34 @@ from pydantic import SecretStr
 from services.api.providers import ProviderError, ProviderStreamBroken
 
 
+class NoCookies(httpx.Cookies):
+    """Never keeps a cookie a provider sets: one client serves every caller, and a cookie kept from one
+    caller's answer would be sent with the next caller's call. (httpx and aiohttp each keep cookies by
+    default; both are turned off, which also spares parsing them on every answer.)"""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class CookielessClient(httpx.AsyncClient):
+    _no_cookies = NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        raise TypeError("a provider client keeps no cookies")
+
+
+def aiohttp_session(max_connections: int, keepalive_s: float) -> aiohttp.ClientSession:
+    """The transport's pool: made on first use, inside the running event loop, as aiohttp requires."""
+    connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=keepalive_s,
+                                     ssl=httpx.create_ssl_context())
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
 class HttpxProviderStream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
@@ -56,6 +84,10 @@ def _error_message(response: httpx.Response) -> str:
         return response.reason_phrase
 
 
+MAX_CONNECTIONS = 512
+KEEPALIVE_S = 15.0
+
+
 class HttpxProviderClient:
     """One provider's endpoint. `timeout_s` bounds a plain call as a whole, and a stream until its
     first byte and then each wait between two chunks; `connect_timeout_s` bounds the connection."""
@@ -66,11 +98,10 @@ class HttpxProviderClient:
         self.timeout_s = timeout_s
         # An absolute URL parsed once: httpx would otherwise parse and join a relative one on every call.
         self.completions_url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=15)
-        self.http = httpx.AsyncClient(
+        self.http = CookielessClient(
             headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            transport=AiohttpTransport(limits=limits),
+            transport=AiohttpTransport(client=lambda: aiohttp_session(MAX_CONNECTIONS, KEEPALIVE_S)),
         )
 
     async def _send(self, payload: Mapping[str, Any], stream: bool) -> httpx.Response:
