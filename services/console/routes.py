@@ -82,9 +82,14 @@ class Forbidden(Exception):
         self.message = message
 
 
-def state_of(request: Request) -> ConsoleState:
+def console_state(request: Request) -> ConsoleState:
     state: ConsoleState = request.app.state.console
     return state
+
+
+async def state_of(request: Request) -> ConsoleState:
+    """FastAPI dependency; a coroutine, since FastAPI runs a plain function dependency in its thread pool."""
+    return console_state(request)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def check_csrf(state: ConsoleState, who: SignedIn, token: str) -> None:
 
 
 def render(request: Request, template: str, who: SignedIn | None, status: int = 200, **context: Any) -> HTMLResponse:
-    state = state_of(request)
+    state = console_state(request)
     csrf = state.codec.csrf_token(who.session.nonce) if who else context.pop("csrf", "")
     return TEMPLATES.TemplateResponse(request, template, {"viewer": who.viewer if who else None, "csrf": csrf,
                                                           "path": request.url.path, **context}, status_code=status)
@@ -204,7 +209,7 @@ class CostsQuery:
     top: int
 
 
-def costs_query(range: str | None = None, start: str | None = None, end: str | None = None, by: str = "model",
+async def costs_query(range: str | None = None, start: str | None = None, end: str | None = None, by: str = "model",
                 sort: str = "cost", top: int = 20) -> CostsQuery:
     if by not in DIMENSIONS:
         raise BadInput(f"by must be one of {', '.join(DIMENSIONS)}")

@@ -34,7 +34,7 @@ class HealthState:
         return self.monitor is not None and self.monitor.migrations_applied
 
 
-def health_state(request: Request) -> HealthState:
+async def health_state(request: Request) -> HealthState:
     state: HealthState = request.app.state.health
     return state
 
