@@ -16,6 +16,7 @@ class CostQuery(BaseModel):
 
     kind: Literal["current", "analytics"]
     user_id: str | None = None
+    api_key_id: int | None = Field(default=None, ge=1, description="current only: one API key's own spend.")
     start: datetime | None = None
     end: datetime | None = None
     top_n: int = Field(default=10, ge=1, le=100)
@@ -29,11 +30,14 @@ class CostQuery(BaseModel):
                 raise ValueError("start and end must carry a timezone")
             if self.end <= self.start:
                 raise ValueError("end must be after start")
+            if self.api_key_id is not None:
+                raise ValueError("api_key_id is for current spend only")
         return self
 
 
 class CurrentCost(BaseModel):
     user_id: str | None
+    api_key_id: int | None = None
     hourly: Decimal
     daily: Decimal
     monthly: Decimal

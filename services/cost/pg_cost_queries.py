@@ -54,16 +54,18 @@ class PgCostQueries:
 
     async def answer(self, query: CostQuery) -> CurrentCost | Analytics:
         if query.kind == "current":
-            return await self.current(query.user_id)
+            return await self.current(query.user_id, api_key_id=query.api_key_id)
         return await self.analytics(query)
 
-    async def current(self, user_id: str | None, now: datetime | None = None) -> CurrentCost:
+    async def current(self, user_id: str | None, now: datetime | None = None, api_key_id: int | None = None
+                      ) -> CurrentCost:
+        """Spend this hour, today and this month: one key's, one user's, or everyone's."""
         now = now or utc_now()
-        dimension, key = ("user", user_id) if user_id else ("all", "")
+        dimension, key = (("key", str(api_key_id)) if api_key_id else ("user", user_id) if user_id else ("all", ""))
         rows = await self.pool.fetch(ROLLUP_COST, dimension, key, bucket_start("hour", now),
                                      bucket_start("day", now), bucket_start("month", now))
         by_period = {row["period"]: row["cost"] for row in rows}
-        return CurrentCost(user_id=user_id, hourly=by_period.get("hour", Decimal(0)),
+        return CurrentCost(user_id=user_id, api_key_id=api_key_id, hourly=by_period.get("hour", Decimal(0)),
                            daily=by_period.get("day", Decimal(0)), monthly=by_period.get("month", Decimal(0)),
                            as_of=now)
 

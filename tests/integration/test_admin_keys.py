@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 
 import asyncpg
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.integration.helpers import auth, chat_body, new_key
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +34,19 @@ async def test_an_admin_creates_lists_reads_and_revokes_a_key(gateway, cost_serv
 
         listed = (await client.get("/admin/keys", params={"user_id": user})).json()["data"]
         assert [k["id"] for k in listed] == [key_id] and "key" not in listed[0]
-        detail = (await client.get(f"/admin/keys/{key_id}")).json()
+        async def key_spend_recorded() -> dict:
+            detail = (await client.get(f"/admin/keys/{key_id}")).json()
+            return detail if detail["spend_usd"]["today"] not in (None, "0") else {}
+
+        detail = await eventually(key_spend_recorded, 30)
         assert detail["user_id"] == user and detail["last_used_at"] is not None
-        assert set(detail["spend_usd"]) == {"today", "this_month"}
+        conn = await asyncpg.connect(database_url)
+        try:
+            recorded = await conn.fetchval("SELECT sum(cost) FROM llm_usage WHERE api_key_id = $1", key_id)
+        finally:
+            await conn.close()
+        assert Decimal(detail["spend_usd"]["today"]) == recorded > 0  # the key's own calls
+        assert Decimal(detail["user_spend_usd"]["this_month"]) >= recorded
 
         revoked = await client.delete(f"/admin/keys/{key_id}")
         assert revoked.status_code == 200 and revoked.json()["revoked_at"]

@@ -81,13 +81,18 @@ async def get_key(key_id: str, request: Request, state: ApiState = Depends(api_s
     await admin_caller(request, state)
     number = key_id_of(key_id)
     record = found(number, await state.key_admin.get(number))
+    return {**record.as_json(), "spend_usd": await spend_of(state, CostQuery(kind="current", api_key_id=number)),
+            "user_spend_usd": await spend_of(state, CostQuery(kind="current", user_id=record.user_id))}
+
+
+async def spend_of(state: ApiState, query: CostQuery) -> dict[str, str | None]:
+    """Today's and this month's spend; nulls while the cost service does not answer (the key is still shown)."""
     try:
-        answer = await state.cost_queries.ask(CostQuery(kind="current", user_id=record.user_id))
+        answer = await state.cost_queries.ask(query)
     except CostServiceUnavailable:
-        answer = None  # the key is still shown; its user's spend when the cost service answers
+        answer = None
     spend = answer if isinstance(answer, CurrentCost) else None
-    return {**record.as_json(), "spend_usd": {"today": str(spend.daily) if spend else None,
-                                              "this_month": str(spend.monthly) if spend else None}}
+    return {"today": str(spend.daily) if spend else None, "this_month": str(spend.monthly) if spend else None}
 
 
 @router.delete("/admin/keys/{key_id}")

@@ -30,7 +30,7 @@ async def test_a_query_is_answered_with_money_as_decimal_strings():
     async with TestNatsBroker(broker) as broker:
         reply = await broker.request(CostQuery(kind="current", user_id="ann").model_dump(mode="json"), "cost.query")
         body = await reply.decode()
-    assert body == {"user_id": "ann", "hourly": "1.25", "daily": "10.5", "monthly": "100.000001",
+    assert body == {"user_id": "ann", "api_key_id": None, "hourly": "1.25", "daily": "10.5", "monthly": "100.000001",
                     "as_of": "2026-11-28T10:30:00Z"}
     assert [q.user_id for q in fake.asked] == ["ann"]
     assert CurrentCost.model_validate(body).monthly == Decimal("100.000001")

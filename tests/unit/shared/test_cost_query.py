@@ -21,3 +21,11 @@ def test_current_needs_no_range_and_top_n_is_bounded():
     assert CostQuery(kind="current").start is None
     with pytest.raises(ValidationError):
         CostQuery(kind="current", top_n=101)
+
+
+def test_a_key_s_spend_is_asked_for_current_spend_only():
+    assert CostQuery(kind="current", api_key_id=7).api_key_id == 7
+    with pytest.raises(ValidationError, match="current spend only"):
+        CostQuery(kind="analytics", start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z", api_key_id=7)
+    with pytest.raises(ValidationError):
+        CostQuery(kind="current", api_key_id=0)
