@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import httpx
 
-from shared.api_keys import hash_api_key, new_api_key
+from services.api.pg_key_admin import create_key
 from shared.migrate import apply_migrations
 from tests.servers import ServiceProcess, free_port
 
@@ -99,12 +99,11 @@ async def fill(database_url: str) -> float:
 
 
 async def key_for(database_url: str, user: str, admin: bool) -> str:
-    key = new_api_key()
     conn = await asyncpg.connect(database_url)
-    await conn.execute("INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, is_admin) VALUES ($1, $2, $3,"
-                       " 'enterprise', $4)", hash_api_key(key), key[:11], user, admin)
-    await conn.close()
-    return key
+    try:
+        return (await create_key(conn, user, "enterprise", actor="bench", is_admin=admin))[1]
+    finally:
+        await conn.close()
 
 
 async def sign_in(client: httpx.AsyncClient, key: str) -> None:

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import nats
 
-from shared.api_keys import hash_api_key
 from shared.bus import nats_options
+from shared.events import utc_now
 from shared.logs import configure_logging
 from shared.migrate import apply_migrations
 from shared.nats_identities import seed_file, write_nats_config
@@ -177,28 +177,32 @@ async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], pro
 ADMIN_KEY_FILE = RUN_DIR / "admin-key"
 
 
+def write_private(path: Path, text: str) -> None:
+    """A new file, readable by its owner only from the moment it exists."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text + "\n")
+
+
 async def first_admin_key(database_url: str) -> Path | None:
     """A new installation has no key to sign in to the console with: make run creates one admin key
     (user `admin`) the first time and keeps it in .run/admin-key, readable by its owner only, never in
     the log. None when the database already has an admin key that this file does not hold."""
-    from services.api.pg_key_admin import create_key
+    from services.api.pg_key_admin import active_key_id, create_key, list_keys
 
     conn = await asyncpg.connect(database_url)
     try:
+        admins = [key for key in await list_keys(conn, revoked=False) if key.admin]
         if ADMIN_KEY_FILE.exists():
-            kept = ADMIN_KEY_FILE.read_text().strip()
-            if await conn.fetchval("SELECT count(*) FROM api_keys WHERE key_hash = $1 AND is_admin"
-                                   " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
-                                   hash_api_key(kept)):
+            kept_id = await active_key_id(conn, ADMIN_KEY_FILE.read_text().strip())
+            if any(key.id == kept_id and key.active(utc_now()) for key in admins):
                 return ADMIN_KEY_FILE
-        if await conn.fetchval("SELECT count(*) FROM api_keys WHERE is_admin AND revoked_at IS NULL"):
+        if admins:
             return None
         _, key = await create_key(conn, "admin", "enterprise", actor="make-run", is_admin=True, label="first admin")
     finally:
         await conn.close()
-    ADMIN_KEY_FILE.unlink(missing_ok=True)
-    ADMIN_KEY_FILE.touch(mode=0o600)
-    ADMIN_KEY_FILE.write_text(key + "\n")
+    write_private(ADMIN_KEY_FILE, key)
     log.info("created a first admin key (user admin) in %s: sign in to the console with it", ADMIN_KEY_FILE)
     return ADMIN_KEY_FILE
 
@@ -211,8 +215,7 @@ def console_env(settings: Settings) -> dict[str, str]:
     if not is_set(settings.console_session_secret):
         secret = RUN_DIR / "console-secret"
         if not secret.exists():
-            secret.touch(mode=0o600)
-            secret.write_text(secrets.token_urlsafe(32))
+            write_private(secret, secrets.token_urlsafe(32))
         env["CONSOLE_SESSION_SECRET"] = secret.read_text().strip()
     return env
 

@@ -12,12 +12,13 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.nats import NatsBroker
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, make_asgi_app, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest, make_asgi_app, multiprocess
 
 ReadinessCheck = tuple[str, Callable[[], Awaitable[Any]]]
 CHECK_TIMEOUT_S = 2.0
@@ -41,6 +42,41 @@ async def run_readiness(checks: Sequence[ReadinessCheck]) -> dict[str, str]:
     return {name: result for (name, _), result in zip(checks, results, strict=True)}
 
 
+async def readiness_document(service: str, checks: Sequence[ReadinessCheck]) -> tuple[dict[str, Any], int]:
+    """/health/ready's body and status: ready (200) when every check passes, else 503."""
+    results = await run_readiness(checks)
+    is_ready = all(result == "ok" for result in results.values())
+    return ({"status": "ready" if is_ready else "not ready", "service": service, "checks": results},
+            200 if is_ready else 503)
+
+
+class RequestMetrics:
+    """Request latency by route and status into `histogram` (labels route, status): a plain ASGI
+    middleware, so no extra task per request."""
+
+    def __init__(self, app: Any, histogram: Histogram) -> None:
+        self.app, self.histogram = app, histogram
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.histogram.labels(route, str(status)).observe(time.perf_counter() - started)
+
+
 def make_service_app(
     broker: NatsBroker,
     service: str,
@@ -60,10 +96,7 @@ def make_service_app(
 
     @get(include_in_schema=False)
     async def ready(scope: Any) -> AsgiResponse:
-        results = await run_readiness(checks)
-        is_ready = all(result == "ok" for result in results.values())
-        body = {"status": "ready" if is_ready else "not ready", "service": service, "checks": results}
-        return _json(body, 200 if is_ready else 503)
+        return _json(*await readiness_document(service, checks))
 
     @get(include_in_schema=False)
     async def asyncapi(scope: Any) -> AsgiResponse:

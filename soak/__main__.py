@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -96,8 +97,6 @@ async def drained(system: System, patience_s: float = 180) -> bool:
 
 
 async def dead_letters(system: System) -> tuple[Counter, list[dict]]:
-    import json
-
     nc = await nats.connect(servers=system.nats_urls)
     try:
         js = nc.jetstream()

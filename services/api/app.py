@@ -16,13 +16,13 @@ import asyncpg
 import nats
 import nats.errors
 from fastapi import FastAPI
-from prometheus_client import Gauge
+from prometheus_client import Gauge, Histogram
 
 from services.api.api_state import ApiState
 from services.api.breaker import BreakerState, CircuitBreaker
 from services.api.callers import parse_networks
 from services.api.gateway import Gateway
-from services.api.http_edge import RequestMetrics, install_error_handlers
+from services.api.http_edge import install_error_handlers
 from services.api.httpx_provider_client import HttpxProviderClient
 from services.api.jetstream_completion_publisher import JetStreamCompletionPublisher
 from services.api.nats_cost_queries import NatsCostQueries
@@ -35,6 +35,7 @@ from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from shared.bus import nats_options
 from shared.bus_permissions import streams_of
 from shared.logs import configure_logging
+from shared.service_app import RequestMetrics
 from shared.settings import Settings, get_settings, is_set
 from shared.subjects import bind_streams
 
@@ -52,6 +53,7 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     return clients
 
 
+REQUEST_SECONDS = Histogram("costwarden_api_request_seconds", "Gateway request latency", ["route", "status"])
 BREAKER_OPEN = Gauge("costwarden_api_provider_breaker_open",
                      "1 while a provider's circuit breaker is open or half-open (skipping calls)", ["provider"],
                      multiprocess_mode="livemax")
@@ -118,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The OpenAPI document itself stays at /openapi.json.
     app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestMetrics, histogram=REQUEST_SECONDS)
     for router in (chat.router, agent.router, costs.router, admin.router, ops.router):
         app.include_router(router)
     return app

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,7 +28,6 @@ from shared.events import LimitDecision
 
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
-REQUEST_SECONDS = Histogram("costwarden_api_request_seconds", "Gateway request latency", ["route", "status"])
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -78,32 +75,6 @@ def routing_error(request: Request, exc: StarletteHTTPException) -> ApiError:
         return ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed",
                         headers=exc.headers)
     return ApiError(exc.status_code, str(exc.detail), code="http_error", headers=exc.headers)
-
-
-class RequestMetrics:
-    """Request latency by route and status (a plain ASGI middleware: no extra task per request)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_watch(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            REQUEST_SECONDS.labels(route, str(status)).observe(time.perf_counter() - started)
 
 
 async def read_body(request: Request, model: type[M], max_bytes: int) -> M:

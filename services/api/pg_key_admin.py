@@ -16,17 +16,17 @@ async def audit(conn: asyncpg.Connection, key_id: int, action: str, actor: str) 
 
 
 async def create_key(conn: asyncpg.Connection, user_id: str, tier: str, *, actor: str, is_admin: bool = False,
-                     label: str | None = None, expires_in: timedelta | None = None) -> tuple[int, str]:
-    """(its id, the key): the key is shown once and only its hash is stored."""
+                     label: str | None = None, expires_in: timedelta | None = None) -> tuple[KeyRecord, str]:
+    """(its record, the key): the key is shown once and only its hash is stored."""
     key = new_api_key()
     async with conn.transaction():
-        key_id: int = await conn.fetchval(
+        row = await conn.fetchrow(
             "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, is_admin, label, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}",
             hash_api_key(key), display_prefix(key), user_id, tier, is_admin, label,
             utc_now() + expires_in if expires_in else None)
-        await audit(conn, key_id, "create", actor)
-    return key_id, key
+        await audit(conn, row["id"], "create", actor)
+    return KeyRecord.from_row(row), key
 
 
 async def active_key_id(conn: asyncpg.Connection, key_or_prefix: str) -> int:
@@ -90,11 +90,8 @@ class PgKeyAdmin:
     async def create(self, user_id: str, tier: str, actor: str, is_admin: bool, alias: str | None,
                      expires_in: timedelta | None) -> tuple[KeyRecord, str]:
         async with self.pool.acquire() as conn:
-            key_id, key = await create_key(conn, user_id, tier, actor=actor, is_admin=is_admin, label=alias,
-                                           expires_in=expires_in)
-            record = await get_key(conn, key_id)
-        assert record is not None
-        return record, key
+            return await create_key(conn, user_id, tier, actor=actor, is_admin=is_admin, label=alias,
+                                    expires_in=expires_in)
 
     async def list(self, user_id: str | None, tier: str | None, revoked: bool | None) -> list[KeyRecord]:
         async with self.pool.acquire() as conn:

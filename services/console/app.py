@@ -4,20 +4,18 @@ its own NATS identity, wired to the use case and the pages (routes.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import nats
 import nats.errors
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram
 
 from services.console import routes
 from services.console.console import Console
@@ -28,40 +26,21 @@ from services.console.pg_console_store import PgConsoleStore
 from services.console.sessions import SessionCodec
 from shared.bus import nats_options
 from shared.logs import configure_logging
-from shared.service_app import metrics_text, run_readiness
+from shared.service_app import RequestMetrics, metrics_text, readiness_document
 from shared.settings import Settings, get_settings, is_set
 
 SERVICE = "console"
 # Pages load nothing but this console's own stylesheet, run no script, may not be framed (no
 # clickjacking of the revoke button) and post forms only to the console.
-SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
-     b"base-uri 'none'"),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"same-origin"),
-    (b"cache-control", b"no-store"),
-]
-
-
-class SecurityHeaders:
-    """Adds SECURITY_HEADERS to every answer (a plain ASGI middleware)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+REQUEST_SECONDS = Histogram("costwarden_console_request_seconds", "Console request latency", ["route", "status"])
 
 
 def session_codec(settings: Settings) -> SessionCodec:
@@ -82,10 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
         nc = await nats.connect(**nats_options(settings, SERVICE))
         client = httpx.AsyncClient()
-        store = PgConsoleStore(pool)
-        console = Console(store, HttpxLiveStatus(client, settings.console_health_url, settings.console_api_url),
+        console = Console(PgConsoleStore(pool),
+                          HttpxLiveStatus(client, settings.console_health_url, settings.console_api_url),
                           HttpxKeyActions(client, settings.console_api_url), NatsBusActions(nc), config.thresholds)
-        app.state.console = routes.ConsoleState(console, store, codec,
+        app.state.console = routes.ConsoleState(console, codec,
                                                 sorted(name for name in config.tiers if name != "anonymous"),
                                                 settings.console_cookie_secure)
 
@@ -108,12 +87,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(routes.router)
     routes.install_handlers(app)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, histogram=REQUEST_SECONDS)
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_query(request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'][1:])}: {error['msg']}" for error in exc.errors())
-        return routes.render(request, "error.html", None, status=400, title="Bad request", message=problems)
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.get("/health/live", include_in_schema=False)
     async def live() -> dict[str, str]:
@@ -121,10 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health/ready", include_in_schema=False)
     async def ready() -> JSONResponse:
-        checks = await run_readiness(app.state.readiness)
-        is_ready = all(result == "ok" for result in checks.values())
-        return JSONResponse({"status": "ready" if is_ready else "not ready", "service": SERVICE, "checks": checks},
-                            status_code=200 if is_ready else 503)
+        body, status = await readiness_document(SERVICE, app.state.readiness)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -4,22 +4,24 @@ admin API (KeyActions) and the bus (BusActions). No I/O here: the adapters do it
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from services.console.periods import HOUR, TimeRange, floor_hour
-from shared.api_keys import KeyRecord
+from shared.api_keys import KeyRecord, hash_api_key
 from shared.cost_query import projected_month_end
 from shared.policy import Levels, Thresholds
 
 DIMENSIONS = ("model", "endpoint", "tag", "user")
 ORDERS = ("cost", "requests", "tokens", "key")
 MINUTE = timedelta(minutes=1)
+N = TypeVar("N", int, Decimal)
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,6 @@ class BreakdownRow:
     completion_tokens: int
     cost: Decimal
     estimated_cost: Decimal
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True)
@@ -242,11 +240,11 @@ def period_spend(spent: dict[str, Decimal], thresholds: Thresholds, per_user: bo
             for period in ("hour", "day", "month")]
 
 
-def series(values: dict[datetime, Decimal], start: datetime, end: datetime, step: timedelta
-           ) -> list[tuple[datetime, Decimal]]:
-    """One value per step from start to end, zero where nothing was recorded."""
+def series(values: Mapping[datetime, N], start: datetime, end: datetime, step: timedelta, zero: N
+           ) -> list[tuple[datetime, N]]:
+    """One value per step from start to end, `zero` where nothing was recorded."""
     count = int((end - start) / step)
-    return [(start + i * step, values.get(start + i * step, Decimal(0))) for i in range(count)]
+    return [(start + i * step, values.get(start + i * step, zero)) for i in range(count)]
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -269,11 +267,33 @@ def breakdown_csv(rows: Sequence[BreakdownRow], dimension: str, window: TimeRang
     return out.getvalue()
 
 
+class AdminOnly(Exception):
+    """What was asked is for admin keys."""
+
+
+def admin_only(viewer: Viewer) -> None:
+    if not viewer.admin:
+        raise AdminOnly("this page is for admin keys")
+
+
 class Console:
     def __init__(self, store: ConsoleStore, status: LiveStatus, keys: KeyActions, bus: BusActions,
                  thresholds: Thresholds) -> None:
         self.store, self.status, self.key_actions, self.bus = store, status, keys, bus
         self.thresholds = thresholds
+
+    async def sign_in(self, key: str, now: datetime) -> KeyRecord | None:
+        """The key's record when it is an active key, else None."""
+        record = await self.store.signed_in_key(hash_api_key(key)) if key else None
+        return record if record is not None and record.active(now) else None
+
+    async def viewer(self, key_id: int, user_id: str, now: datetime) -> Viewer | None:
+        """Who a session stands for, read again from its key (a revoked or expired key ends its sessions,
+        and rights are never taken from the cookie); None when the key no longer signs anyone in."""
+        record = await self.store.key(key_id)
+        if record is None or not record.active(now) or record.user_id != user_id:
+            return None
+        return Viewer(record.id, record.user_id, record.admin)
 
     async def overview(self, viewer: Viewer, now: datetime) -> Overview:
         user = viewer.only_user
@@ -282,15 +302,13 @@ class Console:
         first_hour = hour - 47 * HOUR
         hourly = await self.store.hourly_cost(user, first_hour, hour + HOUR)
         since = now.replace(second=0, microsecond=0) - timedelta(hours=24) + MINUTE
-        traffic = await self.store.traffic(user, since, since + timedelta(hours=24))
-        minutes = [(at, int(count)) for at, count in series(
-            {at: Decimal(n) for at, n in traffic.per_minute.items()}, since, since + timedelta(hours=24), MINUTE)]
-        day_start = hour.replace(hour=0)
-        alerts = await self.store.alerts(user, day_start, 100)
+        until = since + timedelta(hours=24)
+        traffic = await self.store.traffic(user, since, until)
+        alerts = await self.store.alerts(user, hour.replace(hour=0), 100)
         return Overview(spend=period_spend(spent, self.thresholds, per_user=user is not None),
                         projected_month=projected_month_end(spent.get("month", Decimal(0)), now),
-                        hourly_cost=series(hourly, first_hour, hour + HOUR, HOUR), traffic=traffic, minutes=minutes,
-                        alerts_today=alerts)
+                        hourly_cost=series(hourly, first_hour, hour + HOUR, HOUR, Decimal(0)), traffic=traffic,
+                        minutes=series(traffic.per_minute, since, until, MINUTE, 0), alerts_today=alerts)
 
     async def costs(self, viewer: Viewer, window: TimeRange, dimension: str, order: str, limit: int
                     ) -> list[BreakdownRow]:
@@ -311,9 +329,25 @@ class Console:
         rows = await self.store.alerts(viewer.only_user, now - timedelta(days=7), 200)
         return rows, (await self.bus.dead_letters() if viewer.admin else None)
 
-    async def health(self) -> tuple[list[DependencyRow] | None, dict[str, str] | None]:
-        return await self.status.dependencies(), await self.status.breakers()
+    async def health(self, viewer: Viewer) -> tuple[list[DependencyRow] | None, dict[str, str] | None]:
+        """Both services are asked at once: either may take its whole timeout when it is down."""
+        admin_only(viewer)
+        return await asyncio.gather(self.status.dependencies(), self.status.breakers())
 
-    async def backups(self) -> list[BackupRow]:
+    async def backups(self, viewer: Viewer) -> list[BackupRow]:
+        admin_only(viewer)
         return await self.store.backups(50)
+
+    async def request_backup(self, viewer: Viewer) -> str:
+        admin_only(viewer)
+        return await self.bus.request_backup()
+
+    async def create_key(self, viewer: Viewer, as_key: str, user_id: str, tier: str, alias: str | None,
+                         expires_in: str | None, admin: bool) -> CreatedKey:
+        admin_only(viewer)
+        return await self.key_actions.create(as_key, user_id, tier, alias, expires_in, admin)
+
+    async def revoke_key(self, viewer: Viewer, as_key: str, key_id: int) -> None:
+        admin_only(viewer)
+        await self.key_actions.revoke(as_key, key_id)
 

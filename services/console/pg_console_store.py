@@ -36,16 +36,17 @@ SELECT bucket, cost FROM llm_cost_rollups
 WHERE period = 'hour' AND dimension = $1 AND key = $2 AND bucket >= $3 AND bucket < $4
 """
 
-PER_MINUTE = """
-SELECT date_trunc('minute', created_at) AS minute, count(*) AS requests FROM llm_usage
-WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
-GROUP BY 1
-"""
-
+# The range's totals (the row whose minute is NULL) and its requests per minute, from one scan.
 TRAFFIC = """
-SELECT count(*) AS requests, count(*) FILTER (WHERE success) AS successes,
+WITH calls AS MATERIALIZED (
+    SELECT created_at, success, latency_ms FROM llm_usage
+    WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+)
+SELECT NULL::timestamptz AS minute, count(*) AS requests, count(*) FILTER (WHERE success) AS successes,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
-FROM llm_usage WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+FROM calls
+UNION ALL
+SELECT date_trunc('minute', created_at), count(*), NULL, NULL FROM calls GROUP BY 1
 """
 
 SUMS = ("sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
@@ -171,11 +172,10 @@ class PgConsoleStore:
         return {row["bucket"]: row["cost"] for row in rows}
 
     async def traffic(self, user: str | None, start: datetime, end: datetime) -> Traffic:
-        async with self.pool.acquire() as conn:
-            minutes = await conn.fetch(PER_MINUTE, start, end, user)
-            totals = await conn.fetchrow(TRAFFIC, start, end, user)
-        return Traffic({row["minute"]: row["requests"] for row in minutes}, totals["requests"], totals["successes"],
-                       totals["p95"])
+        rows = await self.pool.fetch(TRAFFIC, start, end, user)
+        totals = next(row for row in rows if row["minute"] is None)
+        return Traffic({row["minute"]: row["requests"] for row in rows if row["minute"] is not None},
+                       totals["requests"], totals["successes"], totals["p95"])
 
     async def breakdown(self, user: str | None, window: TimeRange, dimension: str, order: str,
                         limit: int) -> list[BreakdownRow]:

@@ -4,7 +4,6 @@ form post needs the session's CSRF token; Health and Backups are for admins."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -13,16 +12,16 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from prometheus_client import Histogram
 
 from services.console.console import (
     DIMENSIONS,
     ORDERS,
+    AdminOnly,
     BackupUnavailable,
     Console,
-    ConsoleStore,
     KeyActionRefused,
     Viewer,
     breakdown_csv,
@@ -37,11 +36,9 @@ from services.console.sessions import (
     new_nonce,
 )
 from services.console.svg_charts import Point, bar_chart, line_chart
-from shared.api_keys import hash_api_key
 from shared.events import utc_now
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
-PAGE_SECONDS = Histogram("costwarden_console_page_seconds", "Time to answer a console page", ["page"])
 TOP_CHOICES = (10, 20, 50, 100, 500)
 NEW_KEY_SHOWN_S = 120
 
@@ -66,7 +63,6 @@ TEMPLATES.env.filters.update(usd=usd, when=when, number=lambda n: f"{int(n):,}")
 @dataclass
 class ConsoleState:
     console: Console
-    store: ConsoleStore
     codec: SessionCodec
     tiers: list[str]
     secure_cookie: bool
@@ -99,19 +95,12 @@ class SignedIn:
 
 
 async def signed_in(request: Request, state: ConsoleState = Depends(state_of)) -> SignedIn:
-    """The session's key must still be active (a revoked or expired key ends its console sessions);
-    rights are read again from the key, not trusted from the cookie."""
     session = state.codec.open(request.cookies.get(SESSION_COOKIE))
-    row = await state.store.key(session.key_id) if session else None
-    if session is None or row is None or not row.active(utc_now()) or row.user_id != session.user_id:
+    viewer = await state.console.viewer(session.key_id, session.user_id, utc_now()) if session else None
+    if session is None or viewer is None:
         raise SignInNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else ""),
                            stale_cookie=SESSION_COOKIE in request.cookies)
-    return SignedIn(session, Viewer(row.id, row.user_id, row.admin))
-
-
-def admin_only(who: SignedIn) -> None:
-    if not who.viewer.admin:
-        raise Forbidden("this page is for admin keys")
+    return SignedIn(session, viewer)
 
 
 def check_csrf(state: ConsoleState, who: SignedIn, token: str) -> None:
@@ -155,8 +144,8 @@ async def signin(request: Request, key: str = Form(""), csrf: str = Form(""), ne
                  state: ConsoleState = Depends(state_of)) -> Response:
     if not state.codec.csrf_ok(request.cookies.get(SIGNIN_COOKIE), csrf):
         raise Forbidden("the sign-in form expired or was not sent by this console; reload it and sign in again")
-    row = await state.store.signed_in_key(hash_api_key(key.strip())) if key.strip() else None
-    if row is None or not row.active(utc_now()):
+    row = await state.console.sign_in(key.strip(), utc_now())
+    if row is None:
         return render(request, "signin.html", None, status=401, csrf=csrf, next=safe_next(next),
                       error="That key is unknown, revoked or expired.")
     session = Session(key=key.strip(), key_id=row.id, user_id=row.user_id, admin=row.admin, nonce=new_nonce())
@@ -178,8 +167,7 @@ async def signout(csrf: str = Form(""), who: SignedIn = Depends(signed_in),
 @router.get("/", response_class=HTMLResponse)
 async def overview(request: Request, who: SignedIn = Depends(signed_in),
                    state: ConsoleState = Depends(state_of)) -> Response:
-    with PAGE_SECONDS.labels("overview").time():
-        page = await state.console.overview(who.viewer, utc_now())
+    page = await state.console.overview(who.viewer, utc_now())
     top_cost = max((cost for _, cost in page.hourly_cost), default=Decimal(0))
     hourly = bar_chart("Cost per hour, last 48 hours", [
         Point(at.strftime("%d %H:00"), cost, usd(cost)) for at, cost in page.hourly_cost], usd(top_cost))
@@ -223,8 +211,7 @@ async def costs_query(range: str | None = None, start: str | None = None, end: s
 @router.get("/costs", response_class=HTMLResponse)
 async def costs(request: Request, query: CostsQuery = Depends(costs_query), who: SignedIn = Depends(signed_in),
                 state: ConsoleState = Depends(state_of)) -> Response:
-    with PAGE_SECONDS.labels("costs").time():
-        rows = await state.console.costs(who.viewer, query.window, query.by, query.sort, query.top)
+    rows = await state.console.costs(who.viewer, query.window, query.by, query.sort, query.top)
     sort_links = {order: str(request.url.include_query_params(sort=order)) for order in ORDERS}
     return render(request, "costs.html", who, rows=rows, query=query, presets=PRESETS, dimensions=DIMENSIONS,
                   orders=ORDERS, tops=TOP_CHOICES, csv_link=f"/costs.csv?{request.url.query}", sort_links=sort_links,
@@ -242,10 +229,10 @@ async def costs_csv(query: CostsQuery = Depends(costs_query), who: SignedIn = De
 
 async def keys_page(request: Request, who: SignedIn, state: ConsoleState, status: int = 200,
                     **context: Any) -> Response:
-    with PAGE_SECONDS.labels("keys").time():
-        rows, usage = await state.console.keys(who.viewer, utc_now())
-    return render(request, "keys.html", who, status=status, keys=rows, usage=usage, tiers=state.tiers,
-                  now=utc_now(), **context)
+    now = utc_now()
+    rows, usage = await state.console.keys(who.viewer, now)
+    return render(request, "keys.html", who, status=status, keys=rows, usage=usage, tiers=state.tiers, now=now,
+                  **context)
 
 
 @router.get("/keys", response_class=HTMLResponse)
@@ -265,10 +252,9 @@ async def create_key(request: Request, user_id: str = Form(""), tier: str = Form
                      expires_in: str = Form(""), admin: str = Form(""), csrf: str = Form(""),
                      who: SignedIn = Depends(signed_in), state: ConsoleState = Depends(state_of)) -> Response:
     check_csrf(state, who, csrf)
-    admin_only(who)
     try:
-        made = await state.console.key_actions.create(who.session.key, user_id.strip(), tier, alias.strip() or None,
-                                                      expires_in.strip() or None, admin == "on")
+        made = await state.console.create_key(who.viewer, who.session.key, user_id.strip(), tier,
+                                              alias.strip() or None, expires_in.strip() or None, admin == "on")
     except KeyActionRefused as exc:
         return await keys_page(request, who, state, status=400, error=str(exc))
     response = RedirectResponse(f"/keys?created={made.id}", status_code=303)
@@ -280,9 +266,8 @@ async def create_key(request: Request, user_id: str = Form(""), tier: str = Form
 async def revoke_key(request: Request, key_id: int, csrf: str = Form(""), who: SignedIn = Depends(signed_in),
                      state: ConsoleState = Depends(state_of)) -> Response:
     check_csrf(state, who, csrf)
-    admin_only(who)
     try:
-        await state.console.key_actions.revoke(who.session.key, key_id)
+        await state.console.revoke_key(who.viewer, who.session.key, key_id)
     except KeyActionRefused as exc:
         return await keys_page(request, who, state, status=400, error=str(exc))
     return RedirectResponse(f"/keys?revoked={key_id}", status_code=303)
@@ -292,8 +277,7 @@ async def revoke_key(request: Request, key_id: int, csrf: str = Form(""), who: S
 async def limits(request: Request, range: str | None = None, who: SignedIn = Depends(signed_in),
                  state: ConsoleState = Depends(state_of)) -> Response:
     window = window_of(range, None, None)
-    with PAGE_SECONDS.labels("limits").time():
-        denials, callers = await state.console.limits(who.viewer, window)
+    denials, callers = await state.console.limits(who.viewer, window)
     per_hour: dict[datetime, int] = {}
     for row in denials:
         per_hour[row.hour] = per_hour.get(row.hour, 0) + row.denials
@@ -308,8 +292,7 @@ async def limits(request: Request, range: str | None = None, who: SignedIn = Dep
 @router.get("/alerts", response_class=HTMLResponse)
 async def alerts(request: Request, who: SignedIn = Depends(signed_in),
                  state: ConsoleState = Depends(state_of)) -> Response:
-    with PAGE_SECONDS.labels("alerts").time():
-        rows, dead_letters = await state.console.alerts(who.viewer, utc_now())
+    rows, dead_letters = await state.console.alerts(who.viewer, utc_now())
     channels = sorted({channel for row in rows for channel in row.deliveries})
     return render(request, "alerts.html", who, alerts=rows, channels=channels, dead_letters=dead_letters)
 
@@ -317,29 +300,24 @@ async def alerts(request: Request, who: SignedIn = Depends(signed_in),
 @router.get("/status", response_class=HTMLResponse)
 async def status(request: Request, who: SignedIn = Depends(signed_in),
                  state: ConsoleState = Depends(state_of)) -> Response:
-    admin_only(who)
-    began = time.perf_counter()
-    dependencies, breakers = await state.console.health()
-    PAGE_SECONDS.labels("status").observe(time.perf_counter() - began)
+    dependencies, breakers = await state.console.health(who.viewer)
     return render(request, "status.html", who, dependencies=dependencies, breakers=breakers)
 
 
 @router.get("/backups", response_class=HTMLResponse)
 async def backups(request: Request, requested: str | None = None, who: SignedIn = Depends(signed_in),
                   state: ConsoleState = Depends(state_of)) -> Response:
-    admin_only(who)
-    return render(request, "backups.html", who, backups=await state.console.backups(), requested=requested)
+    return render(request, "backups.html", who, backups=await state.console.backups(who.viewer), requested=requested)
 
 
 @router.post("/backups", response_class=HTMLResponse)
 async def run_backup(request: Request, csrf: str = Form(""), who: SignedIn = Depends(signed_in),
                      state: ConsoleState = Depends(state_of)) -> Response:
     check_csrf(state, who, csrf)
-    admin_only(who)
     try:
-        request_id = await state.console.bus.request_backup()
+        request_id = await state.console.request_backup(who.viewer)
     except BackupUnavailable as exc:
-        return render(request, "backups.html", who, status=503, backups=await state.console.backups(),
+        return render(request, "backups.html", who, status=503, backups=await state.console.backups(who.viewer),
                       error=str(exc))
     return RedirectResponse(f"/backups?requested={quote(request_id)}", status_code=303)
 
@@ -355,6 +333,15 @@ def install_handlers(app: Any) -> None:
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
         return render(request, "error.html", None, status=403, title="Not allowed", message=exc.message)
+
+    @app.exception_handler(AdminOnly)
+    async def admins_only(request: Request, exc: AdminOnly) -> Response:
+        return render(request, "error.html", None, status=403, title="Not allowed", message=str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'][1:])}: {error['msg']}" for error in exc.errors())
+        return render(request, "error.html", None, status=400, title="Bad request", message=problems)
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> Response:

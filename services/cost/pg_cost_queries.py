@@ -61,7 +61,12 @@ class PgCostQueries:
                       ) -> CurrentCost:
         """Spend this hour, today and this month: one key's, one user's, or everyone's."""
         now = now or utc_now()
-        dimension, key = (("key", str(api_key_id)) if api_key_id else ("user", user_id) if user_id else ("all", ""))
+        if api_key_id:
+            dimension, key = "key", str(api_key_id)
+        elif user_id:
+            dimension, key = "user", user_id
+        else:
+            dimension, key = "all", ""
         rows = await self.pool.fetch(ROLLUP_COST, dimension, key, bucket_start("hour", now),
                                      bucket_start("day", now), bucket_start("month", now))
         by_period = {row["period"]: row["cost"] for row in rows}

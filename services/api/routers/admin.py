@@ -3,6 +3,7 @@ Admin keys only; every change is an audit row (who, what, when), through the sam
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -81,8 +82,9 @@ async def get_key(key_id: str, request: Request, state: ApiState = Depends(api_s
     await admin_caller(request, state)
     number = key_id_of(key_id)
     record = found(number, await state.key_admin.get(number))
-    return {**record.as_json(), "spend_usd": await spend_of(state, CostQuery(kind="current", api_key_id=number)),
-            "user_spend_usd": await spend_of(state, CostQuery(kind="current", user_id=record.user_id))}
+    key_spend, user_spend = await asyncio.gather(spend_of(state, CostQuery(kind="current", api_key_id=number)),
+                                                 spend_of(state, CostQuery(kind="current", user_id=record.user_id)))
+    return {**record.as_json(), "spend_usd": key_spend, "user_spend_usd": user_spend}
 
 
 async def spend_of(state: ApiState, query: CostQuery) -> dict[str, str | None]:

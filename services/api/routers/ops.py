@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.api.api_state import ApiState, api_state
-from shared.service_app import metrics_text, run_readiness
+from shared.service_app import metrics_text, readiness_document
 
 SERVICE = "api"
 router = APIRouter()
@@ -21,11 +21,9 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready")
 async def ready(state: ApiState = Depends(api_state)) -> JSONResponse:
-    checks = await run_readiness(state.readiness)
-    is_ready = all(result == "ok" for result in checks.values())
-    breakers = {name: breaker.state.value for name, breaker in state.breakers.items()}
-    return JSONResponse({"status": "ready" if is_ready else "not ready", "service": SERVICE, "checks": checks,
-                         "providers": breakers}, status_code=200 if is_ready else 503)
+    body, status = await readiness_document(SERVICE, state.readiness)
+    body["providers"] = {name: breaker.state.value for name, breaker in state.breakers.items()}
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/metrics", include_in_schema=False)
