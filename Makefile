@@ -23,6 +23,7 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	@command -v wrk >/dev/null || { echo "installing wrk (the load generator)"; apt-get install -y -qq wrk >/dev/null; }
+	@command -v valgrind >/dev/null || { echo "installing valgrind (instructions per call)"; apt-get install -y -qq valgrind >/dev/null; }
 	$(BIN)/python -m bench
 
 soak: $(BIN)/.installed

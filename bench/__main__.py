@@ -2,11 +2,14 @@
 same run (`python -m bench ledger` runs one part only).
 
 1. Gateway: latency p50/p99 and requests/s of calls through the gateway (limiter and llm.completed
-   publishing on) beside the same calls made straight to the same local upstream, and beside a bare
-   relay that makes the same three round trips with no code of ours (bench/bare_gateway.py): the floor
-   that this machine puts under any gateway built this way.
+   publishing on) beside the same calls made straight to the same local upstream, and beside three
+   relays that make the same three round trips with no code of ours (bench/bare_gateway.py): the bare
+   relay (its question answered by an echo), the floor that this machine puts under any gateway built
+   this way; the same asking the real limiter; and that as a FastAPI route.
 2. Throughput (bench/throughput.py): requests/s and CPU per call under wrk at 16 and 64 connections,
-   for the same three targets and, when installed, a LiteLLM proxy on the same upstream.
+   for the same targets and, when installed, a LiteLLM proxy on the same upstream.
+   Instructions (bench/instructions.py): the CPU per call of the gateway's process and of the relays'
+   as instructions counted by callgrind, which the machine's speed of the day does not move.
 3. Limiter: decisions/s of `llm.request` beside a bare FastStream echo handler and a bare nats-py echo
    on the same NATS; p50/p99 under open-loop load beside the nats-py echo at the same rate; and one
    round trip back to back beside one after the machine was idle, which is what each hop of a
@@ -35,7 +38,7 @@ import asyncpg
 import httpx
 import nats
 
-from bench.gateway_stack import gateway_stack, start_script
+from bench.gateway_stack import LABELS, gateway_stack, start_script
 from shared.events import LimitRequest, LlmCompleted
 from shared.migrate import apply_migrations
 from shared.subjects import ensure_streams
@@ -100,16 +103,14 @@ async def bench_gateway(env: dict[str, str], database_url: str, lines: list[str]
         rates = {name: await throughput(url, headers, 3000, 32) for name, (url, headers) in targets.items()}
     p50 = {name: pct(values, .5) for name, values in latencies.items()}
     p99 = {name: pct(values, .99) for name, values in latencies.items()}
+    added = {name: p50[name] - p50["direct"] for name in targets}
     lines += [
-        "gateway (1500 sequential calls each, then 3000 calls at concurrency 32):",
-        f"  direct to upstream   p50 {p50['direct']:6.2f} ms   p99 {p99['direct']:6.2f} ms   {rates['direct']:7.0f} req/s",
-        f"  bare relay (floor)   p50 {p50['bare']:6.2f} ms   p99 {p99['bare']:6.2f} ms   {rates['bare']:7.0f} req/s",
-        f"  through the gateway  p50 {p50['gateway']:6.2f} ms   p99 {p99['gateway']:6.2f} ms   {rates['gateway']:7.0f} req/s",
-        f"  added by the floor   p50 {p50['bare'] - p50['direct']:6.2f} ms   p99 {p99['bare'] - p99['direct']:6.2f} ms",
-        f"  added latency        p50 {p50['gateway'] - p50['direct']:6.2f} ms   p99 {p99['gateway'] - p99['direct']:6.2f} ms"
-        f"   throughput ratio {rates['gateway'] / rates['direct']:.2f}x",
-        f"  gateway above floor  p50 {p50['gateway'] - p50['bare']:6.2f} ms   "
-        f"added latency {(p50['gateway'] - p50['direct']) / (p50['bare'] - p50['direct']):.2f}x the floor's",
+        "gateway (1500 sequential calls each, then 3000 calls at concurrency 32; added = p50 above the direct"
+        " call's):",
+        f"  {'':26}      p50      p99     req/s   added p50   added / bare relay's",
+        *(f"  {LABELS[name]:26}{p50[name]:6.2f} ms{p99[name]:6.2f} ms{rates[name]:8.0f}"
+          + ("" if name == "direct" else f"{added[name]:9.2f} ms{added[name] / added['bare']:12.2f}x")
+          for name in targets),
     ]
 
 
@@ -288,6 +289,11 @@ async def main() -> None:
             from bench.throughput import bench_throughput
 
             await bench_throughput(env, database_url, lines, nats_srv, redis_srv)
+        if not only or "instructions" in only:
+            from bench.instructions import bench_instructions
+
+            async with gateway_stack(env, database_url) as stack:
+                await bench_instructions(stack, lines)
         if not only or "limiter" in only:
             await bench_limiter(env, lines)
         if not only or "ledger" in only:

@@ -1,30 +1,87 @@
-"""The floor for the gateway benchmark: the same three round trips as a gateway call, with nothing else.
+"""The floors for the gateway benchmark: the same three round trips as a gateway call, with nothing else.
 
-A raw ASGI app under the same uvicorn settings as the api service. For each POST it asks the bare
-nats-py echo (bench/nats_echo.py) once, relays the body to the upstream with the httpx API over the
-same aiohttp transport as the gateway (httpx-aiohttp), publishes one
-JetStream message with a Nats-Msg-Id and waits for its ack, and returns the upstream's answer. No
-FastAPI, no validation, no callers, no limits: what is left of the gateway's added latency above this
-floor is the gateway's own code.
+For each POST a relay asks NATS once, relays the body to the upstream with the httpx API over the same
+aiohttp transport as the gateway (httpx-aiohttp), publishes one JetStream message with a Nats-Msg-Id
+and waits for its ack, and returns the upstream's answer. No validation, no callers, no token counting,
+no events of ours. Three relays, each adding one thing the gateway has, so that the benchmark shows
+what each costs:
+
+- `create_app`: a raw ASGI app whose question goes to a bare nats-py echo (bench/nats_echo.py): the
+  floor of issue 11's targets;
+- `create_app` with `BENCH_LIMITER=1`: the question is a real `llm.request`, answered by the real
+  limiter (its Redis round trip and decision);
+- `create_fastapi_app` (with `BENCH_LIMITER=1`): the same as one FastAPI route, as the gateway's are.
+
+Each runs under the same uvicorn and garbage-collector settings as the api service. What is left above
+the last one is the gateway's own code.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import nats
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from httpx_aiohttp import AiohttpTransport
+from nats.aio.client import Client as Nats
+from nats.js import JetStreamContext
+
+from shared.service_app import settle_heap
 
 STREAM, SUBJECT = "BENCH_FLOOR", "bench.floor.completed"
+# A limiter question as the gateway asks it, written out: the relay runs none of our code per call.
+LIMIT_REQUEST = ('{"schema_version":1,"id":"%(id)s","occurred_at":"2026-01-01T00:00:00Z","request_id":"%(id)s",'
+                 '"user_id":"bench-relay","client_ip":"127.0.0.1","tier":"enterprise",'
+                 '"endpoint":"/v1/chat/completions","policy":"standard","model":"meta-llama/Llama-3-8b-chat-hf",'
+                 '"prompt_tokens_estimate":9,"max_tokens":8}')
 
 
-def create_app():
-    upstream = os.environ["BENCH_UPSTREAM_URL"]
-    state: dict = {}
+@dataclass
+class Relay:
+    nc: Nats
+    js: JetStreamContext
+    http: httpx.AsyncClient
+    upstream: str
+    ask_limiter: bool
 
-    async def read_body(receive) -> bytes:
+    async def __call__(self, body: bytes) -> httpx.Response:
+        if self.ask_limiter:
+            await self.nc.request("llm.request", (LIMIT_REQUEST % {"id": uuid.uuid4().hex}).encode(), timeout=5)
+        else:
+            await self.nc.request("bench.nats-echo", b'{"user_id":"bench"}', timeout=5)
+        answer = await self.http.post(self.upstream, content=body, headers={
+            "content-type": "application/json", "authorization": "Bearer bench"})
+        await self.js.publish(SUBJECT, answer.content[:200], headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        return answer
+
+
+@asynccontextmanager
+async def relay() -> AsyncIterator[Relay]:
+    nc = await nats.connect(os.environ["NATS_URL"])
+    js = nc.jetstream()
+    await js.add_stream(name=STREAM, subjects=[SUBJECT], max_msgs=100_000)
+    http = httpx.AsyncClient(timeout=30, transport=AiohttpTransport(
+        limits=httpx.Limits(max_connections=512, keepalive_expiry=2.0)))
+    settle_heap()
+    try:
+        yield Relay(nc, js, http, os.environ["BENCH_UPSTREAM_URL"], os.environ.get("BENCH_LIMITER") == "1")
+    finally:
+        await http.aclose()
+        await nc.close()
+
+
+def create_app() -> Any:
+    state: dict[str, Relay] = {}
+    resources = relay()
+
+    async def read_body(receive: Any) -> bytes:
         body = b""
         while True:
             message = await receive()
@@ -32,33 +89,44 @@ def create_app():
             if not message.get("more_body"):
                 return body
 
-    async def app(scope, receive, send) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    state["nc"] = nc = await nats.connect(os.environ["NATS_URL"])
-                    state["js"] = js = nc.jetstream()
-                    await js.add_stream(name=STREAM, subjects=[SUBJECT], max_msgs=100_000)
-                    state["http"] = httpx.AsyncClient(timeout=30, transport=AiohttpTransport(
-                        limits=httpx.Limits(max_connections=512, keepalive_expiry=2.0)))
+                    state["relay"] = await resources.__aenter__()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    await state["http"].aclose()
-                    await state["nc"].close()
+                    await resources.__aexit__(None, None, None)
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["path"] == "/health/live":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"{}"})
             return
-        body = await read_body(receive)
-        await state["nc"].request("bench.nats-echo", b'{"user_id":"bench"}', timeout=5)
-        answer = await state["http"].post(upstream, content=body, headers={
-            "content-type": "application/json", "authorization": "Bearer bench"})
-        await state["js"].publish(SUBJECT, answer.content[:200], headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        answer = await state["relay"](await read_body(receive))
         await send({"type": "http.response.start", "status": answer.status_code,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": answer.content})
+
+    return app
+
+
+def create_fastapi_app() -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with relay() as app.state.relay:
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        answer = await request.app.state.relay(await request.body())
+        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
 
     return app

@@ -1,5 +1,6 @@
 """The processes the gateway benchmarks measure, started once: the LLM simulator as the upstream, the
-bare relay with its nats-py echo (the floor), and the gateway with its limiter."""
+three relays that are the floors (the bare relay with its nats-py echo; with the real limiter; as a
+FastAPI route), and the gateway with its limiter."""
 
 from __future__ import annotations
 
@@ -24,11 +25,30 @@ def start_script(name: str, env: dict[str, str], args: list[str], port: int | No
     return process
 
 
+# The floors, each adding one thing the gateway has (bench/bare_gateway.py): name -> (app factory,
+# env, label).
+FLOORS = {
+    "bare": ("bench.bare_gateway:create_app", {}, "bare relay (floor)"),
+    "limiter": ("bench.bare_gateway:create_app", {"BENCH_LIMITER": "1"}, "relay + limiter"),
+    "fastapi": ("bench.bare_gateway:create_fastapi_app", {"BENCH_LIMITER": "1"}, "relay + limiter, FastAPI"),
+}
+LABELS = {"direct": "direct to upstream", **{name: label for name, (_, _, label) in FLOORS.items()},
+          "gateway": "through the gateway"}
+
+
+def floor_command(name: str, port: int, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The arguments to Python and the environment of one floor's process (env holds the upstream)."""
+    factory, floor_env, _ = FLOORS[name]
+    return (["-c", f"from shared.service_app import serve; serve({factory!r}, {port})"],
+            {**env, **floor_env, "BENCH_UPSTREAM_URL": env["TOGETHER_BASE_URL"] + "/chat/completions"})
+
+
 @dataclass
 class GatewayStack:
+    env: dict[str, str]
     upstream: ServiceProcess
     nats_echo: ServiceProcess
-    bare: ServiceProcess
+    floors: dict[str, ServiceProcess]
     limiter: ServiceProcess
     api: ServiceProcess
     key: str
@@ -38,9 +58,9 @@ class GatewayStack:
         return f"{self.upstream.url}/v1/chat/completions"
 
     def targets(self) -> dict[str, tuple[str, dict[str, str]]]:
-        """name -> (URL, headers) of the three ways to make the same call."""
+        """name -> (URL, headers) of the ways to make the same call, in LABELS' order."""
         return {"direct": (self.direct_url, {"Authorization": "Bearer bench"}),
-                "bare": (f"{self.bare.url}/v1/chat/completions", {}),
+                **{name: (f"{floor.url}/v1/chat/completions", {}) for name, floor in self.floors.items()},
                 "gateway": (f"{self.api.url}/v1/chat/completions", {"Authorization": f"Bearer {self.key}"})}
 
 
@@ -49,22 +69,22 @@ async def gateway_stack(env: dict[str, str], database_url: str) -> AsyncIterator
     upstream_port = free_port()
     upstream = start_script("simulator", env, ["-m", "services.simulator", "--port", str(upstream_port)],
                             upstream_port)
-    direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
     env = {**env, "TOGETHER_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1", "TOGETHER_API_KEY": "bench"}
     nats_echo = start_script("nats-echo", env, ["-m", "bench.nats_echo", env["NATS_URL"]])
-    bare_port = free_port()
-    bare = start_script("bare-gateway", {**env, "BENCH_UPSTREAM_URL": direct_url},
-                        ["-c", f"from shared.service_app import serve; serve('bench.bare_gateway:create_app', "
-                               f"{bare_port})"], bare_port)
     limiter_port = free_port()
     limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(limiter_port)}, limiter_port).start()
+    floors = {}
+    for name in FLOORS:
+        port = free_port()
+        args, floor_env = floor_command(name, port, env)
+        floors[name] = start_script(f"floor-{name}", floor_env, args, port)
     api_port = free_port()
     api = ServiceProcess("api", {**env, "API_PORT": str(api_port)}, api_port).start()
     try:
         conn = await asyncpg.connect(database_url)
         _, key = await create_key(conn, "bench-user", "enterprise", actor="bench")
         await conn.close()
-        yield GatewayStack(upstream, nats_echo, bare, limiter, api, key)
+        yield GatewayStack(env, upstream, nats_echo, floors, limiter, api, key)
     finally:
-        for process in (api, limiter, bare, nats_echo, upstream):
+        for process in (api, *floors.values(), limiter, nats_echo, upstream):
             process.stop()

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.gateway_stack import GatewayStack, gateway_stack
+from bench.gateway_stack import LABELS, GatewayStack, gateway_stack
 from tests.servers import ProcessServer, free_port
 
 BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
@@ -116,12 +116,14 @@ async def bench_throughput(env: dict[str, str], database_url: str, lines: list[s
 
 def run_all(stack: GatewayStack, nats_srv: ProcessServer, redis_srv: ProcessServer) -> dict[str, dict[int, Run]]:
     nats_pid, redis_pid = nats_srv.process.pid, redis_srv.process.pid
-    pid = {name: process.process.pid for name, process in (("upstream", stack.upstream), ("bare", stack.bare),
-                                                            ("echo", stack.nats_echo), ("api", stack.api),
-                                                            ("limiter", stack.limiter))}
-    measured = {"direct": ([pid["upstream"]], [pid["upstream"]]),
-                "bare": ([pid["bare"]], [pid["bare"], pid["echo"], nats_pid]),
-                "gateway": ([pid["api"]], [pid["api"], pid["limiter"], nats_pid, redis_pid])}
+    upstream, echo, limiter = (stack.upstream.process.pid, stack.nats_echo.process.pid,
+                               stack.limiter.process.pid)
+    floor = {name: process.process.pid for name, process in stack.floors.items()}
+    # name -> (the process under test, every process each call wakes)
+    measured = {"direct": ([upstream], [upstream]),
+                "bare": ([floor["bare"]], [floor["bare"], echo, nats_pid]),
+                **{name: ([floor[name]], [floor[name], limiter, nats_pid, redis_pid]) for name in ("limiter", "fastapi")},
+                "gateway": ([stack.api.process.pid], [stack.api.process.pid, limiter, nats_pid, redis_pid])}
     targets = stack.targets()
     litellm = litellm_proxy(f"{stack.upstream.url}/v1")
     if litellm:
@@ -147,25 +149,24 @@ def wrk_warmup(url: str, headers: dict[str, str]) -> None:
     subprocess.run(["wrk", "-t1", "-c4", "-d2s", *header_args, url], capture_output=True, check=False)
 
 
-LABELS = {"direct": "direct to upstream", "bare": "bare relay (floor)", "gateway": "through the gateway",
-          "litellm": "LiteLLM proxy"}
-
-
 def report(results: dict[str, dict[int, Run]]) -> list[str]:
     lines = [f"throughput (wrk, 1 thread, {DURATION_S} s a run; CPU ms per call from /proc: own process / whole"
              " path):"]
     header = "".join(f"  {c:>3} conn: req/s   own   path" for c in CONNECTIONS)
-    lines.append(f"  {'':22}{header}")
+    lines.append(f"  {'':26}{header}")
     for name, runs in results.items():
         cells = "".join(f"  {runs[c].rate:14.0f} {runs[c].own_ms:5.2f} {runs[c].path_ms:6.2f}" for c in CONNECTIONS)
         errors = sum(run.errors for run in runs.values())
-        lines.append(f"  {LABELS[name]:22}{cells}" + (f"   ({errors} errors)" if errors else ""))
+        lines.append(f"  {LABELS.get(name, 'LiteLLM proxy'):26}{cells}" + (f"   ({errors} errors)" if errors else ""))
     for c in CONNECTIONS:
-        gateway, bare = results["gateway"][c], results["bare"][c]
-        ratio = f"  at {c} connections: gateway req/s {gateway.rate / bare.rate:.2f}x the bare relay's"
+        rate = {name: runs[c].rate for name, runs in results.items()}
+        ratio = (f"  at {c} connections: gateway req/s {rate['gateway'] / rate['bare']:.2f}x the bare relay's"
+                 f" ({rate['gateway'] / rate['fastapi']:.2f}x the FastAPI relay with the limiter's)")
         if "litellm" in results:
-            ratio += f", {gateway.rate / results['litellm'][c].rate:.1f}x LiteLLM's"
+            ratio += f", {rate['gateway'] / rate['litellm']:.1f}x LiteLLM's"
         lines.append(ratio)
+        lines.append(f"    floors: relay + limiter {rate['limiter'] / rate['bare']:.2f}x the bare relay's req/s,"
+                     f" with FastAPI {rate['fastapi'] / rate['bare']:.2f}x")
     if "litellm" not in results:
         lines.append("  LiteLLM: not installed (bench/litellm/README.md says how)")
     return lines

@@ -35,7 +35,7 @@ from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from shared.bus import nats_options
 from shared.bus_permissions import streams_of
 from shared.logs import configure_logging
-from shared.service_app import RequestMetrics
+from shared.service_app import RequestMetrics, settle_heap
 from shared.settings import Settings, get_settings, is_set
 from shared.subjects import bind_streams
 
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with api_resources(settings) as state:
             app.state.api = state
+            settle_heap()
             yield
 
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN and are blank offline.
