@@ -38,15 +38,13 @@ import asyncpg
 import httpx
 import nats
 
-from bench.gateway_stack import LABELS, gateway_stack, start_script
+from bench.gateway_stack import BODY, LABELS, gateway_stack, start_script
 from shared.events import LimitRequest, LlmCompleted
 from shared.migrate import apply_migrations
 from shared.subjects import ensure_streams
 from tests.servers import ServiceProcess, free_port, nats_server, redis_server
 
 RESULTS = Path(__file__).parent / "results"
-BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
-        "max_tokens": 8}
 BENCH_CONFIG = """
 tiers:
   anonymous: {requests: 1000000000, strict_requests: 1000000, tokens_per_minute: 1000000000000, daily_budget_usd: "1000000"}

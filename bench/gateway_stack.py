@@ -25,6 +25,9 @@ def start_script(name: str, env: dict[str, str], args: list[str], port: int | No
     return process
 
 
+# The call every gateway benchmark makes.
+BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
+        "max_tokens": 8}
 # The floors, each adding one thing the gateway has (bench/bare_gateway.py): name -> (app factory,
 # env, label).
 FLOORS = {
@@ -33,7 +36,7 @@ FLOORS = {
     "fastapi": ("bench.bare_gateway:create_fastapi_app", {"BENCH_LIMITER": "1"}, "relay + limiter, FastAPI"),
 }
 LABELS = {"direct": "direct to upstream", **{name: label for name, (_, _, label) in FLOORS.items()},
-          "gateway": "through the gateway"}
+          "gateway": "through the gateway", "litellm": "LiteLLM proxy"}
 
 
 def floor_command(name: str, port: int, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:

@@ -20,31 +20,31 @@ from pathlib import Path
 
 import httpx
 
-from bench.gateway_stack import LABELS, GatewayStack, floor_command
+from bench.gateway_stack import BODY, LABELS, GatewayStack, floor_command
 from tests.servers import ROOT, free_port, port_open
 from tests.support.polling import wait_for
 
-BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
-        "max_tokens": 8}
 WARMUP, N_SHORT, N_LONG = 20, 50, 300
 TARGETS = ("bare", "fastapi", "gateway")
 
 
 def under_callgrind(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The process as every bench process runs, environment included, under callgrind."""
     with log.open("w") as log_file:
         return subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={log.with_suffix('.out')}",
-                                 sys.executable, *args], env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+                                 sys.executable, *args], env={**os.environ, **env}, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=log_file)
 
 
 async def instructions_of_run(stack: GatewayStack, name: str, calls: int) -> int:
     """Instructions the process executed, from its start to its exit, having answered WARMUP + calls."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
     if name == "gateway":
         args, env = ["-m", "services.api"], {**stack.env, "API_PORT": str(port)}
-        url, headers = f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": f"Bearer {stack.key}"}
+        headers = {"Authorization": f"Bearer {stack.key}"}
     else:
-        args, env = floor_command(name, port, stack.env)
-        url, headers = f"http://127.0.0.1:{port}/v1/chat/completions", {}
+        (args, env), headers = floor_command(name, port, stack.env), {}
     log = Path(tempfile.mkstemp(suffix=".callgrind.log")[1])
     process = under_callgrind(args, env, log)
     try:

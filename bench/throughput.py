@@ -19,11 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.gateway_stack import LABELS, GatewayStack, gateway_stack
+from bench.gateway_stack import BODY, FLOORS, LABELS, GatewayStack, gateway_stack
 from tests.servers import ProcessServer, free_port
 
-BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
-        "max_tokens": 8}
 CONNECTIONS = (16, 64)
 DURATION_S = 8
 LITELLM = Path(__file__).parent / "litellm"
@@ -119,10 +117,11 @@ def run_all(stack: GatewayStack, nats_srv: ProcessServer, redis_srv: ProcessServ
     upstream, echo, limiter = (stack.upstream.process.pid, stack.nats_echo.process.pid,
                                stack.limiter.process.pid)
     floor = {name: process.process.pid for name, process in stack.floors.items()}
+    asks_limiter = {name: FLOORS[name][1].get("BENCH_LIMITER") == "1" for name in floor}
     # name -> (the process under test, every process each call wakes)
     measured = {"direct": ([upstream], [upstream]),
-                "bare": ([floor["bare"]], [floor["bare"], echo, nats_pid]),
-                **{name: ([floor[name]], [floor[name], limiter, nats_pid, redis_pid]) for name in ("limiter", "fastapi")},
+                **{name: ([pid], [pid, limiter, nats_pid, redis_pid] if asks_limiter[name] else [pid, echo, nats_pid])
+                   for name, pid in floor.items()},
                 "gateway": ([stack.api.process.pid], [stack.api.process.pid, limiter, nats_pid, redis_pid])}
     targets = stack.targets()
     litellm = litellm_proxy(f"{stack.upstream.url}/v1")
@@ -157,7 +156,7 @@ def report(results: dict[str, dict[int, Run]]) -> list[str]:
     for name, runs in results.items():
         cells = "".join(f"  {runs[c].rate:14.0f} {runs[c].own_ms:5.2f} {runs[c].path_ms:6.2f}" for c in CONNECTIONS)
         errors = sum(run.errors for run in runs.values())
-        lines.append(f"  {LABELS.get(name, 'LiteLLM proxy'):26}{cells}" + (f"   ({errors} errors)" if errors else ""))
+        lines.append(f"  {LABELS[name]:26}{cells}" + (f"   ({errors} errors)" if errors else ""))
     for c in CONNECTIONS:
         rate = {name: runs[c].rate for name, runs in results.items()}
         ratio = (f"  at {c} connections: gateway req/s {rate['gateway'] / rate['bare']:.2f}x the bare relay's"

@@ -33,11 +33,11 @@ GC_YOUNG_THRESHOLD = 7_000
 def settle_heap() -> None:
     """Once a service has started: what startup made (modules, the app, its clients, the tokenizer's
     tables) leaves the collector's view (gc.freeze), and the youngest generation is collected after
-    7,000 new objects instead of 700. Every call leaves reference cycles that only the collector frees
-    (futures, tasks and exceptions inside the libraries on the path). Measured on the gateway under
-    load: 7 % of its CPU went to the collector at CPython's defaults, about 2 % with this; a collection
-    then pauses the event loop for a few milliseconds instead of half of one, about twenty times less
-    often."""
+    GC_YOUNG_THRESHOLD new objects instead of CPython's 700. Every call leaves reference cycles that
+    only the collector frees (futures, tasks and exceptions inside the libraries on the path).
+    Measured on the gateway under load: 7 % of its CPU went to the collector at CPython's defaults,
+    about 2 % with this; a collection then pauses the event loop for a few milliseconds instead of
+    half of one, about twenty times less often."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -134,15 +134,14 @@ class ProviderRouter:
                             attempts: list[ProviderError]) -> ProviderCall:
         """A loop, not tenacity: tenacity's machinery cost 50-60 µs of CPU on every call, about 4 % of
         the gateway's whole CPU per call, where almost every call succeeds on its first attempt."""
-        for retry in range(self.max_retries + 1):
-            if retry:
-                await asyncio.sleep(backoff_s(retry, self.retry_initial_s, self.retry_max_s, random.random()))
+        for retry in range(1, self.max_retries + 1):
             try:
                 return await self._attempt(client, model, payload, stream, attempts)
             except ProviderError as exc:
-                if not exc.retryable or retry == self.max_retries:
+                if not exc.retryable:
                     raise
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            await asyncio.sleep(backoff_s(retry, self.retry_initial_s, self.retry_max_s, random.random()))
+        return await self._attempt(client, model, payload, stream, attempts)
 
     async def call(self, routes: Sequence[ModelRoute], payload: Mapping[str, Any], stream: bool) -> ProviderCall:
         """The first provider that answers. Every failed attempt, retries included, is kept in
