@@ -1,8 +1,8 @@
 """The floors for the gateway benchmark: the same three round trips as a gateway call, with nothing else.
 
-For each POST a relay asks NATS once, relays the body to the upstream with the httpx API over the same
-aiohttp transport as the gateway (httpx-aiohttp), publishes one JetStream message with a Nats-Msg-Id
-and waits for its ack, and returns the upstream's answer. No validation, no callers, no token counting,
+For each POST a relay asks NATS once, relays the body to the upstream over aiohttp's client, as the
+gateway does, publishes one JetStream message with a Nats-Msg-Id and waits for its ack, and returns
+the upstream's answer. No validation, no callers, no token counting,
 no events of ours. Three relays, each adding one thing the gateway has, so that the benchmark shows
 what each costs:
 
@@ -25,11 +25,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import nats
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from httpx_aiohttp import AiohttpTransport
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
@@ -47,19 +46,20 @@ LIMIT_REQUEST = ('{"schema_version":1,"id":"%(id)s","occurred_at":"2026-01-01T00
 class Relay:
     nc: Nats
     js: JetStreamContext
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     upstream: str
     ask_limiter: bool
 
-    async def __call__(self, body: bytes) -> httpx.Response:
+    async def __call__(self, body: bytes) -> tuple[int, bytes]:
         if self.ask_limiter:
             await self.nc.request("llm.request", (LIMIT_REQUEST % {"id": uuid.uuid4().hex}).encode(), timeout=5)
         else:
             await self.nc.request("bench.nats-echo", b'{"user_id":"bench"}', timeout=5)
-        answer = await self.http.post(self.upstream, content=body, headers={
-            "content-type": "application/json", "authorization": "Bearer bench"})
-        await self.js.publish(SUBJECT, answer.content[:200], headers={"Nats-Msg-Id": uuid.uuid4().hex})
-        return answer
+        async with self.http.post(self.upstream, data=body, headers={
+                "content-type": "application/json", "authorization": "Bearer bench"}) as answer:
+            status, content = answer.status, await answer.read()
+        await self.js.publish(SUBJECT, content[:200], headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        return status, content
 
 
 @asynccontextmanager
@@ -67,13 +67,13 @@ async def relay() -> AsyncIterator[Relay]:
     nc = await nats.connect(os.environ["NATS_URL"])
     js = nc.jetstream()
     await js.add_stream(name=STREAM, subjects=[SUBJECT], max_msgs=100_000)
-    http = httpx.AsyncClient(timeout=30, transport=AiohttpTransport(
-        limits=httpx.Limits(max_connections=512, keepalive_expiry=2.0)))
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=2.0),
+                                 cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30))
     settle_heap()
     try:
         yield Relay(nc, js, http, os.environ["BENCH_UPSTREAM_URL"], os.environ.get("BENCH_LIMITER") == "1")
     finally:
-        await http.aclose()
+        await http.close()
         await nc.close()
 
 
@@ -104,10 +104,10 @@ def create_app() -> Any:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"{}"})
             return
-        answer = await state["relay"](await read_body(receive))
-        await send({"type": "http.response.start", "status": answer.status_code,
+        status, content = await state["relay"](await read_body(receive))
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": answer.content})
+        await send({"type": "http.response.body", "body": content})
 
     return app
 
@@ -122,8 +122,8 @@ def create_fastapi_app() -> Any:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        answer = await request.app.state.relay(await request.body())
-        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+        status, content = await request.app.state.relay(await request.body())
+        return Response(content, status_code=status, media_type="application/json")
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:

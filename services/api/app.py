@@ -18,12 +18,12 @@ import nats.errors
 from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
 
+from services.api.aiohttp_provider_client import AiohttpProviderClient
 from services.api.api_state import ApiState
 from services.api.breaker import BreakerState, CircuitBreaker
 from services.api.callers import parse_networks
 from services.api.gateway import Gateway
 from services.api.http_edge import install_error_handlers
-from services.api.httpx_provider_client import HttpxProviderClient
 from services.api.jetstream_completion_publisher import JetStreamCompletionPublisher
 from services.api.nats_cost_queries import NatsCostQueries
 from services.api.nats_limiter_client import NatsLimiterClient
@@ -48,8 +48,8 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     for name, base_url, key in (("together_ai", settings.together_base_url, settings.together_api_key),
                                 ("openai", settings.openai_base_url, settings.openai_api_key)):
         if is_set(key):
-            clients[name] = HttpxProviderClient(name, base_url, key, settings.provider_timeout_s,
-                                           settings.provider_connect_timeout_s)
+            clients[name] = AiohttpProviderClient(name, base_url, key, settings.provider_timeout_s,
+                                                  settings.provider_connect_timeout_s)
     return clients
 
 

@@ -1,6 +1,6 @@
 """LLM providers behind one interface: the routes of a model tried in order (Together.ai first,
 OpenAI as fallback), each with bounded retries on 429/5xx/network errors (jittered exponential backoff)
-and a circuit breaker. The HTTP client is a port (httpx_provider_client.py is its adapter)."""
+and a circuit breaker. The HTTP client is a port (aiohttp_provider_client.py is its adapter)."""
 
 from __future__ import annotations
 

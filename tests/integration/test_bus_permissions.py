@@ -38,7 +38,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def secured_bus():
+def secured_bus(base_env):
     """nats-server with the generated authorization, and the streams created by `costwarden migrate`
     as admin; (url, directory of the seeds)."""
     identities = Path(tempfile.mkdtemp(prefix="nats-identities-"))
@@ -49,7 +49,10 @@ def secured_bus():
                                             "-a", "127.0.0.1", "-p", str(port),
                                             "-sd", tempfile.mkdtemp(prefix="nats-secured-")], port)
     server.start()
-    yield f"nats://127.0.0.1:{port}", identities
+    url = f"nats://127.0.0.1:{port}"
+    migrated = cli({**base_env, "NATS_URL": url, "NATS_NKEY_SEED_FILE": str(seed_file(identities, "admin"))}, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    yield url, identities
     server.stop()
 
 
@@ -73,7 +76,7 @@ async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bu
     env = {**base_env, **s3_env, "NATS_URL": url, "DATABASE_URL": fresh_database, "COSTWARDEN_CONFIG": str(config),
            "SLACK_WEBHOOK_URL": f"{slack.url}/slack/T0/B0/secured"}
     migrated = cli({**env, "NATS_NKEY_SEED_FILE": str(seed_file(identities, "admin"))}, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.returncode == 0, migrated.stderr  # the fresh database's tables
     services = []
     try:
         for name in SERVICES:

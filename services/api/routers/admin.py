@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.api.api_state import ApiState, api_state
@@ -50,7 +50,8 @@ def found(key_id: int, record: KeyRecord | None) -> KeyRecord:
 
 @router.post("/admin/keys", status_code=201, openapi_extra=request_body_doc(AdminKeyCreate, CREATE_EXAMPLE,
                                                                            answer_status=201))
-async def create_key(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+async def create_key(request: Request) -> JSONResponse:
+    state = api_state(request)
     caller = await admin_caller(request, state)
     body = await read_body(request, AdminKeyCreate, state.settings.max_body_bytes)
     tiers = sorted(name for name in state.config.tiers if name != "anonymous")
@@ -66,7 +67,8 @@ async def create_key(request: Request, state: ApiState = Depends(api_state)) -> 
 
 
 @router.get("/admin/keys")
-async def list_keys(request: Request, state: ApiState = Depends(api_state)) -> dict[str, Any]:
+async def list_keys(request: Request) -> dict[str, Any]:
+    state = api_state(request)
     await admin_caller(request, state)
     params = request.query_params
     revoked = params.get("revoked")
@@ -78,7 +80,8 @@ async def list_keys(request: Request, state: ApiState = Depends(api_state)) -> d
 
 
 @router.get("/admin/keys/{key_id}")
-async def get_key(key_id: str, request: Request, state: ApiState = Depends(api_state)) -> dict[str, Any]:
+async def get_key(key_id: str, request: Request) -> dict[str, Any]:
+    state = api_state(request)
     await admin_caller(request, state)
     number = key_id_of(key_id)
     record = found(number, await state.key_admin.get(number))
@@ -98,8 +101,9 @@ async def spend_of(state: ApiState, query: CostQuery) -> dict[str, str | None]:
 
 
 @router.delete("/admin/keys/{key_id}")
-async def revoke_key(key_id: str, request: Request, state: ApiState = Depends(api_state)) -> dict[str, Any]:
+async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
     """Revoke; the gateway stops accepting the key within its key cache's lifetime (API_KEY_CACHE_S)."""
+    state = api_state(request)
     caller = await admin_caller(request, state)
     number = key_id_of(key_id)
     record = found(number, await state.key_admin.revoke(number, actor_of(caller)))

@@ -3,7 +3,7 @@ policy), answering {requestId, response, model, provider, usage}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.api.admission import admit, call_context, complete
@@ -37,7 +37,8 @@ async def agent_call(request: Request, state: ApiState, body: AgentRequest, text
 
 
 @router.post("/api/agent/query", openapi_extra=request_body_doc(AgentQuery, {"query": "What is our spend today?"}))
-async def agent_query(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+async def agent_query(request: Request) -> JSONResponse:
+    state = api_state(request)
     body = await read_body(request, AgentQuery, state.settings.max_body_bytes)
     return await agent_call(request, state, body, body.query, "/api/agent/query", "standard",
                             state.settings.default_max_tokens)
@@ -45,7 +46,8 @@ async def agent_query(request: Request, state: ApiState = Depends(api_state)) ->
 
 @router.post("/api/agent/generate-long-form", openapi_extra=request_body_doc(
     LongFormRequest, {"prompt": "Write a short report on LLM spend.", "max_tokens": 64}))
-async def agent_long_form(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+async def agent_long_form(request: Request) -> JSONResponse:
+    state = api_state(request)
     body = await read_body(request, LongFormRequest, state.settings.max_body_bytes)
     return await agent_call(request, state, body, body.prompt, "/api/agent/generate-long-form", "strict",
                             min(LONG_FORM_MAX_TOKENS, state.settings.reservation_cap_tokens))

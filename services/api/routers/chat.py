@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from services.api.admission import admit, call_context, complete
-from services.api.api_state import ApiState, api_state
+from services.api.api_state import api_state
 from services.api.http_edge import caller_of, checked_max_tokens, provider_failure, read_body
 from services.api.providers import ProvidersFailed
 from services.api.requests import ChatCompletionRequest, request_body_doc
@@ -33,7 +33,8 @@ class RelayResponse(StreamingResponse):
 @router.post("/v1/chat/completions", openapi_extra=request_body_doc(ChatCompletionRequest, {
     "model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
     "max_tokens": 16}, streams=True))
-async def chat_completions(request: Request, state: ApiState = Depends(api_state)) -> Response:
+async def chat_completions(request: Request) -> Response:
+    state = api_state(request)
     caller = await caller_of(request, state.keys)
     chat = await read_body(request, ChatCompletionRequest, state.settings.max_body_bytes)
     param = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
@@ -57,7 +58,8 @@ async def chat_completions(request: Request, state: ApiState = Depends(api_state
 
 
 @router.get("/v1/models")
-async def list_models(state: ApiState = Depends(api_state)) -> dict[str, Any]:
+async def list_models(request: Request) -> dict[str, Any]:
+    state = api_state(request)
     return {"object": "list", "data": [
         {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": routes[0].provider}
         for name, routes in state.config.models.items()

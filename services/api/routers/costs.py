@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -41,12 +41,14 @@ async def answer(request: Request, state: ApiState, fields: dict[str, Any]) -> J
 
 
 @router.get("/api/costs/current")
-async def current_costs(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+async def current_costs(request: Request) -> JSONResponse:
+    state = api_state(request)
     return await answer(request, state, {"kind": "current"})
 
 
 @router.get("/api/costs/analytics")
-async def cost_analytics(request: Request, state: ApiState = Depends(api_state)) -> JSONResponse:
+async def cost_analytics(request: Request) -> JSONResponse:
+    state = api_state(request)
     params = request.query_params
     for name in ("start", "end"):
         if name not in params:

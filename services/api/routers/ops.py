@@ -3,11 +3,11 @@ and /metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from services.api.api_state import ApiState, api_state
+from services.api.api_state import api_state
 from shared.service_app import metrics_text, readiness_document
 
 SERVICE = "api"
@@ -20,7 +20,8 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/health/ready")
-async def ready(state: ApiState = Depends(api_state)) -> JSONResponse:
+async def ready(request: Request) -> JSONResponse:
+    state = api_state(request)
     body, status = await readiness_document(SERVICE, state.readiness)
     body["providers"] = {name: breaker.state.value for name, breaker in state.breakers.items()}
     return JSONResponse(body, status_code=status)
