@@ -2,9 +2,8 @@
 
 For each POST a relay asks NATS once, relays the body to the upstream over aiohttp's client, as the
 gateway does, publishes one JetStream message with a Nats-Msg-Id and waits for its ack, and returns
-the upstream's answer. No validation, no callers, no token counting,
-no events of ours. Three relays, each adding one thing the gateway has, so that the benchmark shows
-what each costs:
+the upstream's answer. No validation, no callers, no token counting, no events of ours. Three relays,
+each adding one thing the gateway has, so that the benchmark shows what each costs:
 
 - `create_app`: a raw ASGI app whose question goes to a bare nats-py echo (bench/nats_echo.py): the
   floor of issue 11's targets;

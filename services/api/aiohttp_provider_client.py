@@ -97,25 +97,27 @@ class AiohttpProviderClient:
                                                   headers=self._headers, timeout=self._timeout)
         return self._session
 
-    async def _send(self, payload: Mapping[str, Any]) -> aiohttp.ClientResponse:
-        """The answer once its headers arrived; a provider's error answer is raised, its message read."""
-        response = await self.session.post(self.completions_url, json=payload)
+    async def _send(self, payload: Mapping[str, Any], stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The answer, its body read unless it is a stream, all within `timeout_s`; a provider's error
+        answer is raised with its message, a transport failure as what it means for the call."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.session.post(self.completions_url, json=payload)
+                if stream and response.status < 400:
+                    return response, b""
+                try:
+                    body = await response.read()
+                finally:
+                    response.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise failure_of(self.name, exc) from exc
         if response.status >= 400:
-            try:
-                body = await response.read()
-            finally:
-                response.release()
             raise ProviderError(self.name, error_message(body, response.reason or ""), status=response.status)
-        return response
+        return response, body
 
     async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The answer parsed (to read its usage) and as received (relayed to the caller as it is)."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await self._send(payload)
-                raw = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise failure_of(self.name, exc) from exc
+        _, raw = await self._send(payload, stream=False)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -126,11 +128,8 @@ class AiohttpProviderClient:
         return body, raw
 
     async def open_stream(self, payload: Mapping[str, Any]) -> AiohttpProviderStream:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return AiohttpProviderStream(await self._send(payload))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise failure_of(self.name, exc) from exc
+        response, _ = await self._send(payload, stream=True)
+        return AiohttpProviderStream(response)
 
     async def aclose(self) -> None:
         if self._session is not None:
