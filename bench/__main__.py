@@ -2,10 +2,11 @@
 same run (`python -m bench ledger` runs one part only).
 
 1. Gateway: latency p50/p99 and requests/s of calls through the gateway (limiter and llm.completed
-   publishing on) beside the same calls made straight to the same local upstream, and beside three
+   publishing on) beside the same calls made straight to the same local upstream, and beside the
    relays that make the same three round trips with no code of ours (bench/bare_gateway.py): the bare
    relay (its question answered by an echo), the floor that this machine puts under any gateway built
-   this way; the same asking the real limiter; and that as a FastAPI route.
+   this way; the same with its question answered after one run of the limiter's script on Redis; the
+   same asking the real limiter; and that as a FastAPI route.
 2. Throughput (bench/throughput.py): requests/s and CPU per call under wrk at 16 and 64 connections,
    for the same targets and, when installed, a LiteLLM proxy on the same upstream.
    Instructions (bench/instructions.py): the CPU per call of the gateway's process and of the relays'

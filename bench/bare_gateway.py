@@ -7,9 +7,12 @@ each adding one thing the gateway has, so that the benchmark shows what each cos
 
 - `create_app`: a raw ASGI app whose question goes to a bare nats-py echo (bench/nats_echo.py): the
   floor of issue 11's targets;
-- `create_app` with `BENCH_LIMITER=1`: the question is a real `llm.request`, answered by the real
-  limiter (its Redis round trip and decision);
-- `create_fastapi_app` (with `BENCH_LIMITER=1`): the same as one FastAPI route, as the gateway's are.
+- `create_app` with `BENCH_ASKS=redis`: the question is answered after one run of the limiter's
+  decision script on Redis by a bare nats-py responder (bench/nats_echo.py): the least a limiter that
+  keeps exact counts in Redis costs, with none of our code around it;
+- `create_app` with `BENCH_ASKS=limiter`: the question is a real `llm.request`, answered by the real
+  limiter;
+- `create_fastapi_app` (with `BENCH_ASKS=limiter`): the same as one FastAPI route, as the gateway's are.
 
 Each runs under the same uvicorn and garbage-collector settings as the api service. What is left above
 the last one is the gateway's own code.
@@ -39,6 +42,8 @@ LIMIT_REQUEST = ('{"schema_version":1,"id":"%(id)s","occurred_at":"2026-01-01T00
                  '"user_id":"bench-relay","client_ip":"127.0.0.1","tier":"enterprise",'
                  '"endpoint":"/v1/chat/completions","policy":"standard","model":"meta-llama/Llama-3-8b-chat-hf",'
                  '"prompt_tokens_estimate":9,"max_tokens":8}')
+# BENCH_ASKS -> the subject the relay asks it on
+QUESTIONS = {"echo": "bench.nats-echo", "redis": "bench.redis-decide", "limiter": "llm.request"}
 
 
 @dataclass
@@ -47,13 +52,10 @@ class Relay:
     js: JetStreamContext
     http: aiohttp.ClientSession
     upstream: str
-    ask_limiter: bool
+    asks: str
 
     async def __call__(self, body: bytes) -> tuple[int, bytes]:
-        if self.ask_limiter:
-            await self.nc.request("llm.request", (LIMIT_REQUEST % {"id": uuid.uuid4().hex}).encode(), timeout=5)
-        else:
-            await self.nc.request("bench.nats-echo", b'{"user_id":"bench"}', timeout=5)
+        await self.nc.request(QUESTIONS[self.asks], (LIMIT_REQUEST % {"id": uuid.uuid4().hex}).encode(), timeout=5)
         async with self.http.post(self.upstream, data=body, headers={
                 "content-type": "application/json", "authorization": "Bearer bench"}) as answer:
             status, content = answer.status, await answer.read()
@@ -70,7 +72,7 @@ async def relay() -> AsyncIterator[Relay]:
                                  cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30))
     settle_heap()
     try:
-        yield Relay(nc, js, http, os.environ["BENCH_UPSTREAM_URL"], os.environ.get("BENCH_LIMITER") == "1")
+        yield Relay(nc, js, http, os.environ["BENCH_UPSTREAM_URL"], os.environ.get("BENCH_ASKS", "echo"))
     finally:
         await http.close()
         await nc.close()

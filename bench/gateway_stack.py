@@ -1,6 +1,6 @@
 """The processes the gateway benchmarks measure, started once: the LLM simulator as the upstream, the
-three relays that are the floors (the bare relay with its nats-py echo; with the real limiter; as a
-FastAPI route), and the gateway with its limiter."""
+relays that are the floors (the bare relay with its nats-py echo; with a bare Redis decision; with the
+real limiter; as a FastAPI route), and the gateway with its limiter."""
 
 from __future__ import annotations
 
@@ -29,11 +29,12 @@ def start_script(name: str, env: dict[str, str], args: list[str], port: int | No
 BODY = {"model": "meta-llama/Llama-3-8b-chat-hf", "messages": [{"role": "user", "content": "Say hello"}],
         "max_tokens": 8}
 # The floors, each adding one thing the gateway has (bench/bare_gateway.py): name -> (app factory,
-# env, label).
+# what its question goes to, label).
 FLOORS = {
-    "bare": ("bench.bare_gateway:create_app", {}, "bare relay (floor)"),
-    "limiter": ("bench.bare_gateway:create_app", {"BENCH_LIMITER": "1"}, "relay + limiter"),
-    "fastapi": ("bench.bare_gateway:create_fastapi_app", {"BENCH_LIMITER": "1"}, "relay + limiter, FastAPI"),
+    "bare": ("bench.bare_gateway:create_app", "echo", "bare relay (floor)"),
+    "redis": ("bench.bare_gateway:create_app", "redis", "relay + Redis decision"),
+    "limiter": ("bench.bare_gateway:create_app", "limiter", "relay + limiter"),
+    "fastapi": ("bench.bare_gateway:create_fastapi_app", "limiter", "relay + limiter, FastAPI"),
 }
 LABELS = {"direct": "direct to upstream", **{name: label for name, (_, _, label) in FLOORS.items()},
           "gateway": "through the gateway", "litellm": "LiteLLM proxy"}
@@ -41,9 +42,9 @@ LABELS = {"direct": "direct to upstream", **{name: label for name, (_, _, label)
 
 def floor_command(name: str, port: int, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """The arguments to Python and the environment of one floor's process (env holds the upstream)."""
-    factory, floor_env, _ = FLOORS[name]
+    factory, asks, _ = FLOORS[name]
     return (["-c", f"from shared.service_app import serve; serve({factory!r}, {port})"],
-            {**env, **floor_env, "BENCH_UPSTREAM_URL": env["TOGETHER_BASE_URL"] + "/chat/completions"})
+            {**env, "BENCH_ASKS": asks, "BENCH_UPSTREAM_URL": env["TOGETHER_BASE_URL"] + "/chat/completions"})
 
 
 @dataclass
@@ -73,7 +74,7 @@ async def gateway_stack(env: dict[str, str], database_url: str) -> AsyncIterator
     upstream = start_script("simulator", env, ["-m", "services.simulator", "--port", str(upstream_port)],
                             upstream_port)
     env = {**env, "TOGETHER_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1", "TOGETHER_API_KEY": "bench"}
-    nats_echo = start_script("nats-echo", env, ["-m", "bench.nats_echo", env["NATS_URL"]])
+    nats_echo = start_script("nats-echo", env, ["-m", "bench.nats_echo", env["NATS_URL"], env["REDIS_URL"]])
     limiter_port = free_port()
     limiter = ServiceProcess("limiter", {**env, "LIMITER_PORT": str(limiter_port)}, limiter_port).start()
     floors = {}

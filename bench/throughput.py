@@ -5,7 +5,8 @@ our code) and, when it is installed (bench/litellm/README.md), through a LiteLLM
 CPU per call is read from /proc (user + system time of a process and its children, over the run,
 divided by the calls wrk completed): far steadier on a shared machine than wall-clock latency. "own"
 is the process under test; "path" adds what each call also wakes: for the gateway its limiter, NATS
-and Redis, for the bare relay its echo and NATS. The upstream's own CPU is in neither.
+and Redis, for the bare relay its echo and NATS (and Redis, for the relay whose echo runs the
+limiter's script). The upstream's own CPU is in neither.
 """
 
 from __future__ import annotations
@@ -117,11 +118,12 @@ def run_all(stack: GatewayStack, nats_srv: ProcessServer, redis_srv: ProcessServ
     upstream, echo, limiter = (stack.upstream.process.pid, stack.nats_echo.process.pid,
                                stack.limiter.process.pid)
     floor = {name: process.process.pid for name, process in stack.floors.items()}
-    asks_limiter = {name: FLOORS[name][1].get("BENCH_LIMITER") == "1" for name in floor}
+    # what a floor asks -> the processes its question wakes
+    answered_by = {"echo": [echo, nats_pid], "redis": [echo, nats_pid, redis_pid],
+                   "limiter": [limiter, nats_pid, redis_pid]}
     # name -> (the process under test, every process each call wakes)
     measured = {"direct": ([upstream], [upstream]),
-                **{name: ([pid], [pid, limiter, nats_pid, redis_pid] if asks_limiter[name] else [pid, echo, nats_pid])
-                   for name, pid in floor.items()},
+                **{name: ([pid], [pid, *answered_by[FLOORS[name][1]]]) for name, pid in floor.items()},
                 "gateway": ([stack.api.process.pid], [stack.api.process.pid, limiter, nats_pid, redis_pid])}
     targets = stack.targets()
     litellm = litellm_proxy(f"{stack.upstream.url}/v1")
@@ -164,8 +166,8 @@ def report(results: dict[str, dict[int, Run]]) -> list[str]:
         if "litellm" in results:
             ratio += f", {rate['gateway'] / rate['litellm']:.1f}x LiteLLM's"
         lines.append(ratio)
-        lines.append(f"    floors: relay + limiter {rate['limiter'] / rate['bare']:.2f}x the bare relay's req/s,"
-                     f" with FastAPI {rate['fastapi'] / rate['bare']:.2f}x")
+        lines.append(f"    floors: relay + Redis decision {rate['redis'] / rate['bare']:.2f}x the bare relay's req/s,"
+                     f" + limiter {rate['limiter'] / rate['bare']:.2f}x, with FastAPI {rate['fastapi'] / rate['bare']:.2f}x")
     if "litellm" not in results:
         lines.append("  LiteLLM: not installed (bench/litellm/README.md says how)")
     return lines
