@@ -2,7 +2,7 @@
 
 For each POST a relay asks NATS once, relays the body to the upstream over aiohttp's client, as the
 gateway does, publishes one JetStream message with a Nats-Msg-Id and waits for its ack, and returns
-the upstream's answer. No validation, no callers, no token counting, no events of ours. Three relays,
+the upstream's answer. No validation, no callers, no token counting, no events of ours. Four relays,
 each adding one thing the gateway has, so that the benchmark shows what each costs:
 
 - `create_app`: a raw ASGI app whose question goes to a bare nats-py echo (bench/nats_echo.py): the
@@ -42,7 +42,7 @@ LIMIT_REQUEST = ('{"schema_version":1,"id":"%(id)s","occurred_at":"2026-01-01T00
                  '"user_id":"bench-relay","client_ip":"127.0.0.1","tier":"enterprise",'
                  '"endpoint":"/v1/chat/completions","policy":"standard","model":"meta-llama/Llama-3-8b-chat-hf",'
                  '"prompt_tokens_estimate":9,"max_tokens":8}')
-# BENCH_ASKS -> the subject the relay asks it on
+# BENCH_ASKS -> the subject a relay asks its question on
 QUESTIONS = {"echo": "bench.nats-echo", "redis": "bench.redis-decide", "limiter": "llm.request"}
 
 
@@ -52,10 +52,10 @@ class Relay:
     js: JetStreamContext
     http: aiohttp.ClientSession
     upstream: str
-    asks: str
+    subject: str
 
     async def __call__(self, body: bytes) -> tuple[int, bytes]:
-        await self.nc.request(QUESTIONS[self.asks], (LIMIT_REQUEST % {"id": uuid.uuid4().hex}).encode(), timeout=5)
+        await self.nc.request(self.subject, (LIMIT_REQUEST % {"id": uuid.uuid4().hex}).encode(), timeout=5)
         async with self.http.post(self.upstream, data=body, headers={
                 "content-type": "application/json", "authorization": "Bearer bench"}) as answer:
             status, content = answer.status, await answer.read()
@@ -72,7 +72,8 @@ async def relay() -> AsyncIterator[Relay]:
                                  cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30))
     settle_heap()
     try:
-        yield Relay(nc, js, http, os.environ["BENCH_UPSTREAM_URL"], os.environ.get("BENCH_ASKS", "echo"))
+        yield Relay(nc, js, http, os.environ["BENCH_UPSTREAM_URL"],
+                    QUESTIONS[os.environ.get("BENCH_ASKS", "echo")])
     finally:
         await http.close()
         await nc.close()
