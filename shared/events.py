@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -145,11 +145,14 @@ class LlmCompleted(Event):
         description="provider: the provider's own usage; estimated: counted by the sender because the provider "
                     "sent none (stream abandoned or broken, usage omitted).")
 
-    @model_validator(mode="after")
-    def _bounded_total(self) -> LlmCompleted:
-        if self.total_tokens > MAX_TOKENS_PER_CALL:
+    @field_validator("billed_attempts")
+    @classmethod
+    def _bounded_total(cls, attempts: list[BilledAttempt], info: ValidationInfo) -> list[BilledAttempt]:
+        """The ledger keeps a call's tokens, billed attempts included, in one 32-bit column."""
+        if attempts and (sum(attempt.prompt_tokens for attempt in attempts) + info.data.get("prompt_tokens", 0)
+                         + info.data.get("completion_tokens", 0)) > MAX_TOKENS_PER_CALL:
             raise ValueError(f"a call's tokens, billed attempts included, must not exceed {MAX_TOKENS_PER_CALL}")
-        return self
+        return attempts
 
     @property
     def answered_by(self) -> str:

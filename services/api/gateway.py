@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter
 
@@ -79,20 +79,21 @@ def sse_error(message: str, code: str) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-@dataclass(frozen=True)
-class BilledTo:
+class BilledTo(NamedTuple):
     """Who bills a call: the provider and model of the attempt that answered (for a call no provider
     answered: the last attempt its provider billed, else the last one tried), and the other attempts
     their providers billed."""
 
     provider: str
     served_model: str | None
-    others: Sequence[BilledAttempt] = ()
+    others: list[BilledAttempt]
 
     @classmethod
     def answer(cls, call: ProviderCall, prompt_estimate: int) -> BilledTo:
-        return cls(call.provider, call.upstream_model, billed_attempts(
-            ((a.provider, a.served_model) for a in call.failed_attempts if a.billable), prompt_estimate))
+        failed = call.failed_attempts
+        billed = billed_attempts(((a.provider, a.served_model) for a in failed if a.billable), prompt_estimate) \
+            if failed else []
+        return cls(call.provider, call.upstream_model, billed)
 
     @classmethod
     def failure(cls, attempts: Sequence[ProviderError], prompt_estimate: int) -> tuple[BilledTo, Usage]:
@@ -100,7 +101,7 @@ class BilledTo:
         billed = [a for a in attempts if a.billable]
         named = billed[-1] if billed else attempts[-1] if attempts else None
         if named is None:
-            return cls("none", None), NO_USAGE
+            return cls("none", None, []), NO_USAGE
         others = billed_attempts(((a.provider, a.served_model) for a in billed[:-1]), prompt_estimate)
         return cls(named.provider, named.served_model, others), billed_prompt(prompt_estimate) if billed else NO_USAGE
 
@@ -143,7 +144,7 @@ class Gateway:
         return LlmCompleted(
             id=ctx.request_id, request_id=ctx.request_id, user_id=ctx.caller.user_id, session_id=ctx.session_id,
             client_ip=ctx.client_ip, tier=ctx.caller.tier, provider=billed_to.provider, model=model,
-            served_model=billed_to.served_model, billed_attempts=list(billed_to.others),
+            served_model=billed_to.served_model, billed_attempts=billed_to.others,
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cached_prompt_tokens=usage.cached_prompt_tokens, usage_source=usage.source,
             endpoint=ctx.endpoint, success=error is None, error=error,
