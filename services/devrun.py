@@ -147,7 +147,7 @@ async def start_nats_if_missing(settings: Settings, env: dict[str, str], process
     if await nats_reachable(first):
         if not settings.nats_nkey_seed_file:
             log.warning("NATS at %s is used without credentials: anyone who reaches it can publish spend, alerts "
-                        "and backup requests (see README, Security)", first)
+                        "and backup requests (see docs/operating.md, Security)", first)
         return None
     url = urlsplit(first)
     auth = write_nats_config(IDENTITIES_DIR)
