@@ -108,7 +108,9 @@ def nats_options(settings: Settings, role: str) -> dict[str, Any]:
     return options
 
 
-def make_broker(settings: Settings, service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
+def make_broker(settings: Settings, service: str, registry: CollectorRegistry = REGISTRY,
+                **connection: Any) -> NatsBroker:
+    """`connection`: more of nats-py's connect options (`reconnected_cb`)."""
     return NatsBroker(
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=(
@@ -120,6 +122,7 @@ def make_broker(settings: Settings, service: str, registry: CollectorRegistry = 
         logger=logging.getLogger(f"costwarden.{service}.bus"),
         log_level=logging.DEBUG,  # one line per message would swamp the logs on the hot path
         **nats_options(settings, service),
+        **connection,
     )
 
 

@@ -19,6 +19,7 @@ from shared.subjects import (
     COST_QUERY,
     HEALTH_CHANGED,
     LIMIT_VIOLATION,
+    LIMITS_CHANGED,
     LLM_COMPLETED,
     LLM_REQUEST,
     SCHEDULE_BACKUP,
@@ -64,17 +65,17 @@ def own_inbox(role: str, *subjects: str) -> tuple[str, ...]:
 
 PERMISSIONS: dict[str, Permissions] = {
     "api": Permissions(
-        publish=(LLM_REQUEST, COST_QUERY, LLM_COMPLETED, *stream_lookup(LLM_COMPLETED)),
+        publish=(LLM_REQUEST, COST_QUERY, LLM_COMPLETED, LIMITS_CHANGED, *stream_lookup(LLM_COMPLETED)),
         subscribe=own_inbox("api")),
     "limiter": Permissions(
         publish=(LIMIT_VIOLATION, *stream_lookup(LLM_COMPLETED, LIMIT_VIOLATION),
                  *durable(LLM_COMPLETED, "limiter-settlement"), *durable(LIMIT_VIOLATION, "limiter-violations"),
                  *dead_letters(LLM_REQUEST, LLM_COMPLETED, LIMIT_VIOLATION)),
-        subscribe=own_inbox("limiter", LLM_REQUEST), responds=True),
+        subscribe=own_inbox("limiter", LLM_REQUEST, LIMITS_CHANGED), responds=True),
     "cost": Permissions(
         publish=("alert.cost.*", *stream_lookup(LLM_COMPLETED, ALERTS),
                  *durable(LLM_COMPLETED, "cost-ledger"), *dead_letters(LLM_COMPLETED, COST_QUERY)),
-        subscribe=own_inbox("cost", COST_QUERY), responds=True),
+        subscribe=own_inbox("cost", COST_QUERY, LIMITS_CHANGED), responds=True),
     "notifier": Permissions(
         publish=(*stream_lookup(ALERTS), *durable(ALERTS, "notifier"),
                  *dead_letters("alert", "alert.*.*")),

@@ -52,7 +52,8 @@ class Event(BaseModel):
 
 
 Policy = Literal["standard", "strict"]
-LimitedBy = Literal["requests", "strict", "tokens", "budget", "unavailable"]
+LimitedBy = Literal["requests", "strict", "tokens", "budget", "model", "unavailable"]
+LimitScope = Literal["key", "user", "team"]
 UsageSource = Literal["provider", "estimated"]
 
 
@@ -71,6 +72,9 @@ class LimitRequest(Event):
         default=None, ge=1,
         description="The most the call may generate per choice; absent: the model's or the operator's default.")
     choices: int = Field(default=1, ge=1, le=MAX_CHOICES, description="How many choices the call asks for (`n`).")
+    api_key_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1,
+        description="The API key the call is made with: its key limits apply (the gateway sets it).")
 
 
 class LimitDecision(Event):
@@ -88,6 +92,18 @@ class LimitDecision(Event):
     limited_by: LimitedBy | None = None
     reserved_tokens: int = 0
     reserved_usd: Decimal = Decimal("0")
+    team_id: str | None = Field(
+        default=None, description="The team the call was counted for (its user's); copy it into llm.completed.")
+    scope: LimitScope | None = Field(
+        default=None, description="When a key's, user's or team's own limit denied the call: which scope "
+                                  "(absent when the tier's limit did).")
+    scope_id: str | None = None
+    period: str | None = Field(default=None, description="The denying budget's calendar period: day, week, month.")
+    timezone: str | None = None
+    rolling: str | None = Field(default=None, description="The denying budget's rolling window (24h).")
+    budget_usd: Decimal | None = None
+    spent_usd: Decimal | None = Field(default=None, description="Spent and reserved in the budget's period.")
+    resets_at: datetime | None = None
 
     @classmethod
     def unavailable(cls, request: LimitRequest, allowed: bool, reason: str) -> LimitDecision:
@@ -140,6 +156,9 @@ class LlmCompleted(Event):
     api_key_id: int | None = Field(
         default=None, ge=1, le=2**63 - 1,
         description="The id of the API key the call was made with (the gateway sets it); spend is rolled up per key.")
+    team_id: str | None = Field(
+        default=None, max_length=64,
+        description="The team the limiter counted the call for (LimitDecision.team_id); spend is rolled up per team.")
     usage_source: UsageSource = Field(
         default="provider",
         description="provider: the provider's own usage; estimated: counted by the sender because the provider "
@@ -197,6 +216,15 @@ class Alert(Event):
     overage: Decimal | None = None
     window: str | None = None
     resolves: str | None = Field(default=None, description="For a resolved alert: the key of the alert it ends.")
+    scope: str | None = Field(default=None, description="Whose budget: key:<id>, user:<id> or team:<id>.")
+    resets_at: datetime | None = Field(default=None, description="When the budget's period ends.")
+
+
+class LimitsChanged(Event):
+    """Published (core NATS) on `limits.changed` after an administrator changes a team or a scope's limits:
+    every limiter and cost replica reloads them."""
+
+    subject: str = Field(max_length=512, description="What changed: team:<id>, key:<id>, user:<id>.")
 
 
 class HealthChanged(Event):

@@ -26,6 +26,7 @@ SCHEDULE_BACKUP = "schedule.backup"
 BACKUP_REQUESTED = "backup.requested"
 BACKUP_COMPLETED = "backup.completed"
 ALERTS = "alert.>"
+LIMITS_CHANGED = "limits.changed"  # core NATS: every limiter and cost replica reloads the limits
 
 LIMITER_QUEUE = "limiter"
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
-from faststream.nats import NatsBroker
 from prometheus_client import Counter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.limiter.jetstream_violation_publisher import JetStreamViolationPublisher
-from services.limiter.limiter import Limiter
+from services.limiter.limiter import Limiter, LimitsUnavailable, StorageUnavailable
+from services.limiter.pg_limits_source import PgLimitsSource
 from services.limiter.pg_violation_log import PgViolationLog
 from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
@@ -20,11 +22,19 @@ from shared.bus_permissions import streams_of
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
 from shared.metric_labels import BoundedLabel
+from shared.periodic import Coalesced, every
 from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
 from shared.service_app import lifecycle_app
 from shared.settings import Settings, get_settings
-from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, bind_streams
+from shared.subjects import (
+    LIMIT_VIOLATION,
+    LIMITER_QUEUE,
+    LIMITS_CHANGED,
+    LLM_COMPLETED,
+    LLM_REQUEST,
+    bind_streams,
+)
 
 SERVICE = "limiter"
 DECISION_WORKERS = 64
@@ -34,6 +44,10 @@ BACKGROUND_LINGER_S = 0.2
 DECISIONS = Counter("costwarden_limiter_decisions_total", "Limiter decisions by tier, outcome and reason",
                     ["tier", "outcome", "reason"])
 TIER = BoundedLabel(20)
+# Limits are reloaded when limits.changed announces a change and when the bus connection comes back (an
+# announcement may have been missed); this slow round catches anything else.
+LIMITS_RELOAD_S = 60.0
+LIMITS_PATIENCE_S = 60.0
 
 
 Decide = Callable[[LimitRequest], Awaitable[LimitDecision]]
@@ -53,30 +67,54 @@ def counted(decide: Decide) -> Decide:
 class LimiterService:
     """The service's resources, opened at start-up and closed at shutdown in reverse order."""
 
-    def __init__(self, settings: Settings, broker: NatsBroker) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.broker = broker
+        self.broker = make_broker(settings, SERVICE, reconnected_cb=self.reconnected)
         self.redis = redis_client(settings.redis_url, settings.redis_cluster, settings.limiter_redis_timeout_s,
                                   max_connections=DECISION_WORKERS * 2)
         self.pool: asyncpg.Pool | None = None
+        self.use_case: Limiter | None = None
+        self.reload = Coalesced(self.reload_limits, "limits reload")
         self.consumers: list[BatchConsumer | RequestResponder] = []
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def connect(self) -> None:
         await self.broker.connect()
         await bind_streams(jetstream(self.broker), streams_of(SERVICE))
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
         await ready(self.redis)
+        self.use_case = self.limiter(self.pool)
+        # A limiter that does not know the limits would let budgets overrun: it waits for them, then gives up.
+        async for attempt in AsyncRetrying(stop=stop_after_delay(LIMITS_PATIENCE_S), reraise=True,
+                                           wait=wait_exponential(multiplier=0.2, max=2.0),
+                                           retry=retry_if_exception_type((LimitsUnavailable, StorageUnavailable))):
+            with attempt:
+                await self.use_case.reload()
 
-    def limiter(self) -> Limiter:
+    def limiter(self, pool: asyncpg.Pool) -> Limiter:
         config = self.settings.file_config()
         policy = LimitPolicy(config.tiers, config.price_catalog(), config.models, self.settings.default_max_tokens,
                              self.settings.reservation_cap_tokens)
         return Limiter(policy, RedisLimiterStore(self.redis, self.settings.reservation_ttl_s),
-                       self.settings.limiter_failure_mode, JetStreamViolationPublisher(jetstream(self.broker)))
+                       self.settings.limiter_failure_mode, JetStreamViolationPublisher(jetstream(self.broker)),
+                       PgLimitsSource(pool))
+
+    async def reload_limits(self) -> None:
+        assert self.use_case is not None
+        await self.use_case.reload()
+
+    async def reconnected(self) -> None:
+        if self.use_case is not None:
+            self.reload.ask()
+
+    async def limits_changed(self, msg: object) -> None:
+        self.reload.ask()
 
     async def start(self) -> None:
-        assert self.pool is not None
-        js, limiter = jetstream(self.broker), self.limiter()
+        assert self.pool is not None and self.use_case is not None
+        js, limiter = jetstream(self.broker), self.use_case
+        await nats_client(self.broker).subscribe(LIMITS_CHANGED, cb=self.limits_changed)
+        self.tasks = [asyncio.create_task(every(LIMITS_RELOAD_S, self.reload_limits, "limits reload"))]
         self.consumers = [
             RequestResponder(nats_client(self.broker), js, subject=LLM_REQUEST, queue=LIMITER_QUEUE,
                              model=LimitRequest, handle=counted(limiter.decide), service=SERVICE,
@@ -91,6 +129,9 @@ class LimiterService:
             await consumer.start()
 
     async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.reload.cancel()
         for consumer in self.consumers:
             await consumer.stop()
 
@@ -106,5 +147,5 @@ class LimiterService:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    service = LimiterService(settings, make_broker(settings, SERVICE))
+    service = LimiterService(settings)
     return lifecycle_app(service, SERVICE, readiness=[("redis", service.redis_ready)])

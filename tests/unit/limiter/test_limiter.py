@@ -78,3 +78,55 @@ async def test_settlement_skips_an_estimate_of_nothing():
         LlmCompleted(request_id="a", prompt_tokens=10, completion_tokens=5, **fields),
         LlmCompleted(request_id="b", prompt_tokens=0, completion_tokens=0, usage_source="estimated", **fields)])
     assert settled == 1 and [s[1:3] for s in store.settled] == [("a", 15)]
+
+
+class FakeLimits:
+    """The limits in memory; `spent` is what the ledger says each scope spent, per quarter hour."""
+
+    def __init__(self, book, spent=None) -> None:
+        self.book, self.spent, self.asked = book, spent or {}, []
+
+    async def load(self):
+        return self.book
+
+    async def spend(self, asks):
+        self.asked.extend(asks)
+        return [dict(self.spent.get((a.scope, a.scope_id), {})) for a in asks]
+
+
+class SeedingStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeds = []
+
+    async def seed(self, seeds) -> int:
+        self.seeds.extend(seeds)
+        return len(seeds)
+
+
+async def test_a_reload_starts_each_new_counter_from_the_ledger_once_and_then_uses_the_new_limits():
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from services.limiter.scopes import LimitsBook
+    from shared.limits import Budget, ScopeLimits
+
+    now = datetime(2026, 5, 10, 12, tzinfo=UTC)
+    day = Budget(usd=Decimal(1), period="day")
+    book = LimitsBook(limits={("team", "research"): ScopeLimits(budgets=(day,), models=("gpt-4o",))},
+                      teams={"ann": "research"})
+    limits = FakeLimits(book, {("team", "research"): {datetime(2026, 5, 10, 9, tzinfo=UTC): Decimal("0.4")}})
+    store, violations = SeedingStore(), FakeViolations()
+    use_case = Limiter(limiter(store, violations).policy, store, "closed", violations, limits, clock=lambda: now)
+    await use_case.reload()
+    team_counter = "cw:{team:research}:L:t:research:b:day@UTC"
+    ann_tier = "cw:{team:research}:u:ann:usd"
+    assert sorted(seed.key for seed in store.seeds) == [team_counter, ann_tier]
+    assert [s.fields for s in store.seeds if s.key == team_counter] == [
+        {int(datetime(2026, 5, 10, tzinfo=UTC).timestamp() * 1000): 400_000_000}]
+    await use_case.reload()  # nothing new: nothing seeded again
+    assert len(store.seeds) == 2
+
+    refused = await use_case.decide(ask(1, user="ann"))  # the team's allow-list has only gpt-4o
+    assert (refused.allowed, refused.limited_by, refused.scope) == (False, "model", "team")
+    assert store.granted == {} and [v.limited_by for v in violations.published] == ["model"]
