@@ -10,19 +10,26 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from shared.limits import Budget, Scope
+
 
 class CostQuery(BaseModel):
-    """Asked on `cost.query`. user_id None means every user (the gateway allows that to admins only)."""
+    """Asked on `cost.query`. user_id None means every user (the gateway allows that to admins only).
+    `budgets`: one key's, user's or team's spend against each of its budgets (`scope`, `scope_id`)."""
 
-    kind: Literal["current", "analytics"]
+    kind: Literal["current", "analytics", "budgets"]
     user_id: str | None = None
     api_key_id: int | None = Field(default=None, ge=1, description="current only: one API key's own spend.")
     start: datetime | None = None
     end: datetime | None = None
     top_n: int = Field(default=10, ge=1, le=100)
+    scope: Scope | None = None
+    scope_id: str | None = Field(default=None, min_length=1, max_length=256)
 
     @model_validator(mode="after")
     def _range(self) -> CostQuery:
+        if self.kind == "budgets" and (self.scope is None or self.scope_id is None):
+            raise ValueError("budgets needs scope and scope_id")
         if self.kind == "analytics":
             if self.start is None or self.end is None:
                 raise ValueError("analytics needs start and end")
@@ -42,6 +49,28 @@ class CurrentCost(BaseModel):
     daily: Decimal
     monthly: Decimal
     as_of: datetime
+
+
+class BudgetSpend(BaseModel):
+    """One budget of a scope, now: its period, what was spent in it (the ledger's), what remains, and when
+    it resets (a rolling window: when its oldest spend leaves it; null when nothing was spent)."""
+
+    budget: Budget
+    period_start: datetime
+    resets_at: datetime | None
+    spent_usd: Decimal
+    remaining_usd: Decimal
+
+
+class ScopeSpend(BaseModel):
+    """A key's, user's or team's spend: against each of its budgets, and this UTC day and month."""
+
+    scope: Scope
+    scope_id: str
+    as_of: datetime
+    budgets: list[BudgetSpend]
+    today_usd: Decimal
+    this_month_usd: Decimal
 
 
 class Breakdown(BaseModel):

@@ -93,6 +93,8 @@ def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:
         dims.append(("user", event.user_id))
     if event.api_key_id:
         dims.append(("key", str(event.api_key_id)))
+    if event.team_id:
+        dims.append(("team", event.team_id))
     dims.extend(("tag", f"{name}={value}") for name, value in sorted(event.tags.items()))
     return dims
 

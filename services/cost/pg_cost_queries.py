@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
 
+from services.cost.budgets import QUARTER_HOUR, counted_span
 from services.cost.ledger import bucket_start
-from shared.cost_query import Analytics, Breakdown, CostQuery, CurrentCost
+from shared.cost_query import Analytics, Breakdown, BudgetSpend, CostQuery, CurrentCost, ScopeSpend
 from shared.events import utc_now
+from shared.limits import Scope, ScopeLimits
 
 ROLLUP_COST = """
 SELECT period, coalesce(sum(cost), 0) AS cost FROM llm_cost_rollups
@@ -40,6 +43,14 @@ WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3
 GROUP BY 1 ORDER BY cost DESC, key LIMIT $4
 """
 
+# Each budget's spend in its period, and its first quarter hour with spend (when a rolling window frees).
+BUDGET_SPEND = """
+SELECT a.i, coalesce(sum(s.cost), 0) AS cost, min(s.bucket) FILTER (WHERE s.cost > 0) AS first_spent
+FROM unnest($3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS a(f, t, i)
+LEFT JOIN scope_spend s ON s.scope = $1 AND s.scope_id = $2 AND s.bucket >= a.f AND s.bucket < a.t
+GROUP BY a.i ORDER BY a.i
+"""
+
 BREAKDOWNS = {
     "by_model": ("model", "", ""),
     "by_served_model": ("served_model", "", ""),
@@ -53,10 +64,41 @@ class PgCostQueries:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def answer(self, query: CostQuery) -> CurrentCost | Analytics:
+    async def answer(self, query: CostQuery) -> CurrentCost | Analytics | ScopeSpend:
         if query.kind == "current":
             return await self.current(query.user_id, api_key_id=query.api_key_id)
+        if query.kind == "budgets":
+            assert query.scope is not None and query.scope_id is not None
+            return await self.budgets(query.scope, query.scope_id)
         return await self.analytics(query)
+
+    async def budgets(self, scope: Scope, scope_id: str, now: datetime | None = None) -> ScopeSpend:
+        """A scope's spend against each budget it has now (read from `scope_limits` as it is, not as this
+        replica last loaded it), and this UTC day's and month's."""
+        now = now or utc_now()
+        async with self.pool.acquire() as conn:
+            raw = await conn.fetchval("SELECT limits FROM scope_limits WHERE scope = $1 AND scope_id = $2",
+                                      scope, scope_id)
+            budgets = ScopeLimits.model_validate(json.loads(raw)).budgets if raw else ()
+            spans = [counted_span(budget, now) for budget in budgets]
+            rows = await conn.fetch(BUDGET_SPEND, scope, scope_id, [s.start for s in spans], [s.end for s in spans])
+            utc = {row["period"]: row["cost"] for row in await conn.fetch(
+                ROLLUP_COST, scope, scope_id, bucket_start("hour", now), bucket_start("day", now),
+                bucket_start("month", now))}
+        answers = []
+        for budget, span, row in zip(budgets, spans, rows, strict=True):
+            spent = row["cost"]
+            resets: datetime | None
+            if budget.rolling_length is None:
+                start, resets = span.start, span.end
+            else:
+                start = now - budget.rolling_length
+                first = row["first_spent"]
+                resets = first + QUARTER_HOUR + budget.rolling_length if first is not None else None
+            answers.append(BudgetSpend(budget=budget, period_start=start, resets_at=resets, spent_usd=spent,
+                                       remaining_usd=max(Decimal(0), budget.usd - spent)))
+        return ScopeSpend(scope=scope, scope_id=scope_id, as_of=now, budgets=answers,
+                          today_usd=utc.get("day", Decimal(0)), this_month_usd=utc.get("month", Decimal(0)))
 
     async def current(self, user_id: str | None, now: datetime | None = None, api_key_id: int | None = None
                       ) -> CurrentCost:

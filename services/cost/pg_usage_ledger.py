@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from services.cost.budgets import BudgetWatch, SpendKey
 from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_start
 from services.cost.thresholds import AlertClaim, SpendTotal
 from shared.events import Alert
@@ -26,7 +27,7 @@ RETURNING request_id
 
 USAGE_COLUMNS = ["request_id", "user_id", "session_id", "ip_address", "tier", "provider", "model", "served_model",
                  "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost", "priced", "endpoint", "success",
-                 "error_message", "latency_ms", "tags", "usage_source", "api_key_id", "created_at"]
+                 "error_message", "latency_ms", "tags", "usage_source", "api_key_id", "team_id", "created_at"]
 
 UPSERT_ROLLUPS = """
 INSERT INTO llm_cost_rollups AS r (period, bucket, dimension, key, requests, successes, prompt_tokens,
@@ -44,6 +45,28 @@ ON CONFLICT (period, bucket, dimension, key) DO UPDATE SET
     estimated_cost = r.estimated_cost + excluded.estimated_cost
 RETURNING r.period, r.bucket, r.dimension, r.key, r.cost
 """
+
+UPSERT_SCOPE_SPEND = """
+INSERT INTO scope_spend AS s (scope, scope_id, bucket, requests, cost)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::numeric[])
+ON CONFLICT (scope, scope_id, bucket) DO UPDATE SET requests = s.requests + excluded.requests,
+                                                   cost = s.cost + excluded.cost
+"""
+
+LOCK_SCOPES = """
+SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(name, 31) AS h FROM unnest($1::text[]) AS name
+                                      ORDER BY 1) AS locks
+"""
+
+# Spend of each (scope, id) in [start, end), from its quarter hours.
+SPAN_SPEND = """
+SELECT a.i, coalesce(sum(s.cost), 0) AS cost
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS a(scope, scope_id, f, t, i)
+LEFT JOIN scope_spend s ON s.scope = a.scope AND s.scope_id = a.scope_id AND s.bucket >= a.f AND s.bucket < a.t
+GROUP BY a.i ORDER BY a.i
+"""
+
+SCOPE_SPEND_RETENTION = timedelta(days=100)
 
 CLAIM_ALERT = """
 INSERT INTO cost_alerts (alert_key, alert_type, severity, scope, period, window_start, threshold, actual_cost,
@@ -67,7 +90,8 @@ class PgLedgerTransaction:
             await self.conn.copy_records_to_table("llm_usage", columns=USAGE_COLUMNS, records=[
                 (r.request_id, e.user_id, e.session_id, e.client_ip, e.tier, e.provider, e.model, e.answered_by,
                  e.total_prompt_tokens, e.completion_tokens, e.cached_prompt_tokens, r.cost, r.priced, e.endpoint,
-                 e.success, e.error, e.latency_ms, json.dumps(e.tags), e.usage_source, e.api_key_id, e.occurred_at)
+                 e.success, e.error, e.latency_ms, json.dumps(e.tags), e.usage_source, e.api_key_id, e.team_id,
+                 e.occurred_at)
                 for r in fresh for e in (r.event,)
             ])
         return fresh
@@ -84,6 +108,20 @@ class PgLedgerTransaction:
                            period=row["period"], bucket=row["bucket"], cost=row["cost"])
                 for row in rows
                 if row["dimension"] == "all" or (row["dimension"] == "user" and row["period"] == "day")]
+
+    async def add_scope_spend(self, deltas: Sequence[tuple[SpendKey, int, Decimal]]) -> None:
+        if deltas:
+            await self.conn.execute(UPSERT_SCOPE_SPEND, *(list(column) for column in zip(
+                *((scope, scope_id, bucket, requests, cost) for (scope, scope_id, bucket), requests, cost in deltas),
+                strict=True)))
+
+    async def budget_totals(self, watches: Sequence[BudgetWatch], lock: Sequence[str]) -> list[Decimal]:
+        """Hold the watched scopes until the batch commits, then sum each watched period's spend, which
+        now holds every batch committed before this one and this one."""
+        await self.conn.execute(LOCK_SCOPES, list(lock))
+        rows = await self.conn.fetch(SPAN_SPEND, [w.scope for w in watches], [w.scope_id for w in watches],
+                                     [w.span.start for w in watches], [w.span.end for w in watches])
+        return [row["cost"] for row in rows]
 
     async def claim_alerts(self, claims: Sequence[AlertClaim]) -> int:
         """Claim each alert's key; an alert already claimed (by any replica, ever) is dropped."""
@@ -137,6 +175,7 @@ class PgUsageLedger:
         return len(rows)
 
     async def cleanup(self, retention_days: int) -> list[str]:
+        await self.pool.execute("DELETE FROM scope_spend WHERE bucket < now() - $1::interval", SCOPE_SPEND_RETENTION)
         rows = await self.pool.fetch("SELECT cleanup_old_llm_usage($1) AS name", timedelta(days=retention_days))
         self._checked.clear()
         return [row["name"] for row in rows]

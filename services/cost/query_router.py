@@ -8,14 +8,14 @@ from typing import Any, Protocol
 
 from faststream.nats import NatsRouter
 
-from shared.cost_query import Analytics, CostQuery, CurrentCost
+from shared.cost_query import Analytics, CostQuery, CurrentCost, ScopeSpend
 from shared.subjects import COST_QUERY
 
 QUEUE = "cost"
 
 
 class CostQueries(Protocol):
-    async def answer(self, query: CostQuery) -> CurrentCost | Analytics: ...
+    async def answer(self, query: CostQuery) -> CurrentCost | Analytics | ScopeSpend: ...
 
 
 def query_router(queries: Callable[[], CostQueries]) -> NatsRouter:
@@ -23,7 +23,8 @@ def query_router(queries: Callable[[], CostQueries]) -> NatsRouter:
     router = NatsRouter()
 
     @router.subscriber(COST_QUERY, queue=QUEUE, title="cost.query",
-                       description="Current spend or analytics for a time range (request-reply).")
+                       description="Current spend, analytics for a time range, or a scope's spend against its budgets "
+                                    "(request-reply).")
     async def answer_query(query: CostQuery) -> dict[str, Any]:
         return (await queries().answer(query)).model_dump(mode="json")
 

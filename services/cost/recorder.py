@@ -4,23 +4,27 @@ alerts the new spend makes due, then publish claimed alerts (an outbox, so none 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from decimal import Decimal
 from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
+from services.cost.budgets import BudgetWatch, SpendKey, budget_watches, lock_names, scope_spend_deltas
 from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_start, price_events, rollup_deltas
 from services.cost.spend_metrics import SPEND, SPEND_LABELS
 from services.cost.thresholds import (
     AlertClaim,
     SpendTotal,
+    budget_alerts,
     projection_alert,
     threshold_alerts,
     unpriced_model_alert,
 )
 from shared.events import Alert, LlmCompleted, utc_now
+from shared.limits import Scope, ScopeLimits
 from shared.metric_labels import BoundedLabel
 from shared.policy import Thresholds
 from shared.pricing import PriceCatalog
@@ -65,6 +69,15 @@ class LedgerTransaction(Protocol):
         """Add the deltas; return the new totals that thresholds watch."""
         ...
 
+    async def add_scope_spend(self, deltas: Sequence[tuple[SpendKey, int, Decimal]]) -> None:
+        """Add to the spend per key, user and team per quarter hour."""
+        ...
+
+    async def budget_totals(self, watches: Sequence[BudgetWatch], lock: Sequence[str]) -> list[Decimal]:
+        """Lock the named scopes until the batch ends (one batch at a time per scope), then each watched
+        period's spend."""
+        ...
+
     async def claim_alerts(self, claims: Sequence[AlertClaim]) -> int:
         """Claim each alert's key; one already claimed, by anyone, ever, is dropped."""
         ...
@@ -96,14 +109,20 @@ def alerts_due(fresh: Sequence[UsageRecord], totals: Sequence[SpendTotal], thres
     return claims
 
 
+ScopeLimitsMap = Mapping[tuple[Scope, str], ScopeLimits]
+
+
 class CostRecorder:
     def __init__(self, ledger: UsageLedger, catalog: PriceCatalog, thresholds: Thresholds,
-                 publish_alert: Callable[[Alert], Awaitable[None]], clock: Callable[[], datetime] = utc_now) -> None:
+                 publish_alert: Callable[[Alert], Awaitable[None]], clock: Callable[[], datetime] = utc_now,
+                 limits: Callable[[], ScopeLimitsMap] = dict) -> None:
+        """`limits`: the limits administrators set now (their budgets' soft thresholds raise alerts)."""
         self.ledger = ledger
         self.catalog = catalog
         self.thresholds = thresholds
         self.publish_alert = publish_alert
         self.clock = clock
+        self.limits = limits
         SPEND.set_thresholds(thresholds)
         fallback = catalog.fallback
         self.fallback_text = f"${fallback.input}/${fallback.output} per 1M tokens"
@@ -116,8 +135,15 @@ class CostRecorder:
             async with self.ledger.transaction() as tx:
                 fresh = await tx.add_usage(records)
                 if fresh:
+                    now = self.clock()
                     totals = await tx.add_rollups(rollup_deltas(fresh))
-                    claims = alerts_due(fresh, totals, self.thresholds, self.clock(), self.fallback_text)
+                    await tx.add_scope_spend(scope_spend_deltas(fresh))
+                    claims = alerts_due(fresh, totals, self.thresholds, now, self.fallback_text)
+                    watches = budget_watches(fresh, self.limits(), now)
+                    if watches:
+                        spent = await tx.budget_totals(watches, lock_names(watches))
+                        claims += [claim for watch, total in zip(watches, spent, strict=True)
+                                   for claim in budget_alerts(watch, total)]
                     claimed = await tx.claim_alerts(claims)
         RECORDED.inc(len(fresh))
         DUPLICATES.inc(len(events) - len(fresh))

@@ -11,7 +11,9 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
+from services.cost.budgets import QUARTER_HOUR, BudgetWatch
 from services.cost.ledger import bucket_start
+from shared.budget_periods import zone
 from shared.cost_query import month_bounds, projected_month_end
 from shared.events import Alert
 from shared.policy import Thresholds
@@ -108,3 +110,43 @@ def unpriced_model_alert(model: str, day: datetime, fallback: str) -> AlertClaim
               "until a price is configured"),
         period="daily", window=bucket.isoformat(),
     ))
+
+
+def percent(fraction: Decimal) -> str:
+    return f"{(fraction * 100).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP).normalize():f} %"
+
+
+def fine(amount: Decimal) -> str:
+    """Dollars and cents from $1 up; below, enough places to show a small budget's spend ($0.0012)."""
+    if abs(amount) >= 1:
+        return money(amount)
+    places = Decimal("0.0001") if abs(amount) >= Decimal("0.01") else Decimal("0.000001")
+    return f"${amount.quantize(places, rounding=ROUND_HALF_UP).normalize():f}"
+
+
+def budget_alerts(watch: BudgetWatch, total: Decimal) -> list[AlertClaim]:
+    """One alert per soft threshold that this period's spend has reached: claimed once per scope, budget,
+    threshold and period (a calendar period by its start; a rolling window by the quarter hour it was
+    crossed in, and only when this batch crossed it, since a window's spend also falls). It says who
+    spent how much of what, and when the budget resets."""
+    budget, before = watch.budget, total - watch.added
+    who = f"{watch.scope} {watch.scope_id}"
+    resets = None if budget.rolling else watch.span.end
+    claims = []
+    for fraction in watch.soft:
+        threshold = budget.usd * fraction
+        if total < threshold or (budget.rolling and before >= threshold):
+            continue
+        window = watch.span.start if not budget.rolling else watch.span.end - QUARTER_HOUR
+        severity: Literal["warning", "critical"] = "critical" if fraction >= 1 else "warning"
+        until = (f"; it resets at {resets.astimezone(zone(budget.tz)).isoformat()}" if resets
+                 else f"; spend leaves the window {budget.rolling} after it was made")
+        text = (f"{severity.upper()}: {who} has spent {fine(total)} of its {fine(budget.usd)} LLM budget per "
+                f"{budget.label()}: {percent(total / budget.usd)}, past the {percent(fraction)} threshold{until}")
+        claims.append(AlertClaim("budget", f"{watch.scope}:{watch.scope_id}", Alert(
+            key=f"budget:{watch.scope}:{watch.scope_id}:{budget.spec}:{window.isoformat()}:{fraction}",
+            source="cost", severity=severity, title="LLM Budget Alert", text=text, period=budget.label(),
+            threshold=threshold, actual=total, overage=total - threshold, window=window.isoformat(),
+            scope=f"{watch.scope}:{watch.scope_id}", resets_at=resets,
+        )))
+    return claims

@@ -20,12 +20,16 @@ from services.backup.pg_backup_log import PgBackupLog
 from services.console.console import DIMENSIONS, ORDERS
 from services.console.periods import preset
 from services.console.pg_console_store import PgConsoleStore
+from services.cost.pg_scope_limits import PgScopeLimits
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
+from services.limiter.pg_limits_source import PgLimitsSource
 from services.limiter.pg_violation_log import PgViolationLog
+from services.limiter.scopes import SpendAsk
 from services.notifier.pg_delivery_log import PgDeliveryLog
 from shared.api_keys import hash_api_key
 from shared.events import Alert, LimitViolation, LlmCompleted
+from shared.limits import Budget, ScopeLimits
 from shared.migrate import pending_migrations
 from shared.policy import Thresholds
 from shared.pricing import PriceCatalog
@@ -76,13 +80,19 @@ async def test_api_reads_keys_and_cannot_change_their_user_tier_or_rights(login_
     await refused(url, "UPDATE api_keys SET tier = 'enterprise'")
 
 
-async def test_limiter_records_violations_only(login_as):
+async def test_limiter_records_violations_and_reads_the_limits_only(login_as):
     url = await login_as("limiter")
     async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
         await PgViolationLog(pool).store([LimitViolation(request_id=unique("r"), user_id="ann", tier="free",
                                                          endpoint="/v1/chat/completions", policy="standard",
                                                          limited_by="requests", limit=10, window_s=3600)])
+        limits = PgLimitsSource(pool)
+        await limits.load()
+        now = datetime.now(UTC)
+        assert await limits.spend([SpendAsk("team", "t", now - timedelta(days=1), now)]) == [{}]
     await refused(url, "DELETE FROM api_keys")
+    await refused(url, "SELECT key_hash FROM api_keys")
+    await refused(url, "DELETE FROM scope_limits")
 
 
 async def test_cost_keeps_the_ledger_and_its_partitions_without_owning_anything(login_as):
@@ -95,9 +105,16 @@ async def test_cost_keeps_the_ledger_and_its_partitions_without_owning_anything(
         ledger = PgUsageLedger(pool)
         event = LlmCompleted(request_id=unique("c"), user_id="ann", provider="together_ai", model="gpt-4o-mini",
                              endpoint="/v1/chat/completions", prompt_tokens=10, completion_tokens=5, success=True,
-                             latency_ms=3, occurred_at=far)
-        await CostRecorder(ledger, PriceCatalog.with_overrides({}), Thresholds(), ignore, clock=lambda: far).record([event])
+                             latency_ms=3, occurred_at=far, team_id=(team := unique("t")), api_key_id=1)
+        watched = {("team", team): ScopeLimits(budgets=(Budget(usd=Decimal("0.000001"), period="day"),),
+                                              soft=(Decimal("0.5"),))}
+        await CostRecorder(ledger, PriceCatalog.with_overrides({}), Thresholds(), ignore, clock=lambda: far,
+                           limits=lambda: watched).record([event])
         assert await pool.fetchval("SELECT count(*) FROM llm_usage WHERE request_id = $1", event.request_id) == 1
+        assert await pool.fetchval("SELECT count(*) FROM scope_spend WHERE scope = 'team' AND scope_id = $1",
+                                   team) == 1
+        assert await pool.fetchval("SELECT count(*) FROM cost_alerts WHERE scope = $1", f"team:{team}") == 1
+        assert isinstance(await PgScopeLimits(pool).load(), dict)  # it may read them
         assert await ledger.cleanup(retention_days=36500) == []
     await refused(url, "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier) VALUES ('h', 'p', 'u', 'pro')")
 

@@ -26,6 +26,8 @@ class FakeLedger:
         self.totals: dict[RollupKey, Decimal] = {}
         self.claimed: dict[str, Alert] = {}
         self.published: set[str] = set()
+        self.scope_spend: dict[tuple[str, str, datetime], Decimal] = {}
+        self.locked: list[list[str]] = []
 
     async def ensure_partitions(self, records: Sequence[UsageRecord]) -> None: ...
 
@@ -43,6 +45,15 @@ class FakeLedger:
             self.totals[key] = self.totals.get(key, Decimal(0)) + delta.cost
         return [SpendTotal("all", period, bucket, self.totals[(period, bucket, dimension, key)])
                 for (period, bucket, dimension, key), _ in deltas if dimension == "all"]
+
+    async def add_scope_spend(self, deltas) -> None:
+        for key, _, cost in deltas:
+            self.scope_spend[key] = self.scope_spend.get(key, Decimal(0)) + cost
+
+    async def budget_totals(self, watches, lock) -> list[Decimal]:
+        self.locked.append(list(lock))
+        return [sum((cost for (scope, scope_id, at), cost in self.scope_spend.items()
+                     if (scope, scope_id) == (w.scope, w.scope_id) and at in w.span), Decimal(0)) for w in watches]
 
     async def claim_alerts(self, claims: Sequence[AlertClaim]) -> int:
         new = [c for c in claims if c.alert.key not in self.claimed]
@@ -97,3 +108,42 @@ async def test_spend_and_tokens_are_counted_once_per_recorded_event():
     assert (round(usd - before[0], 6), tokens - before[1]) == (0.54, 600_000)
     assert REGISTRY.get_sample_value("costwarden_cost_alert_threshold_usd",
                                      {"period": "hour", "severity": "critical"}) == 50.0
+
+
+def team_call(request_id: str, tokens: int, at: datetime = NOW) -> LlmCompleted:
+    return LlmCompleted(request_id=request_id, user_id="ann", team_id="research", api_key_id=7,
+                        provider="together_ai", model="meta-llama/Llama-3-70b-chat-hf", prompt_tokens=tokens,
+                        completion_tokens=0, endpoint="/v1/chat/completions", success=True, latency_ms=5,
+                        occurred_at=at)
+
+
+async def test_each_soft_threshold_of_a_team_budget_alerts_once_per_period_saying_who_how_much_and_when_it_resets():
+    from shared.limits import Budget, ScopeLimits
+
+    ledger, published = FakeLedger(), []
+
+    async def publish(alert: Alert) -> None:
+        published.append(alert)
+
+    monthly = Budget(usd=Decimal("10"), period="month", timezone="Europe/Berlin")
+    limits = {("team", "research"): ScopeLimits(budgets=(monthly,), soft=(Decimal("0.5"), Decimal("0.8")))}
+    recorder = CostRecorder(ledger, PriceCatalog.with_overrides({}), Thresholds(), publish, clock=lambda: NOW,
+                            limits=lambda: limits)
+    await recorder.record([team_call("a", 4_000_000)])  # $3.60 of $10 (Llama 3 70B: $0.90 per 1M)
+    assert published == [] and ledger.locked == [["team:research"]]
+    await recorder.record([team_call("b", 2_000_000), team_call("c", 100_000)])  # $5.49: 50 % crossed
+    await recorder.record([team_call("d", 3_000_000)])  # $8.19: 80 %
+    await recorder.record([team_call("e", 1_000_000)])  # $9.09: nothing new
+    assert [a.key for a in published] == [
+        "budget:team:research:month@Europe/Berlin:2026-10-31T23:00:00+00:00:0.5",
+        "budget:team:research:month@Europe/Berlin:2026-10-31T23:00:00+00:00:0.8"]
+    first = published[0]
+    assert (first.scope, first.threshold, first.actual, first.severity) == ("team:research", Decimal("5.0"),
+                                                                          Decimal("5.49"), "warning")
+    assert first.resets_at == datetime(2026, 11, 30, 23, tzinfo=UTC)
+    assert first.text == ("WARNING: team research has spent $5.49 of its $10 LLM budget per month (Europe/Berlin): "
+                          "54.9 %, past the 50 % threshold; it resets at 2026-12-01T00:00:00+01:00")
+    december = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)  # a new month in Berlin: the thresholds count afresh
+    recorder.clock = lambda: december
+    await recorder.record([team_call("f", 6_000_000, at=december)])
+    assert published[-1].key == "budget:team:research:month@Europe/Berlin:2026-11-30T23:00:00+00:00:0.5"
