@@ -23,18 +23,23 @@ ICONS = {"critical": "🚨", "warning": "⚠️", "resolved": "✅"}
 
 
 def dollars(amount: Decimal | None) -> str | None:
+    """$52.34, $50; an amount under a cent (a small budget's threshold) to the millionth: $0.0016."""
     if amount is None:
         return None
+    if 0 < abs(amount) < Decimal("0.01"):
+        return f"${amount.quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP).normalize():f}"
     if amount == amount.to_integral_value():
         return f"${amount.to_integral_value():,}"
     return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
 
 
 def detail_lines(alert: Alert) -> list[str]:
-    """Period / Threshold / Actual Cost / Overage, as the original Slack alert listed them."""
+    """Period / Threshold / Actual Cost / Overage, as the original Slack alert listed them; a budget's
+    alert adds whose budget it is and when it resets."""
     actual_label = "Actual Cost" if alert.source == "cost" else "Actual"
-    pairs = [("Period", alert.period), ("Threshold", dollars(alert.threshold)),
-             (actual_label, dollars(alert.actual)), ("Overage", dollars(alert.overage))]
+    resets = alert.resets_at.strftime("%Y-%m-%d %H:%M UTC") if alert.resets_at else None
+    pairs = [("Scope", alert.scope), ("Period", alert.period), ("Threshold", dollars(alert.threshold)),
+             (actual_label, dollars(alert.actual)), ("Overage", dollars(alert.overage)), ("Resets", resets)]
     return [f"{label}: {value}" for label, value in pairs if value is not None]
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.notifier.messages import email_message, plain_text, sign, slack_payload, verify, webhook_body
+from services.notifier.messages import (
+    detail_lines,
+    email_message,
+    plain_text,
+    sign,
+    slack_payload,
+    verify,
+    webhook_body,
+)
 from shared.events import Alert
 
 
@@ -44,3 +53,12 @@ def test_webhook_signature_round_trip():
     assert verify(b"secret", "1700000000", body, signature)
     assert not verify(b"secret", "1700000001", body, signature)  # the timestamp is signed too
     assert not verify(b"secret", "1700000000", body + b" ", signature)
+
+
+def test_a_budget_alert_says_whose_budget_and_when_it_resets_and_small_amounts_keep_their_digits():
+    alert = Alert(key="budget:team:research:day@UTC:2026-05-01T00:00:00+00:00:0.8", source="cost",
+                  severity="warning", title="LLM Budget Alert", text="WARNING: team research has spent ...",
+                  period="day (UTC)", threshold=Decimal("0.0016"), actual=Decimal("0.00171"),
+                  overage=Decimal("0.00011"), scope="team:research", resets_at=datetime(2026, 5, 2, tzinfo=UTC))
+    assert detail_lines(alert) == ["Scope: team:research", "Period: day (UTC)", "Threshold: $0.0016",
+                                   "Actual Cost: $0.00171", "Overage: $0.00011", "Resets: 2026-05-02 00:00 UTC"]
