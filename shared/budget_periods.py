@@ -117,5 +117,13 @@ class RollingBuckets:
         return datetime.fromtimestamp((bucket + ROLLING_BUCKETS + 1) * self.bucket_ms / 1000, UTC)
 
 
+QUARTER_HOUR = timedelta(minutes=15)
+
+
+def quarter_start(at: datetime) -> datetime:
+    """The quarter hour that holds `at`: the cost service keeps each scope's spend per quarter hour."""
+    return at.replace(minute=at.minute // 15 * 15, second=0, microsecond=0)
+
+
 def period_seconds(span: Span) -> int:
     return int((span.end - span.start).total_seconds())

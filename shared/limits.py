@@ -14,7 +14,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.budget_periods import CalendarPeriod, RollingBuckets, Span, calendar_period, parse_duration, zone
+from shared.budget_periods import (
+    QUARTER_HOUR,
+    CalendarPeriod,
+    RollingBuckets,
+    Span,
+    calendar_period,
+    parse_duration,
+    quarter_start,
+    zone,
+)
 
 Scope = Literal["key", "user", "team"]
 SCOPES: tuple[Scope, ...] = ("key", "user", "team")
@@ -68,6 +77,22 @@ class Budget(BaseModel):
             assert self.period is not None
             return calendar_period(self.period, self.tz, at)
         return Span(RollingBuckets.of(length).counted_from(at), at)
+
+    def spend_span(self, at: datetime) -> Span:
+        """The quarter hours whose recorded spend counts at `at` (the cost service keeps spend per quarter
+        hour): the calendar period, or the rolling window from the quarter hour that holds its start."""
+        length = self.rolling_length
+        if length is None:
+            return self.span(at)
+        return Span(quarter_start(at - length), quarter_start(at) + QUARTER_HOUR)
+
+    def resets_at(self, at: datetime, first_spent: datetime | None) -> datetime | None:
+        """When the budget resets: the end of its calendar period; for a rolling window, when the oldest
+        quarter hour with spend in it leaves (None when nothing was spent)."""
+        length = self.rolling_length
+        if length is None:
+            return self.span(at).end
+        return first_spent + QUARTER_HOUR + length if first_spent is not None else None
 
     def label(self) -> str:
         """`month (Europe/Berlin)`, `day (UTC)`, `rolling 24h`."""

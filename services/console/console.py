@@ -15,7 +15,9 @@ from typing import Literal, Protocol, TypeVar
 
 from services.console.periods import HOUR, TimeRange, floor_hour
 from shared.api_keys import KeyRecord, hash_api_key
+from shared.budget_periods import Span
 from shared.cost_query import projected_month_end
+from shared.limits import Budget, Scope, ScopeLimits
 from shared.policy import Levels, Thresholds
 
 DIMENSIONS = ("model", "served_model", "endpoint", "tag", "user")
@@ -127,6 +129,55 @@ class DependencyRow:
     message: str
 
 
+@dataclass(frozen=True)
+class BudgetRow:
+    """One budget now: spent in its period (the cost service's record), what remains, when it resets."""
+
+    budget: Budget
+    period_start: datetime
+    spent: Decimal
+    resets_at: datetime | None
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(Decimal(0), self.budget.usd - self.spent)
+
+    @property
+    def percent(self) -> Decimal:
+        return (Decimal(100) * self.spent / self.budget.usd).quantize(Decimal("0.1"))
+
+
+@dataclass(frozen=True)
+class LimitsRow:
+    """A key's, user's or team's own limits, as set, with each budget's spend."""
+
+    scope: Scope
+    scope_id: str
+    limits: ScopeLimits
+    updated_at: datetime
+    updated_by: str
+    budgets: tuple[BudgetRow, ...] = ()
+
+
+@dataclass(frozen=True)
+class TeamRow:
+    team_id: str
+    name: str
+    created_at: datetime
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TeamView:
+    """A team with its members, their keys, its spend this UTC day and month, and its own limits."""
+
+    team: TeamRow
+    keys: list[KeyRecord]
+    today: Decimal
+    this_month: Decimal
+    limits: LimitsRow | None
+
+
 class ConsoleStore(Protocol):
     """What the other services recorded in Postgres; `user` None means every user."""
 
@@ -156,6 +207,24 @@ class ConsoleStore(Protocol):
 
     async def backups(self, limit: int) -> list[BackupRow]: ...
 
+    async def scope_limits(self, scopes: Sequence[tuple[Scope, str]] | None) -> list[LimitsRow]:
+        """The limits set on these scopes (None: on every scope), without spend."""
+        ...
+
+    async def budget_spend(self, asks: Sequence[tuple[Scope, str, Span]]) -> list[tuple[Decimal, datetime | None]]:
+        """Each scope's recorded spend in the span, and its first quarter hour with spend."""
+        ...
+
+    async def teams(self, team_id: str | None) -> list[TeamRow]: ...
+
+    async def team_of(self, user: str) -> str | None: ...
+
+    async def team_keys(self, team_ids: Sequence[str]) -> dict[str, list[KeyRecord]]: ...
+
+    async def team_spend(self, team_ids: Sequence[str], now: datetime) -> dict[str, tuple[Decimal, Decimal]]:
+        """Each team's spend this UTC day and month."""
+        ...
+
 
 class LiveStatus(Protocol):
     """The running services' own view: None when a service does not answer."""
@@ -177,12 +246,21 @@ class CreatedKey:
 
 
 class KeyActions(Protocol):
-    """Key changes through the api's admin API, made as the signed-in key (audited as its user)."""
+    """Changes to keys, limits and teams through the api's admin API, made as the signed-in key (audited as
+    its user). KeyActionRefused carries the api's own message."""
 
     async def create(self, as_key: str, user_id: str, tier: str, alias: str | None, expires_in: str | None,
                      admin: bool) -> CreatedKey: ...
 
     async def revoke(self, as_key: str, key_id: int) -> None: ...
+
+    async def set_limits(self, as_key: str, scope: Scope, scope_id: str, limits: dict) -> None: ...
+
+    async def delete_limits(self, as_key: str, scope: Scope, scope_id: str) -> None: ...
+
+    async def create_team(self, as_key: str, team_id: str, name: str, members: list[str]) -> None: ...
+
+    async def change_team(self, as_key: str, team_id: str, add: list[str], remove: list[str]) -> None: ...
 
 
 class BackupUnavailable(Exception):
@@ -265,6 +343,60 @@ def breakdown_csv(rows: Sequence[BreakdownRow], dimension: str, window: TimeRang
         writer.writerow([spreadsheet_safe(row.key), row.requests, row.prompt_tokens, row.completion_tokens, row.cost,
                          row.estimated_cost, window.start.isoformat(), window.end.isoformat()])
     return out.getvalue()
+
+
+PERIOD_WORDS = ("day", "week", "month")
+
+
+def budget_line(budget: Budget) -> str:
+    """A budget as the Limits form writes it: `500 month Europe/Berlin`, `5 rolling 24h`."""
+    if budget.rolling:
+        return f"{budget.usd} rolling {budget.rolling}"
+    return f"{budget.usd} {budget.period}" + (f" {budget.timezone}" if budget.timezone else "")
+
+
+def parse_budget_lines(text: str) -> list[dict[str, str]]:
+    """The Limits form's budgets, one a line: `500 month Europe/Berlin`, `$0.002 per day`, `5 rolling 24h`.
+    ValueError names the line it cannot read; the amounts, periods and zones are the admin API's to check."""
+    budgets = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = [w for w in line.replace("$", " ").split() if w.lower() not in ("per", "in")]
+        if not words:
+            continue
+        if len(words) == 3 and words[1] == "rolling":
+            budgets.append({"usd": words[0], "rolling": words[2]})
+        elif len(words) in (2, 3) and words[1] in PERIOD_WORDS:
+            budgets.append({"usd": words[0], "period": words[1], **({"timezone": words[2]} if len(words) == 3 else {})})
+        else:
+            raise ValueError(f"budget line {number} ({line.strip()!r}): write `<usd> day|week|month [timezone]` "
+                             "or `<usd> rolling <24h>`")
+    return budgets
+
+
+def parse_soft(text: str) -> list[str]:
+    """`0.5, 0.8` or `50%, 80%` as fractions."""
+    fractions = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if part:
+            fractions.append(str(Decimal(part[:-1].strip()) / 100) if part.endswith("%") else part)
+    return fractions
+
+
+def limits_from_form(budgets: str, soft: str, requests: str, window_s: str, tokens_per_minute: str,
+                     models: str) -> dict:
+    """The body of PUT /admin/.../limits from the Limits form's fields (empty: not set)."""
+    body: dict = {"budgets": parse_budget_lines(budgets), "soft": parse_soft(soft)}
+    if requests.strip():
+        body["requests"] = requests.strip()
+        if window_s.strip():
+            body["window_s"] = window_s.strip()
+    if tokens_per_minute.strip():
+        body["tokens_per_minute"] = tokens_per_minute.strip()
+    names = [name.strip() for name in models.replace("\n", ",").split(",") if name.strip()]
+    if names:
+        body["models"] = names
+    return body
 
 
 class AdminOnly(Exception):
@@ -350,4 +482,62 @@ class Console:
     async def revoke_key(self, viewer: Viewer, as_key: str, key_id: int) -> None:
         admin_only(viewer)
         await self.key_actions.revoke(as_key, key_id)
+
+    async def own_scopes(self, viewer: Viewer) -> list[tuple[Scope, str]] | None:
+        """The scopes a viewer may see the limits of: every one for an admin; else their user, their keys
+        and their team."""
+        if viewer.admin:
+            return None
+        keys = await self.store.keys(viewer.user_id)
+        team = await self.store.team_of(viewer.user_id)
+        scopes: list[tuple[Scope, str]] = [("user", viewer.user_id), *(("key", str(k.id)) for k in keys)]
+        return [*scopes, ("team", team)] if team else scopes
+
+    async def with_spend(self, rows: Sequence[LimitsRow], now: datetime) -> list[LimitsRow]:
+        asks = [(row.scope, row.scope_id, budget.spend_span(now)) for row in rows for budget in row.limits.budgets]
+        spent = iter(await self.store.budget_spend(asks) if asks else [])
+        answered = []
+        for row in rows:
+            budgets = []
+            for budget in row.limits.budgets:
+                cost, first = next(spent)
+                budgets.append(BudgetRow(budget, budget.spend_span(now).start, cost, budget.resets_at(now, first)))
+            answered.append(LimitsRow(row.scope, row.scope_id, row.limits, row.updated_at, row.updated_by,
+                                      tuple(budgets)))
+        return answered
+
+    async def budgets(self, viewer: Viewer, now: datetime) -> list[LimitsRow]:
+        """Every limit the viewer may see, each budget with its spend, remaining and reset."""
+        return await self.with_spend(await self.store.scope_limits(await self.own_scopes(viewer)), now)
+
+    async def teams(self, viewer: Viewer, now: datetime) -> list[TeamView]:
+        """Every team for an admin; else the viewer's own, if any."""
+        team = None if viewer.admin else await self.store.team_of(viewer.user_id)
+        if not viewer.admin and team is None:
+            return []
+        teams = await self.store.teams(team)
+        ids = [t.team_id for t in teams]
+        keys = await self.store.team_keys(ids)
+        spend = await self.store.team_spend(ids, now)
+        limits = {row.scope_id: row for row in await self.with_spend(
+            await self.store.scope_limits([("team", t) for t in ids]), now)} if ids else {}
+        return [TeamView(t, keys.get(t.team_id, []), *spend.get(t.team_id, (Decimal(0), Decimal(0))),
+                         limits.get(t.team_id)) for t in teams]
+
+    async def set_limits(self, viewer: Viewer, as_key: str, scope: Scope, scope_id: str, limits: dict) -> None:
+        admin_only(viewer)
+        await self.key_actions.set_limits(as_key, scope, scope_id, limits)
+
+    async def delete_limits(self, viewer: Viewer, as_key: str, scope: Scope, scope_id: str) -> None:
+        admin_only(viewer)
+        await self.key_actions.delete_limits(as_key, scope, scope_id)
+
+    async def create_team(self, viewer: Viewer, as_key: str, team_id: str, name: str, members: list[str]) -> None:
+        admin_only(viewer)
+        await self.key_actions.create_team(as_key, team_id, name, members)
+
+    async def change_team(self, viewer: Viewer, as_key: str, team_id: str, add: list[str], remove: list[str]
+                          ) -> None:
+        admin_only(viewer)
+        await self.key_actions.change_team(as_key, team_id, add, remove)
 

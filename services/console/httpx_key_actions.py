@@ -1,11 +1,20 @@
-"""Key changes through the api's admin API (POST and DELETE /admin/keys), as the signed-in key: the
-api checks that it is an admin key and audits the change under its user, as it does for any caller."""
+"""Changes through the api's admin API (keys, limits and teams), as the signed-in key: the api checks
+that it is an admin key and audits the change under its user, as it does for any caller."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 import httpx
 
 from services.console.console import CreatedKey, KeyActionRefused
+from shared.limits import Scope
+
+COLLECTIONS: dict[Scope, str] = {"key": "keys", "user": "users", "team": "teams"}
+
+
+def limits_path(scope: Scope, scope_id: str) -> str:
+    return f"/admin/{COLLECTIONS[scope]}/{quote(scope_id, safe='')}/limits"
 
 
 class HttpxKeyActions:
@@ -39,3 +48,16 @@ class HttpxKeyActions:
 
     async def revoke(self, as_key: str, key_id: int) -> None:
         await self._call("DELETE", f"/admin/keys/{key_id}", as_key)
+
+    async def set_limits(self, as_key: str, scope: Scope, scope_id: str, limits: dict) -> None:
+        await self._call("PUT", limits_path(scope, scope_id), as_key, limits)
+
+    async def delete_limits(self, as_key: str, scope: Scope, scope_id: str) -> None:
+        await self._call("DELETE", limits_path(scope, scope_id), as_key)
+
+    async def create_team(self, as_key: str, team_id: str, name: str, members: list[str]) -> None:
+        await self._call("POST", "/admin/teams", as_key, {"team_id": team_id, "name": name, "members": members})
+
+    async def change_team(self, as_key: str, team_id: str, add: list[str], remove: list[str]) -> None:
+        await self._call("PATCH", f"/admin/teams/{quote(team_id, safe='')}", as_key,
+                         {"add_members": add, "remove_members": remove})

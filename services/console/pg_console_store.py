@@ -5,6 +5,7 @@ an indexed time range."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -19,10 +20,14 @@ from services.console.console import (
     DenialRow,
     DeniedCaller,
     KeyUsage,
+    LimitsRow,
+    TeamRow,
     Traffic,
 )
 from services.console.periods import TimeRange, floor_hour, rollup_spans
 from shared.api_keys import KEY_COLUMNS, KeyRecord
+from shared.budget_periods import Span
+from shared.limits import Scope, ScopeLimits
 
 SPEND = """
 SELECT period, coalesce(sum(cost), 0) AS cost FROM llm_cost_rollups
@@ -140,6 +145,34 @@ ORDER BY started_at DESC, id DESC LIMIT $1
 """
 
 
+SCOPE_LIMITS = """
+SELECT scope, scope_id, limits, updated_at, updated_by FROM scope_limits
+WHERE $1::text[] IS NULL OR (scope || ':' || scope_id) = ANY($1::text[])
+ORDER BY array_position(ARRAY['team', 'user', 'key'], scope), scope_id
+"""
+
+BUDGET_SPEND = """
+SELECT a.i, coalesce(sum(s.cost), 0) AS cost, min(s.bucket) FILTER (WHERE s.cost > 0) AS first_spent
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS a(scope, scope_id, f, t, i)
+LEFT JOIN scope_spend s ON s.scope = a.scope AND s.scope_id = a.scope_id AND s.bucket >= a.f AND s.bucket < a.t
+GROUP BY a.i ORDER BY a.i
+"""
+
+TEAMS = """
+SELECT t.team_id, t.name, t.created_at, coalesce(array_agg(m.user_id ORDER BY m.user_id)
+                                                 FILTER (WHERE m.user_id IS NOT NULL), '{}') AS members
+FROM teams t LEFT JOIN team_members m ON m.team_id = t.team_id
+WHERE $1::text IS NULL OR t.team_id = $1
+GROUP BY t.team_id ORDER BY t.team_id
+"""
+
+TEAM_SPEND = """
+SELECT key, period, cost FROM llm_cost_rollups
+WHERE dimension = 'team' AND key = ANY($1::text[])
+  AND (period, bucket) IN (('day', $2::timestamptz), ('month', $3::timestamptz))
+"""
+
+
 def scope_of(user: str | None) -> tuple[str, str]:
     return ("user", user) if user else ("all", "")
 
@@ -230,3 +263,39 @@ class PgConsoleStore:
     async def backups(self, limit: int) -> list[BackupRow]:
         return [BackupRow(**dict(row)) for row in await self.pool.fetch(BACKUPS, limit)]
 
+
+    async def scope_limits(self, scopes: Sequence[tuple[Scope, str]] | None) -> list[LimitsRow]:
+        names = None if scopes is None else [f"{scope}:{scope_id}" for scope, scope_id in scopes]
+        rows = await self.pool.fetch(SCOPE_LIMITS, names)
+        return [LimitsRow(row["scope"], row["scope_id"], ScopeLimits.model_validate(json.loads(row["limits"])),
+                          row["updated_at"], row["updated_by"]) for row in rows]
+
+    async def budget_spend(self, asks: Sequence[tuple[Scope, str, Span]]) -> list[tuple[Decimal, datetime | None]]:
+        rows = await self.pool.fetch(BUDGET_SPEND, [a[0] for a in asks], [a[1] for a in asks],
+                                     [a[2].start for a in asks], [a[2].end for a in asks])
+        return [(row["cost"], row["first_spent"]) for row in rows]
+
+    async def teams(self, team_id: str | None) -> list[TeamRow]:
+        return [TeamRow(row["team_id"], row["name"], row["created_at"], tuple(row["members"]))
+                for row in await self.pool.fetch(TEAMS, team_id)]
+
+    async def team_of(self, user: str) -> str | None:
+        team: str | None = await self.pool.fetchval("SELECT team_id FROM team_members WHERE user_id = $1", user)
+        return team
+
+    async def team_keys(self, team_ids: Sequence[str]) -> dict[str, list[KeyRecord]]:
+        rows = await self.pool.fetch(f"SELECT team_id, {KEY_COLUMNS} FROM api_keys WHERE team_id = ANY($1::text[])"
+                                     " ORDER BY created_at, id", list(team_ids))
+        found: dict[str, list[KeyRecord]] = {}
+        for row in rows:
+            found.setdefault(row["team_id"], []).append(KeyRecord.from_row(row))
+        return found
+
+    async def team_spend(self, team_ids: Sequence[str], now: datetime) -> dict[str, tuple[Decimal, Decimal]]:
+        day = floor_hour(now).replace(hour=0)
+        rows = await self.pool.fetch(TEAM_SPEND, list(team_ids), day, day.replace(day=1))
+        spend: dict[str, dict[str, Decimal]] = {}
+        for row in rows:
+            spend.setdefault(row["key"], {})[row["period"]] = row["cost"]
+        return {team: (periods.get("day", Decimal(0)), periods.get("month", Decimal(0)))
+                for team, periods in spend.items()}

@@ -1,6 +1,6 @@
-"""The console's pages: sign-in and sign-out, then Overview, Costs (with CSV), Keys, Limits, Alerts,
+"""The console's pages: sign-in and sign-out, then Overview, Costs (with CSV), Keys, Limits, Teams, Alerts,
 Health and Backups, rendered on the server from Jinja2 templates. Every page needs a session; every
-form post needs the session's CSRF token; Health and Backups are for admins."""
+form post needs the session's CSRF token; Health and Backups, and every change, are for admins."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from services.console.console import (
     KeyActionRefused,
     Viewer,
     breakdown_csv,
+    budget_line,
+    limits_from_form,
 )
 from services.console.periods import PRESETS, TimeRange, parse_range
 from services.console.sessions import (
@@ -37,6 +39,7 @@ from services.console.sessions import (
 )
 from services.console.svg_charts import Point, bar_chart, line_chart
 from shared.events import utc_now
+from shared.limits import SCOPES, Scope
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 TOP_CHOICES = (10, 20, 50, 100, 500)
@@ -273,11 +276,11 @@ async def revoke_key(request: Request, key_id: int, csrf: str = Form(""), who: S
     return RedirectResponse(f"/keys?revoked={key_id}", status_code=303)
 
 
-@router.get("/limits", response_class=HTMLResponse)
-async def limits(request: Request, range: str | None = None, who: SignedIn = Depends(signed_in),
-                 state: ConsoleState = Depends(state_of)) -> Response:
-    window = window_of(range, None, None)
+async def limits_page(request: Request, who: SignedIn, state: ConsoleState, range_name: str | None = None,
+                      status: int = 200, editing: tuple[str, str] | None = None, **context: Any) -> Response:
+    window = window_of(range_name, None, None)
     denials, callers = await state.console.limits(who.viewer, window)
+    budgets = await state.console.budgets(who.viewer, utc_now())
     per_hour: dict[datetime, int] = {}
     for row in denials:
         per_hour[row.hour] = per_hour.get(row.hour, 0) + row.denials
@@ -285,8 +288,105 @@ async def limits(request: Request, range: str | None = None, who: SignedIn = Dep
     chart = bar_chart("Denials per hour", [Point(at.strftime("%d %H:00"), per_hour.get(at, 0),
                                                  f"{per_hour.get(at, 0)} denials") for at in hours[-168:]],
                       str(max(per_hour.values(), default=0)))
-    return render(request, "limits.html", who, denials=denials, callers=callers, window=window, chart=chart,
-                  presets=PRESETS, total=sum(per_hour.values()))
+    edited = next((row for row in budgets if editing and (row.scope, row.scope_id) == editing), None)
+    form = context.pop("form", None) or {
+        "scope": editing[0] if editing else "team", "scope_id": editing[1] if editing else "",
+        "budgets": "\n".join(budget_line(b) for b in edited.limits.budgets) if edited else "",
+        "soft": ", ".join(str(f) for f in edited.limits.soft) if edited else "",
+        "requests": edited.limits.requests or "" if edited else "",
+        "window_s": edited.limits.window_s if edited else 3600,
+        "tokens_per_minute": edited.limits.tokens_per_minute or "" if edited else "",
+        "models": ", ".join(edited.limits.models or ()) if edited else ""}
+    return render(request, "limits.html", who, status=status, denials=denials, callers=callers, window=window,
+                  chart=chart, presets=PRESETS, total=sum(per_hour.values()), budgets=budgets, scopes=SCOPES,
+                  form=form, **context)
+
+
+@router.get("/limits", response_class=HTMLResponse)
+async def limits(request: Request, range: str | None = None, scope: str | None = None, id: str | None = None,
+                 saved: str | None = None, who: SignedIn = Depends(signed_in),
+                 state: ConsoleState = Depends(state_of)) -> Response:
+    editing = (scope, id) if scope in SCOPES and id else None
+    return await limits_page(request, who, state, range, editing=editing, saved=saved)
+
+
+def scope_of_form(scope: str) -> Scope:
+    if scope not in SCOPES:
+        raise BadInput(f"scope must be one of {', '.join(SCOPES)}")
+    return scope  # type: ignore[return-value]
+
+
+@router.post("/limits", response_class=HTMLResponse)
+async def set_limits(request: Request, scope: str = Form(""), scope_id: str = Form(""), budgets: str = Form(""),
+                     soft: str = Form(""), requests: str = Form(""), window_s: str = Form(""),
+                     tokens_per_minute: str = Form(""), models: str = Form(""), csrf: str = Form(""),
+                     who: SignedIn = Depends(signed_in), state: ConsoleState = Depends(state_of)) -> Response:
+    """Set a key's, user's or team's limits through the admin API; they apply within seconds."""
+    check_csrf(state, who, csrf)
+    form = {"scope": scope, "scope_id": scope_id, "budgets": budgets, "soft": soft, "requests": requests,
+            "window_s": window_s, "tokens_per_minute": tokens_per_minute, "models": models}
+    try:
+        body = limits_from_form(budgets, soft, requests, window_s, tokens_per_minute, models)
+        await state.console.set_limits(who.viewer, who.session.key, scope_of_form(scope), scope_id.strip(), body)
+    except (KeyActionRefused, ValueError) as exc:
+        return await limits_page(request, who, state, status=400, error=str(exc), form=form)
+    except BadInput as exc:
+        return await limits_page(request, who, state, status=400, error=exc.message, form=form)
+    return RedirectResponse(f"/limits?saved={quote(f'{scope}:{scope_id.strip()}')}", status_code=303)
+
+
+@router.post("/limits/{scope}/{scope_id}/delete")
+async def delete_limits(request: Request, scope: str, scope_id: str, csrf: str = Form(""),
+                        who: SignedIn = Depends(signed_in), state: ConsoleState = Depends(state_of)) -> Response:
+    check_csrf(state, who, csrf)
+    try:
+        await state.console.delete_limits(who.viewer, who.session.key, scope_of_form(scope), scope_id)
+    except KeyActionRefused as exc:
+        return await limits_page(request, who, state, status=400, error=str(exc))
+    return RedirectResponse("/limits", status_code=303)
+
+
+def user_list(text: str) -> list[str]:
+    return [user.strip() for user in text.replace("\n", ",").split(",") if user.strip()]
+
+
+async def teams_page(request: Request, who: SignedIn, state: ConsoleState, status: int = 200,
+                     **context: Any) -> Response:
+    return render(request, "teams.html", who, status=status, teams=await state.console.teams(who.viewer, utc_now()),
+                  now=utc_now(), **context)
+
+
+@router.get("/teams", response_class=HTMLResponse)
+async def teams(request: Request, who: SignedIn = Depends(signed_in),
+                state: ConsoleState = Depends(state_of)) -> Response:
+    return await teams_page(request, who, state)
+
+
+@router.post("/teams", response_class=HTMLResponse)
+async def create_team(request: Request, team_id: str = Form(""), name: str = Form(""), members: str = Form(""),
+                      csrf: str = Form(""), who: SignedIn = Depends(signed_in),
+                      state: ConsoleState = Depends(state_of)) -> Response:
+    check_csrf(state, who, csrf)
+    try:
+        await state.console.create_team(who.viewer, who.session.key, team_id.strip(), name.strip() or team_id.strip(),
+                                        user_list(members))
+    except KeyActionRefused as exc:
+        return await teams_page(request, who, state, status=400, error=str(exc))
+    return RedirectResponse(f"/teams#team-{quote(team_id.strip())}", status_code=303)
+
+
+@router.post("/teams/{team_id}/members", response_class=HTMLResponse)
+async def change_team(request: Request, team_id: str, user_id: str = Form(""), action: str = Form("add"),
+                      csrf: str = Form(""), who: SignedIn = Depends(signed_in),
+                      state: ConsoleState = Depends(state_of)) -> Response:
+    check_csrf(state, who, csrf)
+    users = user_list(user_id)
+    try:
+        await state.console.change_team(who.viewer, who.session.key, team_id, users if action == "add" else [],
+                                        users if action == "remove" else [])
+    except KeyActionRefused as exc:
+        return await teams_page(request, who, state, status=400, error=str(exc))
+    return RedirectResponse(f"/teams#team-{quote(team_id)}", status_code=303)
 
 
 @router.get("/alerts", response_class=HTMLResponse)

@@ -10,20 +10,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from services.cost.ledger import UsageRecord
-from shared.budget_periods import Span
+from shared.budget_periods import Span, quarter_start
 from shared.events import LlmCompleted
 from shared.limits import Budget, Scope, ScopeLimits
 
-QUARTER_HOUR = timedelta(minutes=15)
 SpendKey = tuple[str, str, datetime]  # scope, scope id, quarter hour
-
-
-def quarter_start(at: datetime) -> datetime:
-    return at.replace(minute=at.minute // 15 * 15, second=0, microsecond=0)
 
 
 def scopes_of(event: LlmCompleted) -> list[tuple[Scope, str]]:
@@ -46,15 +41,6 @@ def scope_spend_deltas(records: Sequence[UsageRecord]) -> list[tuple[SpendKey, i
             requests, cost = deltas.get((scope, scope_id, quarter), (0, Decimal(0)))
             deltas[(scope, scope_id, quarter)] = (requests + 1, cost + record.cost)
     return [(key, requests, cost) for key, (requests, cost) in sorted(deltas.items())]
-
-
-def counted_span(budget: Budget, at: datetime) -> Span:
-    """What the cost service sums for a budget at `at`: the calendar period, or the rolling window from
-    the quarter hour that holds its start."""
-    length = budget.rolling_length
-    if length is None:
-        return budget.span(at)
-    return Span(quarter_start(at - length), at + QUARTER_HOUR)
 
 
 @dataclass(frozen=True)
@@ -80,7 +66,7 @@ def budget_watches(records: Sequence[UsageRecord], limits: Mapping[tuple[Scope, 
             if own is None or not own.soft:
                 continue
             for budget in own.budgets:
-                span = counted_span(budget, now if budget.rolling else record.at)
+                span = budget.spend_span(now if budget.rolling else record.at)
                 if quarter_start(record.at) in span:
                     added[(scope, scope_id, budget, span)] += record.cost
     return [BudgetWatch(scope, scope_id, budget, limits[(scope, scope_id)].soft, span, cost)

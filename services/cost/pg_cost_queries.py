@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.cost.budgets import QUARTER_HOUR, counted_span
 from services.cost.ledger import bucket_start
 from shared.cost_query import Analytics, Breakdown, BudgetSpend, CostQuery, CurrentCost, ScopeSpend
 from shared.events import utc_now
@@ -80,7 +79,7 @@ class PgCostQueries:
             raw = await conn.fetchval("SELECT limits FROM scope_limits WHERE scope = $1 AND scope_id = $2",
                                       scope, scope_id)
             budgets = ScopeLimits.model_validate(json.loads(raw)).budgets if raw else ()
-            spans = [counted_span(budget, now) for budget in budgets]
+            spans = [budget.spend_span(now) for budget in budgets]
             rows = await conn.fetch(BUDGET_SPEND, scope, scope_id, [s.start for s in spans], [s.end for s in spans])
             utc = {row["period"]: row["cost"] for row in await conn.fetch(
                 ROLLUP_COST, scope, scope_id, bucket_start("hour", now), bucket_start("day", now),
@@ -88,15 +87,8 @@ class PgCostQueries:
         answers = []
         for budget, span, row in zip(budgets, spans, rows, strict=True):
             spent = row["cost"]
-            resets: datetime | None
-            if budget.rolling_length is None:
-                start, resets = span.start, span.end
-            else:
-                start = now - budget.rolling_length
-                first = row["first_spent"]
-                resets = first + QUARTER_HOUR + budget.rolling_length if first is not None else None
-            answers.append(BudgetSpend(budget=budget, period_start=start, resets_at=resets, spent_usd=spent,
-                                       remaining_usd=max(Decimal(0), budget.usd - spent)))
+            answers.append(BudgetSpend(budget=budget, period_start=span.start, resets_at=budget.resets_at(
+                now, row["first_spent"]), spent_usd=spent, remaining_usd=max(Decimal(0), budget.usd - spent)))
         return ScopeSpend(scope=scope, scope_id=scope_id, as_of=now, budgets=answers,
                           today_usd=utc.get("day", Decimal(0)), this_month_usd=utc.get("month", Decimal(0)))
 

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from services.cost.budgets import QUARTER_HOUR, BudgetWatch
+from services.cost.budgets import BudgetWatch
 from services.cost.ledger import bucket_start
-from shared.budget_periods import zone
+from shared.budget_periods import QUARTER_HOUR, zone
 from shared.cost_query import month_bounds, projected_month_end
 from shared.events import Alert
 from shared.policy import Thresholds

@@ -122,3 +122,50 @@ def test_a_key_a_spreadsheet_would_run_as_a_formula_is_written_as_text():
 ])
 def test_after_sign_in_only_a_path_of_the_console_is_followed(target, sent_to):
     assert safe_next(target) == sent_to
+
+
+def test_the_limits_form_reads_budgets_soft_thresholds_and_models_as_the_admin_api_takes_them():
+    from services.console.console import budget_line, limits_from_form, parse_budget_lines
+    from shared.limits import ScopeLimits
+
+    body = limits_from_form("$500 per month Europe/Berlin\n\n0.002 day\n5 rolling 24h", "50%, 0.8", "100", "60",
+                            "", "gpt-4o-mini,\nmeta-llama/Llama-3-8b-chat-hf")
+    assert body == {"budgets": [{"usd": "500", "period": "month", "timezone": "Europe/Berlin"},
+                                {"usd": "0.002", "period": "day"}, {"usd": "5", "rolling": "24h"}],
+                    "soft": ["0.5", "0.8"], "requests": "100", "window_s": "60",
+                    "models": ["gpt-4o-mini", "meta-llama/Llama-3-8b-chat-hf"]}
+    limits = ScopeLimits.model_validate(body)
+    assert [budget_line(b) for b in limits.budgets] == ["500 month Europe/Berlin", "0.002 day", "5 rolling 24h"]
+    with pytest.raises(ValueError, match="budget line 2"):
+        parse_budget_lines("1 day\n500 a month")
+
+
+async def test_a_user_sees_the_limits_of_their_own_user_keys_and_team_with_each_budgets_spend():
+    from services.console.console import LimitsRow
+    from shared.api_keys import KeyRecord
+    from shared.limits import Budget, ScopeLimits
+
+    class LimitsStore(FakeStore):
+        async def keys(self, user):
+            return [KeyRecord(7, "cw_x", user, "pro", False, None, NOW, None, None, None)]
+
+        async def team_of(self, user):
+            return "research"
+
+        async def scope_limits(self, scopes):
+            self.asked.append(("scope_limits", scopes))
+            month = Budget(usd=Decimal("10"), period="month", timezone="Europe/Berlin")
+            return [LimitsRow("team", "research", ScopeLimits(budgets=(month,)), NOW, "admin-api:ops")]
+
+        async def budget_spend(self, asks):
+            self.asked.append(("budget_spend", asks))
+            return [(Decimal("2.5"), None)]
+
+    store = LimitsStore()
+    [row] = await console(store).budgets(ALICE, NOW)
+    assert ("scope_limits", [("user", "alice"), ("key", "7"), ("team", "research")]) in store.asked
+    [(_, _, span)] = store.asked[-1][1]
+    assert span.start == datetime(2026, 10, 31, 23, tzinfo=UTC)  # November in Berlin
+    [budget] = row.budgets
+    assert (budget.spent, budget.remaining, budget.percent) == (Decimal("2.5"), Decimal("7.5"), Decimal("25.0"))
+    assert budget.resets_at == datetime(2026, 11, 30, 23, tzinfo=UTC)
