@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
 
+from shared.limits import ScopeLimits
 from soak.system import SOAK_TIERS
 from soak.traffic import WORKERS, Record
 
@@ -53,7 +55,8 @@ async def rollup_checks(conn: asyncpg.Connection) -> list[Check]:
     checks = []
     for period in ("hour", "day", "month"):
         for dimension, column in (("all", "''"), ("user", "coalesce(user_id, '')"), ("model", "model"),
-                                  ("served_model", "served_model"), ("key", "coalesce(api_key_id::text, '')")):
+                                  ("served_model", "served_model"), ("key", "coalesce(api_key_id::text, '')"),
+                                  ("team", "coalesce(team_id, '')")):
             by_key = await conn.fetch(
                 f"SELECT date_trunc('{period}', created_at, 'UTC') AS bucket, {column} AS key, sum(cost) AS cost"
                 " FROM llm_usage GROUP BY 1, 2")
@@ -65,6 +68,56 @@ async def rollup_checks(conn: asyncpg.Connection) -> list[Check]:
             differences = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
             checks.append(Check(f"rollups {period}/{dimension} equal the ledger", {}, differences))
     return checks
+
+
+SCOPE_COLUMNS = {"key": "api_key_id::text", "user": "user_id", "team": "team_id"}
+
+
+async def scope_spend_checks(conn: asyncpg.Connection) -> list[Check]:
+    """The spend per key, user and team per quarter hour (what budgets are summed from) is the ledger's."""
+    checks = []
+    for scope, column in SCOPE_COLUMNS.items():
+        want = {(r["id"], r["bucket"]): r["cost"] for r in await conn.fetch(
+            f"SELECT {column} AS id, date_bin('15 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00Z') AS bucket,"
+            f" sum(cost) AS cost FROM llm_usage WHERE {column} IS NOT NULL GROUP BY 1, 2")}
+        got = {(r["scope_id"], r["bucket"]): r["cost"] for r in await conn.fetch(
+            "SELECT scope_id, bucket, cost FROM scope_spend WHERE scope = $1", scope)}
+        differences = {str(k): (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
+        checks.append(Check(f"spend per {scope} per quarter hour equals the ledger", {}, differences))
+    return checks
+
+
+async def ledger_spend(conn: asyncpg.Connection, scope: str, scope_id: str, start: datetime, end: datetime
+                       ) -> Decimal:
+    return await conn.fetchval(f"SELECT coalesce(sum(cost), 0) FROM llm_usage WHERE {SCOPE_COLUMNS[scope]} = $1"
+                               " AND created_at >= $2 AND created_at < $3", scope_id, start, end)
+
+
+async def scope_budget_checks(conn: asyncpg.Connection, reported: dict[tuple[str, str], list[dict]],
+                              counted: dict[str, int], now: datetime) -> list[Check]:
+    """Every budget of a key, user or team: the ledger's spend in its period is at most the budget and the
+    reservations that can be in flight; what the admin API reports (`reported`, GET .../spend) is the
+    ledger's to the cent; and the limiter's counter (`counted`, nano-USD by budget) is never below it
+    (it also holds what faults left reserved and unsettled)."""
+    over, misreported, undercounted = {}, {}, {}
+    for row in await conn.fetch("SELECT scope, scope_id, limits FROM scope_limits"):
+        limits = ScopeLimits.model_validate(json.loads(row["limits"]))
+        for budget in limits.budgets:
+            span = budget.spend_span(now)
+            spent = await ledger_spend(conn, row["scope"], row["scope_id"], span.start, span.end)
+            name = f"{row['scope']}:{row['scope_id']} {budget.spec}"
+            if spent > budget.usd + IN_FLIGHT_USD:
+                over[name] = str(spent)
+            shown = {b["budget"]["usd"] + str(b["budget"].get("period") or b["budget"].get("rolling")): b["spent_usd"]
+                     for b in reported.get((row["scope"], row["scope_id"]), [])}
+            said = shown.get(str(budget.usd) + str(budget.period or budget.rolling))
+            if said is None or Decimal(said) != spent:
+                misreported[name] = (str(spent), said)
+            if name in counted and counted[name] < spent * 10**9:  # each call is counted rounded up
+                undercounted[name] = (str(spent), counted[name])
+    return [Check("budgets of keys, users and teams spent past the budget by more than the reservations", {}, over),
+            Check("budget spend the admin API reports differs from the ledger", {}, misreported),
+            Check("budget counters of the limiter below the ledger", {}, undercounted)]
 
 
 def limit_checks(record: Record) -> list[Check]:
