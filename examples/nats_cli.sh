@@ -3,7 +3,7 @@
 # the provider call, record after it. The bodies are llm_request.json and llm_completed.json beside this
 # script, with REQUEST_ID replaced; docs/asyncapi.yaml describes every field.
 #
-#   NATS_URL=nats://127.0.0.1:4222 NATS_NKEY_SEED_FILE=.run/nats/upstream.nk sh examples/nats_cli.sh
+#   NATS_URL=nats://127.0.0.1:4222 NATS_NKEY_SEED_FILE=.run/nats-identities/upstream.nk sh examples/nats_cli.sh
 set -eu
 here=$(dirname "$0")
 id=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')

@@ -1,7 +1,7 @@
 """The two messages of an upstream service with plain nats-py, no costwarden code: what a service in any
 other language does with its own NATS client (docs/asyncapi.yaml describes every field).
 
-    NATS_URL=nats://127.0.0.1:4222 NATS_NKEY_SEED_FILE=.run/nats/upstream.nk python examples/plain_nats.py
+    NATS_URL=nats://127.0.0.1:4222 NATS_NKEY_SEED_FILE=.run/nats-identities/upstream.nk python examples/plain_nats.py
 
 1. Ask `llm.request` (request-reply) before calling the provider; `allowed: false` means do not call.
 2. Call the provider.

@@ -1,7 +1,7 @@
 """An upstream service that calls its LLM provider itself and uses costwarden for permission and
 bookkeeping, with costwarden-client (`pip install ./clients/python`).
 
-    NATS_URL=nats://127.0.0.1:4222 NATS_NKEY_SEED_FILE=.run/nats/upstream.nk \
+    NATS_URL=nats://127.0.0.1:4222 NATS_NKEY_SEED_FILE=.run/nats-identities/upstream.nk \
     OPENAI_BASE_URL=http://127.0.0.1:3010/v1 OPENAI_API_KEY=sk-local python examples/upstream_worker.py
 
 It summarizes a few documents for one user. Each call is asked for before it is made and recorded
