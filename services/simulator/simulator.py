@@ -135,25 +135,28 @@ class Simulator:
             return response
         return None
 
-    async def completions(self, request: Request) -> Response:
-        if refused := await self.refusal(request, "completions"):
+    async def accepted(self, request: Request, endpoint: str) -> dict[str, Any] | Response:
+        """The body of a call the simulator answers (kept for /_sim/requests), or the answer refusing it."""
+        if refused := await self.refusal(request, endpoint):
             return refused
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
             return _error(400, "malformed JSON")
         self.requests.append(body)
+        return body
+
+    async def completions(self, request: Request) -> Response:
+        body = await self.accepted(request, "completions")
+        if isinstance(body, Response):
+            return body
         answer = Answer(self, body)
         return answer.streamed() if body.get("stream") else answer.plain()
 
     async def embeddings(self, request: Request) -> Response:
-        if refused := await self.refusal(request, "embeddings"):
-            return refused
-        try:
-            body = json.loads(await request.body())
-        except json.JSONDecodeError:
-            return _error(400, "malformed JSON")
-        self.requests.append(body)
+        body = await self.accepted(request, "embeddings")
+        if isinstance(body, Response):
+            return body
         inputs = embedding_inputs(body.get("input"))
         if inputs is None:
             return _error(400, "input must be a non-empty string, array of strings, or array of token arrays")

@@ -15,6 +15,7 @@ call and record it after, plain or streamed, with no other change to the caller'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -336,4 +337,5 @@ class GuardedStream(_Delegate):
 
     def __del__(self) -> None:
         if self._call.event is None:
-            self._finish(STREAM_CLOSED_EARLY)
+            with contextlib.suppress(RuntimeError):  # the guard is closed, or this is its own thread
+                self._finish(STREAM_CLOSED_EARLY)
