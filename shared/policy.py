@@ -1,5 +1,5 @@
 """Policy values an operator tunes: tiers and their limits, the model map, spend thresholds, alert routes,
-with the defaults of DESIGN.md. Pure value types (settings.py fills them from the environment and the
+with the defaults of docs/design.md. Pure value types (settings.py fills them from the environment and the
 YAML file), so that the rules that use them import no configuration machinery."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Levels(BaseModel):
 
 
 class Thresholds(BaseModel):
-    """Spend thresholds in USD (DESIGN.md): each crossing raises one alert per window."""
+    """Spend thresholds in USD (docs/design.md): each crossing raises one alert per window."""
 
     hourly: Levels = Levels(warning=Decimal(10), critical=Decimal(50))
     daily: Levels = Levels(warning=Decimal(100), critical=Decimal(500))

@@ -37,10 +37,9 @@ def settle_heap() -> None:
     """Once a service has started: what startup made (modules, the app, its clients, the tokenizer's
     tables) leaves the collector's view (gc.freeze), and the youngest generation is collected after
     GC_YOUNG_THRESHOLD new objects instead of CPython's 700. Every call leaves reference cycles that
-    only the collector frees (futures, tasks and exceptions inside the libraries on the path).
-    Measured on the gateway under load: 7 % of its CPU went to the collector at CPython's defaults,
-    about 2 % with this; a collection then pauses the event loop for a few milliseconds instead of
-    half of one, about twenty times less often."""
+    only the collector frees (futures, tasks and exceptions inside the libraries on the path), and at
+    CPython's defaults collecting them takes a share of a busy gateway's CPU worth saving: collections
+    come far less often, each pausing the event loop a little longer (docs/benchmarks-history.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -2,7 +2,7 @@
 
 Connection settings come from the environment under the names the original deployment used.
 Tiers, policies, prices and thresholds have defaults in code and can be replaced by the YAML
-file named by COSTWARDEN_CONFIG (see README "Configuration").
+file named by COSTWARDEN_CONFIG (see docs/configuration.md).
 """
 
 from __future__ import annotations

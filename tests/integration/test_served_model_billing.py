@@ -205,18 +205,24 @@ async def in_flight_reservation(redis_url: str, user: str) -> int:
         await redis.aclose()
 
 
-async def test_n_choices_reserve_n_times_the_completion_limit(stack, database_url, redis_url, db):
-    set_faults(stack["together"], delay_s=1)  # keeps the call in flight while its reservation is read
-    user = unique("choices")
+async def reserved_while_in_flight(stack, provider: ThreadedHttpServer, redis_url: str, database_url: str,
+                                   user: str, body: dict) -> tuple[int, httpx.Response]:
+    """(tokens reserved for the call while the provider holds it, the call's answer)."""
+    set_faults(provider, delay_s=1)
     key = await new_key(database_url, user, "pro")
-    body = {"model": LLAMA_70B, "messages": MESSAGES, "max_tokens": 30, "n": 4}
     try:
         async with httpx.AsyncClient(base_url=stack["api"].url, timeout=30, headers=auth(key)) as client:
             call = asyncio.create_task(client.post("/v1/chat/completions", json=body))
             reserved = await in_flight_reservation(redis_url, user)
-            response = await call
+            return reserved, await call
     finally:
-        set_faults(stack["together"])
+        set_faults(provider)
+
+
+async def test_n_choices_reserve_n_times_the_completion_limit(stack, database_url, redis_url, db):
+    body = {"model": LLAMA_70B, "messages": MESSAGES, "max_tokens": 30, "n": 4}
+    reserved, response = await reserved_while_in_flight(stack, stack["together"], redis_url, database_url,
+                                                        unique("choices"), body)
     assert reserved == prompt_tokens(COUNTER, body) + 4 * 30
     assert response.status_code == 200 and len(response.json()["choices"]) == 4
     row = await ledger_row(db, response.headers["x-request-id"])
@@ -227,17 +233,9 @@ async def test_n_choices_reserve_n_times_the_completion_limit(stack, database_ur
 async def test_a_call_without_max_tokens_reaches_the_provider_with_the_limit_that_was_reserved(
         stack, database_url, redis_url, model, limit):
     provider = stack["together"] if model == LLAMA_70B else stack["openai"]
-    set_faults(provider, delay_s=1)
     user = unique("nomax")
-    key = await new_key(database_url, user, "pro")
     body = {"model": model, "messages": messages_of(user)}
-    try:
-        async with httpx.AsyncClient(base_url=stack["api"].url, timeout=30, headers=auth(key)) as client:
-            call = asyncio.create_task(client.post("/v1/chat/completions", json=body))
-            reserved = await in_flight_reservation(redis_url, user)
-            response = await call
-    finally:
-        set_faults(provider)
+    reserved, response = await reserved_while_in_flight(stack, provider, redis_url, database_url, user, body)
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == limit
     assert reserved == prompt_tokens(COUNTER, body) + limit
     [sent] = [r for r in provider_requests(provider) if r["messages"] == body["messages"]]
