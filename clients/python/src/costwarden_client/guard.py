@@ -173,8 +173,8 @@ class Guard:
              request_id: str | None = None) -> Call:
         """A guarded call (an async context manager). The prompt is `prompt_tokens`, or counted from
         `prompt` (a string, or chat messages); the limiter reserves it plus `max_tokens` for each of
-        `choices`. `request_id` defaults to a new one: pass your own to make a retried job the same call
-        (it is admitted, reserved and billed once)."""
+        `choices`. `request_id` defaults to a new one; pass your own so that a job run again after a crash
+        between ask and record gets its open reservation back instead of a second one."""
         if (prompt is None) == (prompt_tokens is None):
             raise ValueError("give the prompt or its token count (prompt= or prompt_tokens=), one of them")
         if prompt_tokens is None:
