@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from shared.cost_query import Analytics, CostQuery, CurrentCost
+from shared.cost_query import Analytics, CostQuery, CurrentCost, ScopeSpend
 from shared.events import (
     SCHEMA_VERSION,
     Alert,
@@ -37,6 +37,7 @@ from shared.events import (
     HealthChanged,
     LimitDecision,
     LimitRequest,
+    LimitsChanged,
     LimitViolation,
     LlmCompleted,
 )
@@ -48,6 +49,7 @@ from shared.subjects import (
     HEALTH_CHANGED,
     LIMIT_VIOLATION,
     LIMITER_QUEUE,
+    LIMITS_CHANGED,
     LLM_COMPLETED,
     LLM_REQUEST,
     SCHEDULE_BACKUP,
@@ -116,9 +118,13 @@ CHANNELS: tuple[Channel, ...] = (
     Channel(LIMIT_VIOLATION, LIMIT_VIOLATION, (LimitViolation,), ("send",),
             "One per denial on `llm.request`.", msg_id="The violation's `id`."),
     Channel(COST_QUERY, COST_QUERY, (CostQuery,), ("receive",),
-            "Current spend, or analytics over a time range; any cost replica answers. Money is sent as "
-            "decimal strings.",
-            queue=COST_QUEUE, replies=(CurrentCost, Analytics, InvalidRequest)),
+            "Current spend, analytics over a time range, or a key's, user's or team's spend against each of "
+            "its budgets; any cost replica answers. Money is sent as decimal strings.",
+            queue=COST_QUEUE, replies=(CurrentCost, Analytics, ScopeSpend, InvalidRequest)),
+    Channel(LIMITS_CHANGED, LIMITS_CHANGED, (LimitsChanged,), ("send",),
+            "After an administrator changes a team or the limits of a key, user or team (the admin API): "
+            "every limiter and cost replica reads the limits again (core NATS: not kept; they also read "
+            "them when their connection comes back, and every minute)."),
     Channel(HEALTH_CHANGED, HEALTH_CHANGED, (HealthChanged,), ("send",),
             "Whenever a dependency's status changes (core NATS: not kept)."),
     Channel("alert", alert_subject("{source}", "{severity}"), (Alert,), ("send",),

@@ -26,7 +26,7 @@ TagName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 TagValue = Annotated[str, StringConstraints(max_length=256)]
 
 Policy = Literal["standard", "strict"]
-LimitedBy = Literal["requests", "strict", "tokens", "budget", "unavailable"]
+LimitedBy = Literal["requests", "strict", "tokens", "budget", "model", "unavailable"]
 UsageSource = Literal["provider", "estimated"]
 
 
@@ -68,6 +68,9 @@ class LimitRequest(Event):
         default=None, ge=1,
         description="The most the call may generate per choice; absent: the model's or the operator's default.")
     choices: int = Field(default=1, ge=1, le=MAX_CHOICES, description="How many choices the call asks for (`n`).")
+    api_key_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1,
+        description="The API key the call is made with: its key limits apply (the gateway sets it).")
 
 
 class LimitDecision(Event):
@@ -88,6 +91,8 @@ class LimitDecision(Event):
     limited_by: LimitedBy | None = None
     reserved_tokens: int = 0
     reserved_usd: Decimal = Decimal("0")
+    team_id: str | None = Field(
+        default=None, description="The team the call was counted for (its user's); copy it into llm.completed.")
 
 
 class BilledAttempt(BaseModel):
@@ -129,6 +134,9 @@ class LlmCompleted(Event):
     api_key_id: int | None = Field(
         default=None, ge=1, le=2**63 - 1,
         description="The id of the API key the call was made with (the gateway sets it); spend is rolled up per key.")
+    team_id: str | None = Field(
+        default=None, max_length=64,
+        description="The team the limiter counted the call for (LimitDecision.team_id); spend is rolled up per team.")
     usage_source: UsageSource = Field(
         default="provider",
         description="provider: the provider's own usage; estimated: counted by the sender because the provider "

@@ -97,7 +97,7 @@ class RateLimited(CostwardenError):  # noqa: N818 (callers catch what happened)
         }
         if upgrade_url is not None:
             body["upgradeUrl"] = upgrade_url
-        body.update(self.decision.model_extra or {})
+        body.update({name: value for name, value in (self.decision.model_extra or {}).items() if value is not None})
         return body
 
 
@@ -326,7 +326,7 @@ class Call:
             cached_prompt_tokens=usage.cached_prompt_tokens, billed_attempts=list(billed_attempts),
             endpoint=request.endpoint, success=success, error=error[:MAX_ERROR_CHARS] if error else None,
             latency_ms=int((time.perf_counter() - self._started) * 1000), tags=self.tags,
-            usage_source=usage.source)
+            usage_source=usage.source, team_id=self.decision.team_id if self.decision else None)
 
     async def finish(self, exc: BaseException | None = None, usage: Usage | None = None,
                      error: str | None = None) -> None:
