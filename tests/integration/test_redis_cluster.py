@@ -1,5 +1,6 @@
 """The limiter on a real Redis Cluster (six redis-server on loopback: three masters, three replicas):
-exact grants from several replicas, settlement batched across masters, and a master lost mid-traffic."""
+exact grants from several replicas, team budgets decided in their team's slot, settlement batched across
+masters, and a master lost mid-traffic."""
 
 from __future__ import annotations
 
@@ -195,3 +196,58 @@ async def test_losing_a_master_fails_closed_quickly_and_exact_limits_return_afte
         bus.stop()
         for node in nodes:
             node.stop()
+
+
+async def test_a_teams_budget_is_exact_on_the_cluster_and_settles_every_scope_on_its_master(cluster):
+    """Three teams whose tags fall on three masters, each shared by three users with key, user and team
+    budgets: one script per call decides them all in the team's slot; settlement of scoped reservations
+    reaches every master, once."""
+    from services.limiter.scopes import LimitsBook, tag_of
+    from shared.limits import Budget, ScopeLimits
+
+    nodes, url = cluster
+    ranges = masters_by_slot_range(nodes[0].port)
+    teams: dict[int, str] = {}
+    while len(teams) < len(ranges):
+        team = unique("team")
+        slot = key_slot(("cw:{team:" + team + "}").encode())
+        teams.setdefault(next(m for first, last, m in ranges if first <= slot <= last), team)
+    members = {team: [unique("u") for _ in range(3)] for team in teams.values()}
+    day = Budget(usd=Decimal("0.0012"), period="day", timezone="America/New_York")  # two reservations
+    limits = {("team", team): ScopeLimits(budgets=(day,)) for team in teams.values()}
+    limits.update({("user", user): ScopeLimits(budgets=(Budget(usd=Decimal(1), rolling="1h"),), requests=50)
+                   for users in members.values() for user in users})
+    book = LimitsBook(limits=limits, teams={user: team for team, users in members.items() for user in users})
+
+    class BookOnly:
+        async def load(self):
+            return book
+
+        async def spend(self, asks):
+            return [{} for _ in asks]
+
+    client = RedisCluster.from_url(url)
+    await client.initialize()
+    limiter = Limiter(LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), DEFAULT_MODELS, 256, 5000),
+                      RedisLimiterStore(client, 900), "closed", NoViolations(), BookOnly())
+    try:
+        await limiter.reload()
+        asked = [LimitRequest(request_id=unique("req"), user_id=users[i % 3], tier="enterprise", model="gpt-4o-mini",
+                              max_tokens=1000) for users in members.values() for i in range(12)]
+        decisions = await asyncio.gather(*(limiter.decide(request) for request in asked))
+        granted = Counter(d.team_id for d in decisions if d.allowed)
+        assert granted == dict.fromkeys(teams.values(), 2)  # $0.0006 a reservation at gpt-4o-mini's $0.60/1M
+        assert {d.scope for d in decisions if not d.allowed} == {"team"}
+        assert {tag_of(limiter.policy.plan(r, book).key) for r in asked} == {
+            "cw:{team:" + team + "}" for team in teams.values()}
+        done = [LlmCompleted(request_id=r.request_id, user_id=r.user_id, team_id=d.team_id, model=r.model,
+                             provider="openai", endpoint="/v1/chat/completions", prompt_tokens=0,
+                             completion_tokens=100, success=True, latency_ms=1)
+                for r, d in zip(asked, decisions, strict=True) if d.allowed]
+        assert await limiter.settle(done) == 6
+        assert await limiter.settle(done) == 0
+        for team in teams.values():
+            counter = await client.hgetall("cw:{team:" + team + "}:L:t:" + team + ":b:day@America/New_York")
+            assert sum(int(v) for v in counter.values()) == 2 * 60_000  # 100 tokens at $0.60/1M, twice
+    finally:
+        await client.aclose()
