@@ -14,11 +14,21 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from decimal import Decimal
 
 import asyncpg
 import nats
+from redis.asyncio import Redis
 
 from services.api.pg_key_admin import create_key
+from services.limiter.pg_limits_source import PgLimitsSource
+from services.limiter.scopes import budget_counters, epoch_ms
+from services.teams.pg_team_admin import PgTeamAdmin
+from services.teams.team_admin import TeamAdmin
+from shared.cost_query import CostQuery
+from shared.events import LimitsChanged, utc_now
+from shared.limits import Budget, ScopeLimits
+from shared.subjects import COST_QUERY, LIMITS_CHANGED
 from soak.faults import inject, schedule
 from soak.reconcile import (
     Check,
@@ -28,6 +38,8 @@ from soak.reconcile import (
     ledger_checks,
     limit_checks,
     rollup_checks,
+    scope_budget_checks,
+    scope_spend_checks,
     table,
 )
 from soak.system import System, start_system
@@ -36,20 +48,68 @@ from soak.traffic import Caller, Traffic
 WARM_UP_S = 20.0
 CALLERS = {"free": 2, "pro": 4, "enterprise": 3}
 ANONYMOUS = ("192.0.2.10", "192.0.2.11")
+# The pro callers are one team whose daily budget is below their tiers' together, with soft alerts; one of
+# their keys has a smaller budget of its own.
+TEAM = "soak-pro"
+TEAM_LIMITS = ScopeLimits(budgets=(Budget(usd=Decimal("0.012"), period="day"),), soft=(Decimal("0.5"), Decimal("0.8")))
+KEY_LIMITS = ScopeLimits(budgets=(Budget(usd=Decimal("0.002"), period="day", timezone="Europe/Berlin"),))
 
 
 def log(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} soak  {line}", flush=True)
 
 
-async def make_callers(database_url: str) -> list[Caller]:
+async def make_callers(database_url: str, nats_urls: list[str]) -> list[Caller]:
     conn = await asyncpg.connect(database_url)
     try:
-        keyed = [Caller((await create_key(conn, f"soak-{tier}-{i}", tier, actor="soak"))[1], f"soak-{tier}-{i}", tier)
-                 for tier, n in CALLERS.items() for i in range(n)]
-        return keyed + [Caller(None, f"anonymous-{ip}", "anonymous", ip) for ip in ANONYMOUS]
+        made = {f"soak-{tier}-{i}": (tier, await create_key(conn, f"soak-{tier}-{i}", tier, actor="soak"))
+                for tier, n in CALLERS.items() for i in range(n)}
     finally:
         await conn.close()
+    nc = await nats.connect(servers=nats_urls)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async def announce(subject: str) -> None:
+            await nc.publish(LIMITS_CHANGED, LimitsChanged(subject=subject).model_dump_json().encode())
+
+        teams = TeamAdmin(PgTeamAdmin(pool), announce)
+        pros = sorted(user for user, (tier, _) in made.items() if tier == "pro")
+        await teams.create_team(TEAM, "Soak pro callers", pros, "soak")
+        await teams.set_limits("team", TEAM, TEAM_LIMITS, "soak")
+        await teams.set_limits("key", str(made[pros[0]][1][0].id), KEY_LIMITS, "soak")
+        await nc.flush()
+    finally:
+        await pool.close()
+        await nc.close()
+    keyed = [Caller(key, user, tier) for user, (tier, (_, key)) in made.items()]
+    return keyed + [Caller(None, f"anonymous-{ip}", "anonymous", ip) for ip in ANONYMOUS]
+
+
+async def budget_views(system: System, conn: asyncpg.Connection) -> tuple[dict, dict[str, int]]:
+    """What the admin API reports for each scope with budgets (cost.query, as GET .../spend asks it), and
+    the limiter's counter of each budget's current period in Redis (nano-USD)."""
+    nc = await nats.connect(servers=system.nats_urls)
+    redis = Redis(port=system.redis.port)
+    reported: dict = {}
+    counted: dict[str, int] = {}
+    try:
+        for row in await conn.fetch("SELECT scope, scope_id FROM scope_limits"):
+            query = CostQuery(kind="budgets", scope=row["scope"], scope_id=row["scope_id"])
+            answer = json.loads((await nc.request(COST_QUERY, query.model_dump_json().encode(), timeout=10)).data)
+            reported[(row["scope"], row["scope_id"])] = answer["budgets"]
+        async with asyncpg.create_pool(system.database_url, min_size=1, max_size=1) as pool:
+            book = await PgLimitsSource(pool).load()
+        now = utc_now()
+        for key, counter in budget_counters(book).items():
+            values = {int(field): int(value) for field, value in (await redis.hgetall(key)).items()}
+            budget = counter.budget
+            field = epoch_ms(budget.span(now).start)
+            counted[f"{counter.scope}:{counter.scope_id} {budget.spec}"] = (
+                values.get(field, 0) if budget.period else sum(values.values()))
+    finally:
+        await redis.aclose()
+        await nc.close()
+    return reported, counted
 
 
 async def watch_memory(system: System, baselines: dict[str, int], stopping: asyncio.Event) -> None:
@@ -119,7 +179,7 @@ async def soak(seconds: float, seed: int, short: bool) -> int:
     log(f"starting the system ({seconds:.0f} s run, seed {seed}{', short' if short else ''})")
     system = await start_system(log)
     try:
-        callers = await make_callers(system.database_url)
+        callers = await make_callers(system.database_url, system.nats_urls)
         traffic = Traffic(system.api_url, system.nats_urls, callers, seed)
         baselines: dict[str, int] = {}
         stopping = asyncio.Event()
@@ -146,6 +206,9 @@ async def soak(seconds: float, seed: int, short: bool) -> int:
             dead, dead_alerts = await dead_letters(system)
             checks += await ledger_checks(conn, traffic.record)
             checks += await rollup_checks(conn)
+            checks += await scope_spend_checks(conn)
+            reported, counted = await budget_views(system, conn)
+            checks += await scope_budget_checks(conn, reported, counted, utc_now())
             checks += limit_checks(traffic.record)
             checks += await budget_checks(conn, traffic.record)
             checks += await alert_checks(conn, dead_alerts, system.http_sink.received)
