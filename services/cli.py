@@ -23,12 +23,15 @@ def cli_actor() -> str:
 
 
 async def _keys_create(args: argparse.Namespace) -> int:
-    from services.api.pg_key_admin import create_key
+    from services.api.pg_key_admin import KeyTeamMismatch, create_key
 
     conn = await asyncpg.connect(get_settings().database_url)
     try:
         _, key = await create_key(conn, args.user, args.tier, actor=cli_actor(), is_admin=args.admin,
-                                  label=args.label, expires_in=args.expires_in)
+                                  label=args.label, expires_in=args.expires_in, team_id=args.team)
+    except KeyTeamMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         await conn.close()
     expiry = f", expires in {args.expires_in}" if args.expires_in else ""
@@ -297,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--tier", required=True, choices=[t for t in DEFAULT_TIERS if t != "anonymous"])
     create.add_argument("--admin", action="store_true", help="may read every user's usage")
     create.add_argument("--label")
+    create.add_argument("--team", help="the user's team (a key is in its user's team; checked when given)")
     create.add_argument("--expires-in", type=lifetime, help="e.g. 30d, 12h: the key stops working after that")
     create.set_defaults(handler=_keys_create)
     rotate = keys.add_parser("rotate", help="a new key with the same user, tier and rights; the old one keeps "

@@ -29,7 +29,8 @@ def display_prefix(key: str) -> str:
 
 
 # The columns of `api_keys` that make a KeyRecord, in its order.
-KEY_COLUMNS = "id, key_prefix, user_id, tier, is_admin, label, created_at, last_used_at, expires_at, revoked_at"
+KEY_COLUMNS = ("id, key_prefix, user_id, tier, is_admin, label, created_at, last_used_at, expires_at, revoked_at,"
+               " team_id")
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,13 @@ class KeyRecord:
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    team_id: str | None = None  # its user's team
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> KeyRecord:
         """From a row of KEY_COLUMNS."""
         return cls(row["id"], row["key_prefix"], row["user_id"], row["tier"], row["is_admin"], row["label"],
-                   row["created_at"], row["last_used_at"], row["expires_at"], row["revoked_at"])
+                   row["created_at"], row["last_used_at"], row["expires_at"], row["revoked_at"], row["team_id"])
 
     def active(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -5,6 +5,7 @@ answered as 502/504."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
@@ -31,14 +32,19 @@ async def call_context(request: Request, state: ApiState, caller: Caller, endpoi
     )
 
 
-async def admit(state: ApiState, ctx: CallContext, model: str) -> dict[str, str]:
-    """The headers of an admitted call; raises what the caller is answered when it is not admitted."""
+async def admit(state: ApiState, ctx: CallContext, model: str) -> tuple[dict[str, str], CallContext]:
+    """The headers of an admitted call, and its context with the team the limiter counted it for; raises
+    what the caller is answered when it is not admitted."""
     decision = await state.gateway.admit(ctx, model)
     if decision.allowed:
-        return {"X-Request-Id": ctx.request_id, **ratelimit_headers(decision)}
+        headers = {"X-Request-Id": ctx.request_id, **ratelimit_headers(decision)}
+        return headers, ctx if decision.team_id is None else replace(ctx, team_id=decision.team_id)
     if decision.limited_by == "unavailable":
         raise ApiError(503, decision.reason or "rate limiter unavailable", type_="service_unavailable",
                        code="limiter_unavailable", headers={"Retry-After": str(int(decision.retry_after_s))})
+    if decision.limited_by == "model":
+        raise ApiError(403, decision.reason or f"this key may not call the model {model}", type_="permission_error",
+                       code="model_not_allowed", param="model", headers={"X-Request-Id": ctx.request_id})
     raise RateLimited(decision, state.settings.upgrade_url)
 
 

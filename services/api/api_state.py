@@ -13,6 +13,7 @@ from services.api.breaker import CircuitBreaker
 from services.api.callers import ApiKeyStore, KeyAdmin
 from services.api.gateway import Gateway
 from services.api.nats_cost_queries import CostQueries
+from services.teams.team_admin import TeamAdmin
 from shared.settings import FileConfig, Settings
 
 
@@ -27,6 +28,7 @@ class ApiState:
     cost_queries: CostQueries
     breakers: Mapping[str, CircuitBreaker]
     readiness: Sequence[tuple[str, Callable[[], Awaitable[object]]]]
+    teams: TeamAdmin
 
 
 def api_state(request: Request) -> ApiState:

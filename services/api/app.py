@@ -27,11 +27,14 @@ from services.api.http_edge import install_error_handlers
 from services.api.jetstream_completion_publisher import JetStreamCompletionPublisher
 from services.api.nats_cost_queries import NatsCostQueries
 from services.api.nats_limiter_client import NatsLimiterClient
+from services.api.nats_limits_announcer import NatsLimitsAnnouncer
 from services.api.pg_api_key_store import PgApiKeyStore
 from services.api.pg_key_admin import PgKeyAdmin
 from services.api.providers import ProviderClient, ProviderRouter
 from services.api.routers import admin, agent, chat, costs, ops
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
+from services.teams.pg_team_admin import PgTeamAdmin
+from services.teams.team_admin import TeamAdmin
 from shared.bus import nats_options
 from shared.bus_permissions import streams_of
 from shared.logs import configure_logging
@@ -95,7 +98,8 @@ async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
         yield ApiState(settings=settings, config=config, trusted_proxies=parse_networks(settings.trusted_proxies),
                        gateway=gateway, keys=PgApiKeyStore(pool, settings.api_key_cache_s), key_admin=PgKeyAdmin(pool),
                        cost_queries=NatsCostQueries(nc, settings.cost_query_timeout_s), breakers=breakers,
-                       readiness=[("nats", nats_connected), ("postgres", postgres)])
+                       readiness=[("nats", nats_connected), ("postgres", postgres)],
+                       teams=TeamAdmin(PgTeamAdmin(pool), NatsLimitsAnnouncer(nc).announce))
     finally:
         await gateway.drain()
         try:

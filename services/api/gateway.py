@@ -51,6 +51,7 @@ class CallContext:
     policy: Policy = "standard"
     session_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    team_id: str | None = None  # the team the limiter counted the call for
 
 
 class LimiterClient(Protocol):
@@ -135,6 +136,7 @@ class Gateway:
             request_id=ctx.request_id, user_id=ctx.caller.user_id, client_ip=ctx.client_ip,
             tier=ctx.caller.tier, endpoint=ctx.endpoint, policy=ctx.policy, model=model,
             prompt_tokens_estimate=ctx.prompt_tokens, max_tokens=ctx.max_tokens, choices=ctx.choices,
+            api_key_id=ctx.caller.key_id,
         ))
 
     def completed_event(self, ctx: CallContext, model: str, billed_to: BilledTo, started: float, usage: Usage,
@@ -149,6 +151,7 @@ class Gateway:
             cached_prompt_tokens=usage.cached_prompt_tokens, usage_source=usage.source,
             endpoint=ctx.endpoint, success=error is None, error=error,
             latency_ms=int((time.perf_counter() - started) * 1000), tags=dict(ctx.tags), api_key_id=ctx.caller.key_id,
+            team_id=ctx.team_id,
         )
 
     async def _call(self, ctx: CallContext, model: str, payload: Mapping[str, Any], stream: bool

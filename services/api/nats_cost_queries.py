@@ -8,7 +8,7 @@ from typing import Protocol
 import nats.errors
 from nats.aio.client import Client as Nats
 
-from shared.cost_query import Analytics, CostQuery, CurrentCost
+from shared.cost_query import Analytics, CostQuery, CurrentCost, ScopeSpend
 from shared.subjects import COST_QUERY
 
 
@@ -21,7 +21,7 @@ class CostQueryRefused(Exception):
 
 
 class CostQueries(Protocol):
-    async def ask(self, query: CostQuery) -> CurrentCost | Analytics: ...
+    async def ask(self, query: CostQuery) -> CurrentCost | Analytics | ScopeSpend: ...
 
 
 class NatsCostQueries:
@@ -29,7 +29,7 @@ class NatsCostQueries:
         self.nc = nc
         self.timeout_s = timeout_s
 
-    async def ask(self, query: CostQuery) -> CurrentCost | Analytics:
+    async def ask(self, query: CostQuery) -> CurrentCost | Analytics | ScopeSpend:
         try:
             reply = await self.nc.request(COST_QUERY, query.model_dump_json().encode(), timeout=self.timeout_s)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
@@ -37,5 +37,8 @@ class NatsCostQueries:
         body = json.loads(reply.data)
         if "error" in body:
             raise CostQueryRefused(body.get("reason") or body["error"])
-        answer = CurrentCost if query.kind == "current" else Analytics
-        return answer.model_validate(body)
+        if query.kind == "current":
+            return CurrentCost.model_validate(body)
+        if query.kind == "budgets":
+            return ScopeSpend.model_validate(body)
+        return Analytics.model_validate(body)

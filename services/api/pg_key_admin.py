@@ -15,16 +15,26 @@ async def audit(conn: asyncpg.Connection, key_id: int, action: str, actor: str) 
     await conn.execute("INSERT INTO api_key_audit (key_id, action, actor) VALUES ($1, $2, $3)", key_id, action, actor)
 
 
+class KeyTeamMismatch(ValueError):
+    """A key's team is its user's team: the team asked for is not theirs."""
+
+
 async def create_key(conn: asyncpg.Connection, user_id: str, tier: str, *, actor: str, is_admin: bool = False,
-                     label: str | None = None, expires_in: timedelta | None = None) -> tuple[KeyRecord, str]:
-    """(its record, the key): the key is shown once and only its hash is stored."""
+                     label: str | None = None, expires_in: timedelta | None = None,
+                     team_id: str | None = None) -> tuple[KeyRecord, str]:
+    """(its record, the key): the key is shown once and only its hash is stored. The key is in its user's
+    team; `team_id`, when given, must be that team (KeyTeamMismatch otherwise)."""
     key = new_api_key()
     async with conn.transaction():
+        team = await conn.fetchval("SELECT team_id FROM team_members WHERE user_id = $1 FOR SHARE", user_id)
+        if team_id is not None and team_id != team:
+            raise KeyTeamMismatch(f"user {user_id} is in team {team}, not {team_id}: a key's team is its user's" if team
+                                  else f"user {user_id} is in no team: add them to team {team_id} first")
         row = await conn.fetchrow(
-            "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, is_admin, label, expires_at)"
-            f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}",
+            "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, is_admin, label, expires_at, team_id)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {KEY_COLUMNS}",
             hash_api_key(key), display_prefix(key), user_id, tier, is_admin, label,
-            utc_now() + expires_in if expires_in else None)
+            utc_now() + expires_in if expires_in else None, team)
         await audit(conn, row["id"], "create", actor)
     return KeyRecord.from_row(row), key
 
@@ -73,11 +83,11 @@ async def get_key(conn: asyncpg.Connection, key_id: int) -> KeyRecord | None:
 
 
 async def list_keys(conn: asyncpg.Connection, user_id: str | None = None, tier: str | None = None,
-                    revoked: bool | None = None) -> list[KeyRecord]:
+                    revoked: bool | None = None, team_id: str | None = None) -> list[KeyRecord]:
     rows = await conn.fetch(
         f"SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR user_id = $1)"
         " AND ($2::text IS NULL OR tier = $2) AND ($3::boolean IS NULL OR (revoked_at IS NOT NULL) = $3)"
-        " ORDER BY created_at, id", user_id, tier, revoked)
+        " AND ($4::text IS NULL OR team_id = $4) ORDER BY created_at, id", user_id, tier, revoked, team_id)
     return [KeyRecord.from_row(row) for row in rows]
 
 
@@ -88,14 +98,15 @@ class PgKeyAdmin:
         self.pool = pool
 
     async def create(self, user_id: str, tier: str, actor: str, is_admin: bool, alias: str | None,
-                     expires_in: timedelta | None) -> tuple[KeyRecord, str]:
+                     expires_in: timedelta | None, team_id: str | None = None) -> tuple[KeyRecord, str]:
         async with self.pool.acquire() as conn:
             return await create_key(conn, user_id, tier, actor=actor, is_admin=is_admin, label=alias,
-                                    expires_in=expires_in)
+                                    expires_in=expires_in, team_id=team_id)
 
-    async def list(self, user_id: str | None, tier: str | None, revoked: bool | None) -> list[KeyRecord]:
+    async def list(self, user_id: str | None, tier: str | None, revoked: bool | None,
+                   team_id: str | None = None) -> list[KeyRecord]:
         async with self.pool.acquire() as conn:
-            return await list_keys(conn, user_id, tier, revoked)
+            return await list_keys(conn, user_id, tier, revoked, team_id)
 
     async def get(self, key_id: int) -> KeyRecord | None:
         async with self.pool.acquire() as conn:

@@ -1,5 +1,7 @@
 """The 429 body of the original system and the IETF RateLimit headers
-(draft-ietf-httpapi-ratelimit-headers-10), built from a limiter decision."""
+(draft-ietf-httpapi-ratelimit-headers-10), built from a limiter decision. A denial by a key's, user's or
+team's own limit adds which scope denied and, for a budget, its period, amount, spend and reset, and names
+its policy after them (`"team-budget-month"`); a denial by the tier keeps the original body as it was."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from shared.events import LimitDecision
 
 
 def policy_name(decision: LimitDecision) -> str:
+    if decision.scope is not None:
+        name = f"{decision.scope}-{decision.limited_by}"
+        if decision.limited_by == "budget":
+            name += f"-{decision.period}" if decision.period else f"-rolling-{decision.rolling}"
+        return name
     if decision.limited_by in ("tokens", "budget"):
         return f"{decision.tier}-{decision.limited_by}"
     return decision.tier if decision.policy == "standard" else f"{decision.tier}-{decision.policy}"
@@ -50,5 +57,21 @@ def too_many_requests(decision: LimitDecision, upgrade_url: str) -> tuple[dict[s
         "retryAfter": iso_utc_seconds(decision.reset_at),
         "upgradeUrl": upgrade_url,
     }
+    if decision.scope is not None:
+        body.update(scope_fields(decision))
     headers = {"Retry-After": str(max(1, math.ceil(decision.retry_after_s))), **ratelimit_headers(decision)}
     return body, headers
+
+
+def scope_fields(decision: LimitDecision) -> dict[str, Any]:
+    """Which scope denied, and for a budget: its period (`period` and `timezone`, or `rolling`), amount,
+    what is spent and reserved in the period, and when it resets."""
+    fields: dict[str, Any] = {"scope": decision.scope, "scope_id": decision.scope_id}
+    if decision.limited_by == "budget":
+        for name in ("period", "timezone", "rolling"):
+            if getattr(decision, name) is not None:
+                fields[name] = getattr(decision, name)
+        fields["budget_usd"] = str(decision.budget_usd)
+        fields["spent_usd"] = str(decision.spent_usd)
+        fields["resets_at"] = iso_utc_seconds(decision.resets_at or decision.reset_at)
+    return fields

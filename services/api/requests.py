@@ -70,6 +70,29 @@ class AdminKeyCreate(BaseModel):
     alias: str | None = Field(default=None, max_length=128)
     expires_in: str | None = Field(default=None, max_length=16, description="a lifetime such as 30d, 12h or 45m")
     admin: bool = Field(default=False, description="an admin key may read every user's usage and manage keys")
+    team_id: str | None = Field(default=None, max_length=64,
+                                description="the user's team: a key is in its user's team (checked when given)")
+
+
+class TeamCreate(BaseModel):
+    """Body of POST /admin/teams."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    team_id: str = Field(min_length=1, max_length=64, description="letters, digits, '_', '.', '-'")
+    name: str | None = Field(default=None, min_length=1, max_length=200, description="absent: the team_id")
+    members: list[str] = Field(default_factory=list, max_length=10_000,
+                               description="user ids; a user is in at most one team")
+
+
+class TeamChange(BaseModel):
+    """Body of PATCH /admin/teams/{team_id}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    add_members: list[str] = Field(default_factory=list, max_length=10_000)
+    remove_members: list[str] = Field(default_factory=list, max_length=10_000)
 
 
 def request_body_doc(model: type[BaseModel], example: dict[str, Any], streams: bool = False,

@@ -29,7 +29,7 @@ async def agent_call(request: Request, state: ApiState, body: AgentRequest, text
                                    state.settings.reservation_cap_tokens)
     payload = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
     ctx = await call_context(request, state, caller, endpoint, policy, body.session_id, payload, max_tokens)
-    headers = await admit(state, ctx, model)
+    headers, ctx = await admit(state, ctx, model)
     call = await complete(state, ctx, model, payload)
     answer = call.body or {}
     choice = (answer.get("choices") or [{}])[0]

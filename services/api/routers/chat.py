@@ -49,7 +49,7 @@ async def chat_completions(request: Request) -> Response:
         payload["max_tokens"] = max_tokens
     ctx = await call_context(request, state, caller, "/v1/chat/completions", "standard", None, payload, max_tokens,
                              choices)
-    headers = await admit(state, ctx, chat.model)
+    headers, ctx = await admit(state, ctx, chat.model)
     if not chat.stream:
         call = await complete(state, ctx, chat.model, payload)
         return Response(call.raw, media_type="application/json",
