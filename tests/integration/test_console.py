@@ -4,6 +4,7 @@ reads on a page is checked against the database; a screenshot of each page lands
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import shutil
@@ -303,6 +304,72 @@ async def test_a_user_sees_only_their_own_usage(system, browser, traffic):
     for admin_page in ("/status", "/backups"):
         answer = await page.goto(admin_page)
         assert answer is not None and answer.status == 403
+
+
+async def test_an_admin_sets_a_teams_budget_on_the_limits_page_and_the_teams_page_shows_its_spend(
+        system, browser, traffic):
+    console, api, db = system["url"]["console"], system["url"]["api"], system["database_url"]
+    page = await signed_in(browser, console, traffic["admin"])
+    team, dora, eli = unique("research"), unique("dora"), unique("eli")
+    await page.goto("/teams")
+    await page.fill("input[name=team_id]", team)
+    await page.fill("input[name=name]", "Research")
+    await page.fill("input[name=members]", f"{dora}, {eli}")
+    await page.click("text=Create team")
+    await page.wait_for_url(f"**/teams#team-{team}")
+    section = page.locator(f"section[data-team='{team}']")
+    assert sorted(await section.locator("table.members tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.user)")) == sorted([dora, eli])
+    key = await new_key(db, dora, "pro")  # made after she joined: in her team
+
+    await page.goto("/limits")
+    await page.select_option("select[name=scope]", "team")
+    await page.fill("input[name=scope_id]", team)
+    await page.fill("textarea[name=budgets]", "0.0005 day Europe/Berlin")
+    await page.fill("input[name=soft]", "50%, 80%")
+    await page.click("text=Save limits")
+    await page.wait_for_url("**/limits?saved=*")
+    row = page.locator(f"#budgets tr[data-scope='team:{team}']")
+    assert value(await row.locator("td.budget").get_attribute("data-value")) == Decimal("0.0005")
+    assert "day (Europe/Berlin)" in await row.locator("td.budget").inner_text()
+
+    async with httpx.AsyncClient(base_url=api, timeout=30, headers=auth(key)) as client:
+        await asyncio.sleep(2)  # every limiter has the new limits by now
+        statuses = [(await client.post("/v1/chat/completions", json=chat_body(max_tokens=400))) for _ in range(6)]
+    denied = [a for a in statuses if a.status_code == 429]
+    assert denied and denied[0].json()["scope"] == "team" and denied[0].json()["timezone"] == "Europe/Berlin"
+    admitted = [a.headers["x-request-id"] for a in statuses if a.status_code == 200]
+
+    async def spent():
+        rows = await ledger(db, "SELECT count(*) AS n, sum(cost) AS c FROM llm_usage WHERE team_id = $1", team)
+        return rows[0]["c"] if rows[0]["n"] == len(admitted) else None
+
+    total = await eventually(spent, 30)
+    assert total is not None and 0 < total <= Decimal("0.0005")
+    await page.reload()
+    assert value(await row.locator("td.spent").get_attribute("data-value")) == total
+    assert value(await row.locator("td.remaining").get_attribute("data-value")) == Decimal("0.0005") - total
+    assert (await row.locator("td.resets").inner_text()).endswith("UTC")
+    await screenshot(page, "limits")
+
+    await page.goto("/teams")
+    assert value(await section.locator("[data-period=day] .figure").get_attribute("data-value")) == total
+    assert value(await section.locator("[data-budget='day@Europe/Berlin'] .figure").get_attribute("data-value")) \
+        == total
+    assert await section.locator("table.keys tbody tr").count() == 1
+    await screenshot(page, "teams")
+
+    member = await signed_in(browser, console, key)  # a member sees the team's budget, and changes nothing
+    await member.goto("/limits")
+    assert await member.locator(f"#budgets tr[data-scope='team:{team}']").count() == 1
+    assert await member.locator("text=Save limits").count() == 0
+
+    await page.goto("/limits")
+    await row.locator("text=Delete").click()
+    await page.wait_for_url("**/limits")
+    assert await page.locator(f"#budgets tr[data-scope='team:{team}']").count() == 0
+    audit = await ledger(db, "SELECT action FROM admin_audit WHERE subject = $1 ORDER BY id", f"team:{team}")
+    assert [a["action"] for a in audit] == ["create_team", "add_member", "add_member", "set_limits", "delete_limits"]
 
 
 class EvilSite(BaseHTTPRequestHandler):
