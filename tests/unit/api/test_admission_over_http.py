@@ -22,7 +22,8 @@ from services.api.http.state import ApiState
 from services.api.nats_limiter_client import outcome_of
 from services.api.providers import ProviderError, ProviderRouter
 from services.api.settings import ApiConfig, ApiSettings
-from shared.events import LimitDecision, LimitRequest, LlmCompleted
+from shared.events import LimitDecision, LimitRequest
+from tests.unit.api.fakes import Recorded, Words
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"
 ANSWER = {"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
@@ -35,11 +36,6 @@ def decision(allowed: bool, **fields: Any) -> LimitDecision:
                             "window_s": 3600, "reset_at": RESET, "retry_after_s": 0 if allowed else 1800,
                             "reason": None if allowed else "Anonymous tier limit: 3 LLM requests per hour.",
                             "limited_by": None if allowed else "requests", **fields})
-
-
-class Words:
-    def count(self, text: str) -> int:
-        return len(text.split())
 
 
 class NoKeys:
@@ -72,16 +68,6 @@ class FakeProvider:
         raise NotImplementedError
 
     async def aclose(self) -> None: ...
-
-
-class Recorded:
-    def __init__(self) -> None:
-        self.events: list[LlmCompleted] = []
-
-    async def publish(self, event: LlmCompleted) -> None:
-        self.events.append(event)
-
-    async def drain(self, timeout_s: float) -> None: ...
 
 
 def client(limiter: FakeLimiter, recorded: Recorded, provider: FakeProvider | None = None) -> TestClient:

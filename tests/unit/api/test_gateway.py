@@ -15,15 +15,11 @@ from services.api.callers import Caller
 from services.api.calls import CallContext
 from services.api.gateway import Gateway
 from services.api.providers import ProviderError, ProviderRouter, ProvidersFailed, ProviderStreamBroken
-from shared.events import BilledAttempt, LlmCompleted
+from shared.events import BilledAttempt
 from shared.policy import ModelRoute
+from tests.unit.api.fakes import Recorded, Words
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"
-
-
-class Words:
-    def count(self, text: str) -> int:
-        return len(text.split())
 
 
 class FakeStream:
@@ -58,16 +54,6 @@ class FakeProvider:
         return self.stream
 
     async def aclose(self) -> None: ...
-
-
-class Recorded:
-    def __init__(self) -> None:
-        self.events: list[LlmCompleted] = []
-
-    async def publish(self, event: LlmCompleted) -> None:
-        self.events.append(event)
-
-    async def drain(self, timeout_s: float) -> None: ...
 
 
 ROUTE = [ModelRoute(provider="together_ai", model=MODEL)]
