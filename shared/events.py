@@ -105,6 +105,11 @@ class LimitDecision(Event):
     spent_usd: Decimal | None = Field(default=None, description="Spent and reserved in the budget's period.")
     resets_at: datetime | None = None
 
+    @property
+    def unchecked(self) -> bool:
+        """No limit was checked (the limiter could not reach its store): `allowed` is its failure mode's."""
+        return self.limited_by == "unavailable"
+
     @classmethod
     def unavailable(cls, request: LimitRequest, allowed: bool, reason: str) -> LimitDecision:
         """The answer when no limit could be checked (storage or limiter unreachable)."""

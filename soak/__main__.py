@@ -20,7 +20,7 @@ import asyncpg
 import nats
 from redis.asyncio import Redis
 
-from services.api.pg_key_admin import create_key
+from services.keys.pg_key_admin import create_key
 from services.limiter.pg_limits_source import PgLimitsSource
 from services.limiter.scopes import budget_counters, epoch_ms
 from services.teams.pg_team_admin import PgTeamAdmin

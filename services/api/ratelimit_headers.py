@@ -1,7 +1,8 @@
 """The 429 body of the original system and the IETF RateLimit headers
-(draft-ietf-httpapi-ratelimit-headers-10), built from a limiter decision. A denial by a key's, user's or
-team's own limit adds which scope denied and, for a budget, its period, amount, spend and reset, and names
-its policy after them (`"team-budget-month"`); a denial by the tier keeps the original body as it was."""
+(draft-ietf-httpapi-ratelimit-headers-10), built from a limiter decision. Pure rules; the HTTP edge
+(http/edge.py) sends them. A denial by a key's, user's or team's own limit adds which scope denied and,
+for a budget, its period, amount, spend and reset, and names its policy after them
+(`"team-budget-month"`); a denial by the tier keeps the original body as it was."""
 
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ def seconds_until(moment: datetime, now: datetime) -> int:
 
 
 def ratelimit_headers(decision: LimitDecision, now: datetime | None = None) -> dict[str, str]:
-    if decision.limited_by == "unavailable":
-        return {}
+    """The headers of a checked decision (an unchecked one has no limit to tell)."""
     now = now or datetime.now(UTC)
     name = policy_name(decision)
     return {

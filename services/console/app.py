@@ -13,9 +13,9 @@ import httpx
 import nats
 import nats.errors
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram
+from prometheus_client import Histogram
 
 from services.console import routes
 from services.console.console import Console
@@ -24,10 +24,12 @@ from services.console.httpx_live_status import HttpxLiveStatus
 from services.console.nats_bus_actions import NatsBusActions
 from services.console.pg_console_store import PgConsoleStore
 from services.console.sessions import SessionCodec
+from services.console.settings import ConsoleSettings
 from shared.bus import nats_options
 from shared.logs import configure_logging
-from shared.service_app import RequestMetrics, metrics_text, readiness_document
-from shared.settings import Settings, get_settings, is_set
+from shared.probes import ReadinessCheck, probes_router, readiness_document
+from shared.service_app import RequestMetrics
+from shared.settings import is_set
 
 SERVICE = "console"
 # Pages load nothing but this console's own stylesheet, run no script, may not be framed (no
@@ -43,18 +45,19 @@ SECURITY_HEADERS = {
 REQUEST_SECONDS = Histogram("costwarden_console_request_seconds", "Console request latency", ["route", "status"])
 
 
-def session_codec(settings: Settings) -> SessionCodec:
+def session_codec(settings: ConsoleSettings) -> SessionCodec:
     if not is_set(settings.console_session_secret):
         raise SystemExit("CONSOLE_SESSION_SECRET is not set: the console needs a secret (the same on every replica) "
                          "to seal its session cookies, such as the output of `openssl rand -base64 32`")
     return SessionCodec(settings.console_session_secret.get_secret_value(), settings.console_session_hours * 3600)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
+    settings = settings or ConsoleSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     codec = session_codec(settings)
     config = settings.file_config()
+    readiness: list[ReadinessCheck] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,16 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         console = Console(PgConsoleStore(pool),
                           HttpxLiveStatus(client, settings.console_health_url, settings.console_api_url),
                           HttpxKeyActions(client, settings.console_api_url), NatsBusActions(nc), config.thresholds)
-        app.state.console = routes.ConsoleState(console, codec,
-                                                sorted(name for name in config.tiers if name != "anonymous"),
-                                                settings.console_cookie_secure)
+        app.state.console = routes.ConsoleState(console, codec, config.key_tiers, settings.console_cookie_secure)
 
         async def postgres() -> None:
             await pool.fetchval("SELECT 1")
 
         # Ready while its pages can be served: they read Postgres. Without NATS only the dead-letter
         # count and "run a backup now" wait (the pages say so); that is no reason to take it out of service.
-        app.state.readiness = [("postgres", postgres)]
+        readiness.append(("postgres", postgres))
         try:
             yield
         finally:
@@ -95,17 +96,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    @app.get("/health/live", include_in_schema=False)
-    async def live() -> dict[str, str]:
-        return {"status": "alive", "service": SERVICE}
-
-    @app.get("/health/ready", include_in_schema=False)
-    async def ready() -> JSONResponse:
-        body, status = await readiness_document(SERVICE, app.state.readiness)
-        return JSONResponse(body, status_code=status)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(probes_router(SERVICE, lambda: readiness_document(SERVICE, readiness)))
     return app

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from services.cost.ledger import UsageRecord
+from services.cost.rollups import UsageRecord
 from shared.budget_periods import Span, quarter_start
 from shared.events import LlmCompleted
 from shared.limits import Budget, Scope, ScopeLimits

@@ -12,7 +12,7 @@ from decimal import Decimal
 import asyncpg
 
 from services.cost.budgets import BudgetWatch, SpendKey
-from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_start
+from services.cost.rollups import RollupDelta, RollupKey, UsageRecord, bucket_start
 from services.cost.thresholds import AlertClaim, SpendTotal
 from shared.events import Alert
 

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from faststream.asgi import AsgiFastStream
 from prometheus_client import Counter
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.limiter.jetstream_violation_publisher import JetStreamViolationPublisher
 from services.limiter.limiter import Limiter, LimitsUnavailable, StorageUnavailable
@@ -16,9 +15,10 @@ from services.limiter.pg_limits_source import PgLimitsSource
 from services.limiter.pg_violation_log import PgViolationLog
 from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
+from services.limiter.settings import LimiterSettings
+from shared.backoff import retrying
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, nats_client
-from shared.bus_permissions import streams_of
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
 from shared.metric_labels import BoundedLabel
@@ -26,7 +26,6 @@ from shared.periodic import Coalesced, every
 from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
 from shared.service_app import lifecycle_app
-from shared.settings import Settings, get_settings
 from shared.subjects import (
     LIMIT_VIOLATION,
     LIMITER_QUEUE,
@@ -34,6 +33,7 @@ from shared.subjects import (
     LLM_COMPLETED,
     LLM_REQUEST,
     bind_streams,
+    streams_bound_by,
 )
 
 SERVICE = "limiter"
@@ -57,8 +57,7 @@ def counted(decide: Decide) -> Decide:
     """Count each decision: outcome allowed, denied or unavailable; reason the limit that decided it."""
     async def decide_and_count(request: LimitRequest) -> LimitDecision:
         decision = await decide(request)
-        outcome = ("unavailable" if decision.limited_by == "unavailable"
-                   else "allowed" if decision.allowed else "denied")
+        outcome = "unavailable" if decision.unchecked else "allowed" if decision.allowed else "denied"
         DECISIONS.labels(TIER(decision.tier), outcome, decision.limited_by or "none").inc()
         return decision
     return decide_and_count
@@ -67,7 +66,7 @@ def counted(decide: Decide) -> Decide:
 class LimiterService:
     """The service's resources, opened at start-up and closed at shutdown in reverse order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LimiterSettings) -> None:
         self.settings = settings
         self.broker = make_broker(settings, SERVICE, reconnected_cb=self.reconnected)
         self.redis = redis_client(settings.redis_url, settings.redis_cluster, settings.limiter_redis_timeout_s,
@@ -80,16 +79,12 @@ class LimiterService:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
+        await bind_streams(jetstream(self.broker), streams_bound_by(SERVICE))
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
         await ready(self.redis)
         self.use_case = self.limiter(self.pool)
         # A limiter that does not know the limits would let budgets overrun: it waits for them, then gives up.
-        async for attempt in AsyncRetrying(stop=stop_after_delay(LIMITS_PATIENCE_S), reraise=True,
-                                           wait=wait_exponential(multiplier=0.2, max=2.0),
-                                           retry=retry_if_exception_type((LimitsUnavailable, StorageUnavailable))):
-            with attempt:
-                await self.use_case.reload()
+        await retrying(self.use_case.reload, (LimitsUnavailable, StorageUnavailable), 0.2, 2.0, LIMITS_PATIENCE_S)
 
     def limiter(self, pool: asyncpg.Pool) -> Limiter:
         config = self.settings.file_config()
@@ -144,8 +139,8 @@ class LimiterService:
         await self.redis.ping()
 
 
-def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    settings = settings or get_settings()
+def create_app(settings: LimiterSettings | None = None) -> AsgiFastStream:
+    settings = settings or LimiterSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = LimiterService(settings)
     return lifecycle_app(service, SERVICE, readiness=[("redis", service.redis_ready)])

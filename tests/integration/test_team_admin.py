@@ -9,7 +9,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from services.api.pg_key_admin import create_key
+from services.keys.pg_key_admin import create_key
 from services.teams.pg_team_admin import PgTeamAdmin
 from services.teams.team_admin import Conflict, NotFound, Refused, TeamAdmin
 from shared.limits import Budget, ScopeLimits

@@ -1,7 +1,7 @@
 """The admin API: keys (create, the key shown once; list; read with the user's spend; revoke), teams and
 their members, the limits of keys, users and teams, and their spend against each budget. Admin keys only;
-every change is an audit row (who, what, when), through the same code as the CLI (keys) and the soak
-(teams and limits), and a change of teams or limits applies on every limiter within seconds."""
+every change is an audit row (who, what, when), through services/keys/ (as the CLI's) and
+services/teams/ (as the soak's), and a change of teams or limits applies on every limiter within seconds."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from services.api.api_state import ApiState, api_state
-from services.api.callers import Caller, parse_lifetime
-from services.api.http_edge import ApiError, caller_of, read_body, validation_error
-from services.api.nats_cost_queries import CostQueryRefused, CostServiceUnavailable
-from services.api.requests import AdminKeyCreate, TeamChange, TeamCreate, request_body_doc
+from services.api.callers import Caller
+from services.api.http.edge import caller_of, read_body
+from services.api.http.errors import ApiError, validation_error
+from services.api.http.requests import AdminKeyCreate, TeamChange, TeamCreate, request_body_doc
+from services.api.http.state import ApiState, api_state
+from services.keys.key_admin import parse_lifetime
 from services.teams.team_admin import Refused, Team
 from shared.api_keys import KeyRecord
-from shared.cost_query import CostQuery, CurrentCost, ScopeSpend
+from shared.cost_query import CostQuery, CostQueryRefused, CostServiceUnavailable, CurrentCost, ScopeSpend
 from shared.limits import Scope, ScopeLimits
 
 router = APIRouter(tags=["admin"])
@@ -35,7 +36,7 @@ COLLECTIONS: dict[str, Scope] = {"keys": "key", "users": "user", "teams": "team"
 
 
 async def admin_caller(request: Request, state: ApiState) -> Caller:
-    caller = await caller_of(request, state.keys)
+    caller = await caller_of(request, state.admission)
     if caller.anonymous:
         raise ApiError(401, "the admin API needs an admin API key", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -66,7 +67,7 @@ async def create_key(request: Request) -> JSONResponse:
     state = api_state(request)
     caller = await admin_caller(request, state)
     body = await read_body(request, AdminKeyCreate, state.settings.max_body_bytes)
-    tiers = sorted(name for name in state.config.tiers if name != "anonymous")
+    tiers = state.config.key_tiers
     if body.tier not in tiers:
         raise ApiError(400, f"tier must be one of {', '.join(tiers)}", code="invalid_value", param="tier")
     try:
@@ -108,7 +109,7 @@ async def get_key(key_id: str, request: Request) -> dict[str, Any]:
 async def spend_of(state: ApiState, query: CostQuery) -> dict[str, str | None]:
     """Today's and this month's spend; nulls while the cost service does not answer (the key is still shown)."""
     try:
-        answer = await state.cost_queries.ask(query)
+        answer = await state.cost_queries.answer(query)
     except CostServiceUnavailable:
         answer = None
     spend = answer if isinstance(answer, CurrentCost) else None
@@ -260,7 +261,7 @@ async def scope_spend(collection: str, scope_id: str, request: Request
     except ValidationError as exc:
         raise validation_error(exc) from None
     try:
-        answer = await state.cost_queries.ask(query)
+        answer = await state.cost_queries.answer(query)
     except CostServiceUnavailable:
         raise ApiError(503, "the cost service did not answer; try again shortly", type_="service_unavailable",
                        code="cost_service_unavailable", headers={"Retry-After": "5"}) from None
