@@ -182,25 +182,9 @@ local tok_key, usd_key, resv_key = KEYS[1], KEYS[2], KEYS[3]
 local actual_tokens, actual_nano = tonumber(ARGV[1]), tonumber(ARGV[2])
 local r = redis.call('HMGET', resv_key, 'tokens', 'nano', 'minute', 'day', 'c')
 if not r[1] then return 0 end
-if r[5] then return r[5] end  -- it reserved on scope counters too: SETTLE_SCOPED, given their keys
-
-local function adjust(hash, field, delta)
-  local current = redis.call('HGET', hash, field)
-  if current then
-    redis.call('HSET', hash, field, math.max(0, tonumber(current) + delta))
-  end
-end
-adjust(tok_key, r[3], actual_tokens - tonumber(r[1]))
-adjust(usd_key, r[4], actual_nano - tonumber(r[2]))
-redis.call('DEL', resv_key)
-return 1
-"""
-
-SETTLE_SCOPED = """
-local tok_key, usd_key, resv_key = KEYS[1], KEYS[2], KEYS[3]
-local actual_tokens, actual_nano = tonumber(ARGV[1]), tonumber(ARGV[2])
-local r = redis.call('HMGET', resv_key, 'tokens', 'nano', 'minute', 'day', 'c')
-if not r[1] then return 0 end
+-- A reservation that also counted on scope counters lists them; settling it needs their keys (KEYS[4..],
+-- in the listed order): asked without them, the script answers the list and changes nothing.
+if r[5] and #KEYS == 3 then return r[5] end
 
 local function adjust(hash, field, delta)
   local current = redis.call('HGET', hash, field)
@@ -230,7 +214,7 @@ if written > 0 then redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[2])) end
 return written
 """
 
-SCRIPTS = DECIDE + SETTLE + SETTLE_SCOPED + SEED
+SCRIPTS = DECIDE + SETTLE + SEED
 
 KEY_PATTERN = "cw:*"
 
@@ -256,8 +240,9 @@ def check_args(plan: LimitPlan) -> list[str | int]:
 
 
 def scoped_keys(base: str, request_id: str, counters: str) -> list[str]:
-    """The keys SETTLE_SCOPED needs: the tier's tokens and dollars, the reservation, then each scope
-    counter the reservation lists ("<t|u> <field> <name after the tag>" per line), in its order."""
+    """The keys SETTLE needs for a reservation that counted on scope counters too: the tier's tokens and
+    dollars, the reservation, then each scope counter it lists ("<t|u> <field> <name after the tag>" a
+    line), in its order."""
     keys = caller_keys(base, request_id)
     tag = tag_of(base)
     return [keys["tok"], keys["usd"], keys["resv"], *(tag + line.split(" ", 2)[2] for line in counters.splitlines())]
@@ -302,8 +287,8 @@ class RedisLimiterStore:
         pipeline, and a node that never saw the script (a promoted replica) would not know the digest.
 
         A reservation that also counted on a key's, user's or team's counters answers with their names
-        instead, and is settled by a second pipeline that passes them as keys (SETTLE_SCOPED): a script
-        may only touch the keys it is given."""
+        instead, and is settled by a second pipeline that passes them as keys: a script may only touch the
+        keys it is given."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, request_id, tokens, nano in settlements:
                 k = caller_keys(key, request_id)
@@ -316,7 +301,7 @@ class RedisLimiterStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for (key, request_id, tokens, nano), counters in scoped:
                     keys = scoped_keys(key, request_id, counters)
-                    pipe.eval(SETTLE_SCOPED, len(keys), *keys, tokens, nano)
+                    pipe.eval(SETTLE, len(keys), *keys, tokens, nano)
                 settled += sum(int(r) for r in await pipe.execute())
         return settled
 
