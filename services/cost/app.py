@@ -64,7 +64,7 @@ class CostService:
         self.recorder = CostRecorder(self.ledger, self.config.price_catalog(), self.config.thresholds,
                                      self.publish_alert, limits=lambda: self.limits)
         self.reload = Coalesced(self.reload_limits, "limits reload")
-        await self.reload_limits()
+        self.reload.ask()  # a batch recorded before they are read raises no budget alert yet
 
     async def reload_limits(self) -> None:
         assert self.pool is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -22,7 +23,7 @@ from shared.bus import jetstream, make_broker, nats_client
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
 from shared.metric_labels import BoundedLabel
-from shared.periodic import Coalesced, every
+from shared.periodic import Coalesced
 from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
 from shared.service_app import lifecycle_app
@@ -45,9 +46,14 @@ DECISIONS = Counter("costwarden_limiter_decisions_total", "Limiter decisions by 
                     ["tier", "outcome", "reason"])
 TIER = BoundedLabel(20)
 # Limits are reloaded when limits.changed announces a change and when the bus connection comes back (an
-# announcement may have been missed); this slow round catches anything else.
+# announcement may have been missed); this slow round catches anything else. Until they were read once
+# (Postgres down when the limiter starts), they are tried every LIMITS_RETRY_S, and calls are answered in
+# LIMITER_FAILURE_MODE.
 LIMITS_RELOAD_S = 60.0
-LIMITS_PATIENCE_S = 60.0
+LIMITS_RETRY_S = 2.0
+LIMITS_PATIENCE_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 Decide = Callable[[LimitRequest], Awaitable[LimitDecision]]
@@ -83,8 +89,10 @@ class LimiterService:
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
         await ready(self.redis)
         self.use_case = self.limiter(self.pool)
-        # A limiter that does not know the limits would let budgets overrun: it waits for them, then gives up.
-        await retrying(self.use_case.reload, (LimitsUnavailable, StorageUnavailable), 0.2, 2.0, LIMITS_PATIENCE_S)
+        try:
+            await retrying(self.use_case.reload, (LimitsUnavailable, StorageUnavailable), 0.2, 2.0, LIMITS_PATIENCE_S)
+        except (LimitsUnavailable, StorageUnavailable) as exc:
+            log.warning("could not read the limits (%s); answering in LIMITER_FAILURE_MODE until they are read", exc)
 
     def limiter(self, pool: asyncpg.Pool) -> Limiter:
         config = self.settings.file_config()
@@ -98,6 +106,16 @@ class LimiterService:
         assert self.use_case is not None
         await self.use_case.reload()
 
+    async def keep_limits_fresh(self) -> None:
+        """Read the limits every LIMITS_RELOAD_S, or every LIMITS_RETRY_S while they were never read."""
+        assert self.use_case is not None
+        while True:
+            await asyncio.sleep(LIMITS_RELOAD_S if self.use_case.limits_loaded else LIMITS_RETRY_S)
+            try:
+                await self.use_case.reload()
+            except (LimitsUnavailable, StorageUnavailable) as exc:
+                log.warning("could not read the limits (%s); trying again", exc)
+
     async def reconnected(self) -> None:
         if self.use_case is not None:
             self.reload.ask()
@@ -109,7 +127,7 @@ class LimiterService:
         assert self.pool is not None and self.use_case is not None
         js, limiter = jetstream(self.broker), self.use_case
         await nats_client(self.broker).subscribe(LIMITS_CHANGED, cb=self.limits_changed)
-        self.tasks = [asyncio.create_task(every(LIMITS_RELOAD_S, self.reload_limits, "limits reload"))]
+        self.tasks = [asyncio.create_task(self.keep_limits_fresh())]
         self.consumers = [
             RequestResponder(nats_client(self.broker), js, subject=LLM_REQUEST, queue=LIMITER_QUEUE,
                              model=LimitRequest, handle=counted(limiter.decide), service=SERVICE,

@@ -72,10 +72,26 @@ class Limiter:
         self.violations = violations
         self.limits = limits
         self.clock = clock
-        self.book = EMPTY_BOOK
+        # None until the limits of keys, users and teams were read once: until then no call can be checked
+        # against them, and each is answered as when Redis is unreachable (LIMITER_FAILURE_MODE).
+        self.book: LimitsBook | None = EMPTY_BOOK if limits is None else None
         self._reloading = asyncio.Lock()
 
+    @property
+    def limits_loaded(self) -> bool:
+        return self.book is not None
+
+    def unchecked(self, request: LimitRequest, what: str, cause: str) -> LimitDecision:
+        """The failure mode's answer when `what` cannot be consulted."""
+        allowed = self.failure_mode == "open"
+        log.warning("%s unavailable (%s); failing %s for request %s", what, cause, self.failure_mode,
+                    request.request_id)
+        return LimitDecision.unavailable(request, allowed, f"Rate limiter {what} unavailable; " + (
+            "request allowed without a limit check" if allowed else "try again shortly"))
+
     async def decide(self, request: LimitRequest) -> LimitDecision:
+        if self.book is None:
+            return self.unchecked(request, "limits", "not read yet")
         plan = self.policy.plan(request, self.book)
         if plan.model_refused_by is not None:
             refusal = self.policy.model_refusal(request, plan)
@@ -84,12 +100,7 @@ class Limiter:
         try:
             reading = await self.store.check_and_reserve(plan)
         except StorageUnavailable as exc:
-            allowed = self.failure_mode == "open"
-            log.warning("limiter storage unreachable (%s); failing %s for request %s",
-                        exc, self.failure_mode, request.request_id)
-            reason = ("Rate limiter storage unavailable; request allowed without a limit check"
-                      if allowed else "Rate limiter storage unavailable; try again shortly")
-            return LimitDecision.unavailable(request, allowed, reason)
+            return self.unchecked(request, "storage", str(exc))
         decision = self.policy.decision(request, plan, reading)
         if not decision.allowed:
             await self.violations.publish(violation_of(request, decision))
@@ -98,7 +109,7 @@ class Limiter:
     async def settle(self, events: Sequence[LlmCompleted]) -> int:
         settlements = []
         for event in events:
-            settlement = self.policy.settlement(event, self.book)
+            settlement = self.policy.settlement(event, self.book or EMPTY_BOOK)
             if settlement is not None:
                 key, tokens, nano = settlement
                 settlements.append((key, event.request_id, tokens, nano))
@@ -114,7 +125,7 @@ class Limiter:
         assert self.limits is not None
         async with self._reloading:
             book = await self.limits.load()
-            await self.store.seed(await self._seeds(self.book, book))
+            await self.store.seed(await self._seeds(self.book or EMPTY_BOOK, book))
             self.book = book
 
     async def _seeds(self, old: LimitsBook, new: LimitsBook) -> list[CounterSeed]:

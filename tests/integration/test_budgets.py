@@ -2,8 +2,9 @@
 cost replicas and two notifiers on a bus of their own, set through the admin API. A team budget holds under
 concurrency across the replicas and the ledger, Redis and GET .../spend agree; a key budget stops the key
 and not its teammates; each soft threshold reaches the webhook once; a limit applies on every replica
-within 2 s and its deletion restores the tier; a rolling window rolls over; a user who joins a team keeps
-what they spent; a model outside an allow-list is refused before anything is reserved."""
+within 2 s and its deletion restores the tier, and a limiter that missed the announcement reads it when its
+bus connection comes back; a rolling window rolls over; a user who joins a team keeps what they spent; a
+model outside an allow-list is refused before anything is reserved."""
 
 from __future__ import annotations
 
@@ -287,3 +288,44 @@ async def test_a_rolling_window_rolls_over_on_the_real_services(stack, admin, da
         assert (await client.post("/v1/chat/completions", json=body())).status_code == 429
         await asyncio.sleep(wait + 0.5)
         assert (await client.post("/v1/chat/completions", json=body())).status_code == 200
+
+
+async def test_a_limiter_that_missed_an_announcement_reads_the_limits_when_its_bus_connection_comes_back(
+        base_env, db):
+    """A limit written while no announcement could reach the limiter applies once its connection to the bus
+    is back, not at its next periodic read a minute later."""
+    import nats
+
+    from shared.events import LimitDecision, LimitRequest
+
+    bus, bus_url = nats_server()
+    limiter = start_service("limiter", {**base_env, "NATS_URL": bus_url}, "LIMITER_PORT")
+    user = unique("hal")
+    nc = await nats.connect(bus_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+
+    async def ask() -> LimitDecision | None:
+        request = LimitRequest(request_id=unique("req"), user_id=user, tier="pro", model=CHEAP_MODEL, max_tokens=8)
+        try:
+            reply = await nc.request("llm.request", request.model_dump_json().encode(), timeout=2)
+        except Exception:  # noqa: BLE001 - the bus or the limiter is not back yet
+            return None
+        return LimitDecision.model_validate_json(reply.data)
+
+    try:
+        await db.execute("INSERT INTO scope_limits (scope, scope_id, limits, updated_by) VALUES ('user', $1, $2,"
+                         " 'test')", user, json.dumps({"requests": 1, "window_s": 3600}))  # no announcement
+        assert [d.allowed for d in [await ask() for _ in range(2)] if d] == [True, True]
+        restarted = time.monotonic()
+        bus.stop()
+        bus.start()
+
+        async def limited() -> bool:
+            decision = await ask()
+            return decision is not None and decision.scope == "user" and not decision.allowed
+
+        assert await eventually(limited, 30, 0.2)
+        assert time.monotonic() - restarted < 30  # well before the minute of the periodic read
+    finally:
+        await nc.close()
+        limiter.stop()
+        bus.stop()

@@ -130,3 +130,25 @@ async def test_a_reload_starts_each_new_counter_from_the_ledger_once_and_then_us
     refused = await use_case.decide(ask(1, user="ann"))  # the team's allow-list has only gpt-4o
     assert (refused.allowed, refused.limited_by, refused.scope) == (False, "model", "team")
     assert store.granted == {} and [v.limited_by for v in violations.published] == ["model"]
+
+
+async def test_until_the_limits_are_read_calls_are_answered_in_the_failure_mode():
+    from services.limiter.limiter import LimitsUnavailable
+
+    class Unreadable:
+        async def load(self):
+            raise LimitsUnavailable("ConnectionRefusedError")
+
+        async def spend(self, asks):
+            return []
+
+    for mode, allowed in (("closed", False), ("open", True)):
+        store, violations = SeedingStore(), FakeViolations()
+        use_case = Limiter(limiter(store, violations).policy, store, mode, violations, Unreadable())
+        try:
+            await use_case.reload()
+        except LimitsUnavailable:
+            pass
+        decision = await use_case.decide(ask(1))
+        assert (decision.allowed, decision.limited_by, use_case.limits_loaded) == (allowed, "unavailable", False)
+        assert store.granted == {}
