@@ -204,6 +204,11 @@ def scope_of(collection: str) -> Scope:
     return COLLECTIONS[collection]
 
 
+def scope_id_of(scope: Scope, text: str) -> str:
+    """A key is named by its id as a number (`7`, not `007`); users and teams as given."""
+    return str(key_id_of(text)) if scope == "key" else text
+
+
 @router.put("/admin/{collection}/{scope_id}/limits", openapi_extra=request_body_doc(ScopeLimits, LIMITS_EXAMPLE))
 async def set_limits(collection: str, scope_id: str, request: Request
                      ) -> dict[str, Any]:
@@ -218,7 +223,8 @@ async def set_limits(collection: str, scope_id: str, request: Request
         if unknown:
             raise ApiError(400, f"unknown models: {', '.join(unknown)}", code="invalid_value", param="models")
     try:
-        record = await state.teams.set_limits(scope_of(collection), scope_id, limits, actor_of(caller))
+        scope = scope_of(collection)
+        record = await state.teams.set_limits(scope, scope_id_of(scope, scope_id), limits, actor_of(caller))
     except Refused as exc:
         raise refused(exc) from None
     return record.as_json()
@@ -230,7 +236,7 @@ async def get_limits(collection: str, scope_id: str, request: Request
     state = api_state(request)
     await admin_caller(request, state)
     scope = scope_of(collection)
-    record = await state.teams.store.limits(scope, scope_id)
+    record = await state.teams.store.limits(scope, scope_id_of(scope, scope_id))
     if record is None:
         raise ApiError(404, f"{scope} {scope_id} has no limits of its own: its tier's apply", code="not_found")
     return record.as_json()
@@ -243,7 +249,7 @@ async def delete_limits(collection: str, scope_id: str, request: Request
     state = api_state(request)
     caller = await admin_caller(request, state)
     scope = scope_of(collection)
-    record = await state.teams.delete_limits(scope, scope_id, actor_of(caller))
+    record = await state.teams.delete_limits(scope, scope_id_of(scope, scope_id), actor_of(caller))
     if record is None:
         raise ApiError(404, f"{scope} {scope_id} has no limits of its own", code="not_found")
     return {**record.as_json(), "deleted": True}
@@ -257,7 +263,8 @@ async def scope_spend(collection: str, scope_id: str, request: Request
     state = api_state(request)
     await admin_caller(request, state)
     try:
-        query = CostQuery(kind="budgets", scope=scope_of(collection), scope_id=scope_id)
+        scope = scope_of(collection)
+        query = CostQuery(kind="budgets", scope=scope, scope_id=scope_id_of(scope, scope_id))
     except ValidationError as exc:
         raise validation_error(exc) from None
     try:
