@@ -8,7 +8,8 @@ echo beside a nats-py one). So this one subscription is served on the broker's o
 - a queue group shares the requests among replicas; at most `max_in_flight` are handled at once;
 - what cannot be parsed or validated gets a JSON error reply (the caller does not wait for a
   timeout) and a dead letter on `dlq.<subject>` with the reason;
-- `stop()` stops taking requests and waits for the ones in flight.
+- `stop()` stops taking requests and waits for the ones in flight;
+- an answer leaves out its fields that have no value.
 
 A handler that raises sends no answer: the caller's timeout then applies its own failure mode, as it
 would if no replica were running.
@@ -92,7 +93,9 @@ class RequestResponder(Generic[Req]):
                 await publish_dead_letter(self.js, self.subject, msg.data, reason, self.service)
                 return
             answer = await self.handle(request)
-            await self._reply(msg, answer.model_dump_json().encode())
+            # A field with no value is left out: the answer's model gives it its default (the decision's
+            # scope and budget fields are there only when a scope denied).
+            await self._reply(msg, answer.model_dump_json(exclude_none=True).encode())
         except Exception:
             outcome = "error"
             log.exception("could not answer a request on %s", self.subject)

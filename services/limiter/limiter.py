@@ -84,7 +84,7 @@ class Limiter:
     def unchecked(self, request: LimitRequest, what: str, cause: str) -> LimitDecision:
         """The failure mode's answer when `what` cannot be consulted."""
         allowed = self.failure_mode == "open"
-        log.warning("%s unavailable (%s); failing %s for request %s", what, cause, self.failure_mode,
+        log.warning("limiter %s unreachable (%s); failing %s for request %s", what, cause, self.failure_mode,
                     request.request_id)
         return LimitDecision.unavailable(request, allowed, f"Rate limiter {what} unavailable; " + (
             "request allowed without a limit check" if allowed else "try again shortly"))
