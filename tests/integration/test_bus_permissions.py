@@ -27,8 +27,6 @@ from tests.servers import VENV_BIN, ProcessServer, free_port, s3_server
 from tests.sinks import HttpSink
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
-
 SERVICES = ("limiter", "cost", "notifier", "health", "backup", "api")
 
 
@@ -67,6 +65,7 @@ async def connect_as(bus, role: str, violations: list[str] | None = None):
                               error_cb=on_error, max_reconnect_attempts=0)
 
 
+@pytest.mark.system
 async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bus, base_env, fresh_database, tmp_path):
     url, identities = secured_bus
     slack = HttpSink()
@@ -126,6 +125,7 @@ async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bu
         s3.stop()
 
 
+@pytest.mark.service
 async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secured_bus, base_env):
     url, identities = secured_bus
     limiter = start_service("limiter", {**base_env, "NATS_URL": url,
@@ -145,6 +145,7 @@ async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secu
         limiter.stop()
 
 
+@pytest.mark.adapter
 @pytest.mark.parametrize(("role", "what"), [
     ("upstream", "publish alert.cost.critical"),
     ("upstream", "publish backup.requested"),
@@ -181,6 +182,7 @@ async def test_an_identity_is_refused_what_it_must_not_do(secured_bus, role, wha
         await admin.close()
 
 
+@pytest.mark.adapter
 async def test_a_client_without_an_identity_cannot_connect(secured_bus):
     url, _ = secured_bus
 

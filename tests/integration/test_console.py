@@ -27,7 +27,7 @@ from tests.integration.system import costwarden_run
 from tests.servers import ROOT, s3_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 SCREENSHOTS = ROOT / "docs" / "console"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,7 +49,7 @@ async def system(pg_server_url, redis_url, tmp_path_factory):
 async def browser():
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.fail("chromium is missing: install Debian's chromium package (.ci/run does)")
+        pytest.fail("chromium is missing: install Debian's chromium package (make test does)")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         yield launched

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import unique, unique_ip
 from tests.integration.helpers import CHEAP_MODEL, auth, chat_body, from_ip
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture

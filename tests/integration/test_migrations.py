@@ -10,7 +10,7 @@ import pytest
 from shared.migrate import MigrationError, apply_migrations, pending_migrations
 from tests.conftest import _with_database
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from tests.conftest import set_faults, start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key, stream_messages
 from tests.servers import ThreadedHttpServer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 async def test_sigterm_lets_an_in_flight_call_finish(base_env, limiter, database_url, nc):
