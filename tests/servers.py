@@ -233,7 +233,7 @@ class ThreadedHttpServer:
     def __init__(self, app, port: int | None = None) -> None:
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off", access_log=False))
+                                                    lifespan="off", access_log=False, timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -246,7 +246,8 @@ class ThreadedHttpServer:
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        """At once: a request still in progress (a slow answer the test asked for) is cut off."""
+        self.server.should_exit = self.server.force_exit = True
         self.thread.join(10)
 
 
@@ -274,14 +275,17 @@ class PostgresServer(ProcessServer):
         subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                        check=True, capture_output=True, user=self.user)
         port = free_port()
+        self.bindir = bindir
         super().__init__("postgres", [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
                                       "-c", "listen_addresses=127.0.0.1", "-k", str(socket_dir),
                                       "-c", "fsync=off"], port)
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
     def start(self) -> None:
+        """Returns once connections are accepted: PostgreSQL opens its port while it is still starting up."""
         self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, user=self.user)
-        wait_for(lambda: port_open(self.port), self.name)
+        pg_isready = [str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        wait_for(lambda: subprocess.run(pg_isready).returncode == 0, self.name)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): connected clients are cut off, as in an outage."""
