@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import asyncpg
 import nats
@@ -40,6 +40,9 @@ from shared.settings import Settings, get_settings, is_set
 from shared.subjects import bind_streams
 
 SERVICE = "api"
+# What the routes use, opened at start and closed at shutdown: the real servers by default
+# (api_resources); a test may give any ApiState instead, to serve the routes in process.
+ResourcesFactory = Callable[[Settings], AbstractAsyncContextManager[ApiState]]
 
 
 def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
@@ -106,13 +109,13 @@ async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
         await pool.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, resources: ResourcesFactory = api_resources) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with api_resources(settings) as state:
+        async with resources(settings) as state:
             app.state.api = state
             settle_heap()
             yield
