@@ -19,11 +19,11 @@ PARALLEL := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 apt_install = { echo "installing $(1) ($(2))"; apt-get install -y -qq $(1) >/dev/null 2>&1 \
 	|| { apt-get update -qq >/dev/null && apt-get install -y -qq $(1) >/dev/null; }; }
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml clients/python/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -e "./clients/python[tokens]"
 	@touch $@
 
 run: $(BIN)/.installed

@@ -20,6 +20,8 @@ same run (`python -m bench ledger` runs one part only).
 5. Console: each page's latency on a month of 1 M ledger rows beside the console's bare round trip
    and the raw-ledger query that the rollups replace (bench/console_bench.py).
 6. Backup: the streamed backup of a 500 MB database beside `pg_dump | gzip` (bench/backup_bench.py).
+7. Client: costwarden-client's own overhead per guarded call beside raw nats-py sending the same two
+   messages to the same limiter (bench/client_bench.py).
 
 Everything runs on loopback: private nats-server and redis-server, a scratch Postgres database, the
 LLM simulator as the upstream. Results are printed and written to bench/results/latest.txt.
@@ -301,6 +303,10 @@ async def main() -> None:
             from bench.console_bench import bench_console
 
             await bench_console(env, pg, lines)
+        if not only or "client" in only:
+            from bench.client_bench import bench_client
+
+            await bench_client(env, lines)
         if not only or "backup" in only:
             from bench.backup_bench import bench_backup
 

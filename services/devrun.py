@@ -1,7 +1,8 @@
 """`make run`: one command that brings a working costwarden up on a developer's machine.
 
 Applies migrations, starts a private NATS (JetStream) if none answers at NATS_URL, starts the local
-LLM simulator when no TOGETHER_API_KEY is set, then runs every service as its own process. Ctrl-C
+LLM simulator when no TOGETHER_API_KEY is set, then runs every service as its own process and keeps it
+running: a process that exits is started again after a backoff, and a crash loop stops the run. Ctrl-C
 (or SIGTERM) stops them all, each draining its in-flight work first.
 """
 
@@ -15,7 +16,12 @@ import shutil
 import signal
 import socket
 import sys
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from itertools import takewhile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -36,6 +42,16 @@ MAX_REPLICAS = 16
 RUN_DIR = Path(".run")
 IDENTITIES_DIR = RUN_DIR / "nats-identities"
 STOP_TIMEOUT_S = 30
+
+FIRST_BACKOFF_S = 0.5  # before the first restart; doubled for each short run in a row
+MAX_BACKOFF_S = 8.0
+STEADY_AFTER_S = 30.0  # a process up this long before it exited starts again after FIRST_BACKOFF_S
+CRASH_LOOP_EXITS = 5  # this many exits of one process within CRASH_LOOP_WINDOW_S: give up, stop the run
+CRASH_LOOP_WINDOW_S = 60.0
+
+
+class StartFailed(Exception):
+    """Something the run needs did not start; the message says what."""
 
 
 def parse_replicas(text: str | None) -> dict[str, int]:
@@ -80,7 +96,7 @@ def nats_server_binary() -> str:
     local = Path(sys.prefix) / "bin" / "nats-server"
     found = str(local) if local.exists() else shutil.which("nats-server")
     if not found:
-        raise SystemExit("no nats-server found: install the project (make run does) or set NATS_URL")
+        raise StartFailed("no nats-server found: install the project (make run does) or set NATS_URL")
     return found
 
 
@@ -89,7 +105,7 @@ async def wait_until(check, what: str, seconds: float = 15) -> None:
         if await check():
             return
         await asyncio.sleep(0.1)
-    raise SystemExit(f"{what} did not come up within {seconds:.0f}s")
+    raise StartFailed(f"{what} did not come up within {seconds:.0f}s")
 
 
 async def http_up(port: int) -> bool:
@@ -101,15 +117,20 @@ async def http_up(port: int) -> bool:
     return True
 
 
-async def start(name: str, args: list[str], env: dict[str, str], log_file: Path | None = None
+async def spawn(name: str, args: list[str], env: dict[str, str], log_file: Path | None = None
                 ) -> asyncio.subprocess.Process:
-    """Start one process; its output joins ours, or goes to `log_file` (a server with its own format)."""
+    """Start one process in a process group of its own (a terminal's Ctrl-C reaches the run only, which
+    stops everything in order); its output joins ours, or goes to `log_file` (a server with its own format)."""
     if log_file is None:
-        log.info("starting %s", name)
-        return await asyncio.create_subprocess_exec(*args, env=env)
-    log.info("starting %s (its log: %s)", name, log_file)
+        process = await asyncio.create_subprocess_exec(*args, env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                       process_group=0)
+        log.info("started %s (pid %d)", name, process.pid)
+        return process
     with log_file.open("ab") as output:
-        return await asyncio.create_subprocess_exec(*args, env=env, stdout=output, stderr=output)
+        process = await asyncio.create_subprocess_exec(*args, env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                       stdout=output, stderr=output, process_group=0)
+    log.info("started %s (pid %d; its log: %s)", name, process.pid, log_file)
+    return process
 
 
 def summary(settings: Settings, services: dict[str, int], simulator_url: str | None,
@@ -136,10 +157,7 @@ def summary(settings: Settings, services: dict[str, int], simulator_url: str | N
     return "\n".join(lines)
 
 
-Processes = dict[str, asyncio.subprocess.Process]
-
-
-async def start_nats_if_missing(settings: Settings, env: dict[str, str], processes: Processes) -> Path | None:
+async def start_nats_if_missing(settings: Settings, env: dict[str, str], supervisor: Supervisor) -> Path | None:
     """Start a private nats-server when none answers at NATS_URL, with one NKEY identity per service
     (costwarden nats-config into .run/nats-identities); returns that directory, or None when the bus
     is someone else's."""
@@ -147,27 +165,27 @@ async def start_nats_if_missing(settings: Settings, env: dict[str, str], process
     if await nats_reachable(first):
         if not settings.nats_nkey_seed_file:
             log.warning("NATS at %s is used without credentials: anyone who reaches it can publish spend, alerts "
-                        "and backup requests (see README, Security)", first)
+                        "and backup requests (see docs/operating.md, Security)", first)
         return None
     url = urlsplit(first)
     auth = write_nats_config(IDENTITIES_DIR)
     log.info("no NATS at %s: starting nats-server with JetStream (data in %s, one identity per service in %s)",
              first, RUN_DIR / "nats", IDENTITIES_DIR)
-    processes["nats"] = await start("nats-server", [
+    await supervisor.start("nats-server", [
         nats_server_binary(), "-c", str(auth), "-js", "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
         "-sd", str(RUN_DIR / "nats")], env, log_file=RUN_DIR / "nats-server.log")
     await wait_until(lambda: nats_reachable(first), "nats-server")
     return IDENTITIES_DIR
 
 
-async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], processes: Processes) -> str | None:
+async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], supervisor: Supervisor) -> str | None:
     """The simulator's URL when the gateway is pointed at it (no TOGETHER_API_KEY), else None."""
     if settings.together_api_key is not None:
         return None
     port = settings.simulator_port
     base_url = f"http://127.0.0.1:{port}/v1"
     log.info("no TOGETHER_API_KEY set: the gateway calls the local LLM simulator at %s", base_url)
-    processes["simulator"] = await start("simulator", [
+    await supervisor.start("simulator", [
         sys.executable, "-m", "services.simulator", "--port", str(port), "--name", "together_ai"], env)
     await wait_until(lambda: http_up(port), "simulator")
     env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
@@ -220,7 +238,7 @@ def console_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-async def start_services(settings: Settings, env: dict[str, str], processes: Processes,
+async def start_services(settings: Settings, env: dict[str, str], supervisor: Supervisor,
                          identities: Path | None, replicas: dict[str, int]) -> dict[str, int]:
     """Every service, each as many times as `replicas` says: the first on its configured port, the
     others on free ones (each replica serves its own probes and metrics). Returns process name -> port."""
@@ -236,25 +254,134 @@ async def start_services(settings: Settings, env: dict[str, str], processes: Pro
         for replica in range(1, replicas.get(name, 1) + 1):
             process = name if replica == 1 else f"{name}-{replica}"
             services[process] = port if replica == 1 else free_port()
-            processes[process] = await start(process, [sys.executable, "-m", f"services.{name}"],
-                                             {**env, **own, f"{name.upper()}_PORT": str(services[process])})
-    for process, port in services.items():
-        await wait_until(lambda port=port: http_up(port), process, seconds=30)
+            await supervisor.start(process, [sys.executable, "-m", f"services.{name}"],
+                                   {**env, **own, f"{name.upper()}_PORT": str(services[process])})
+    for process, port in services.items():  # one that keeps exiting is reported as a crash loop before this ends
+        await wait_until(lambda port=port: http_up(port), process, seconds=CRASH_LOOP_WINDOW_S)
     return services
 
 
-async def until_stopped_or_failed(processes: Processes) -> list[str]:
-    """Wait for Ctrl-C (or SIGTERM), or for a process to exit on its own; the names of those that did."""
+@dataclass(frozen=True)
+class Run:
+    """One life of a supervised process, in seconds of a monotonic clock."""
+
+    started_at: float
+    ended_at: float
+
+
+def restart_delay(runs: Sequence[Run]) -> float | None:
+    """Seconds to wait before starting a process again once the last of its `runs` has ended; None when
+    that is its CRASH_LOOP_EXITS-th end within CRASH_LOOP_WINDOW_S (a crash loop: give up). The wait is
+    FIRST_BACKOFF_S, doubled for each run in a row shorter than STEADY_AFTER_S, at most MAX_BACKOFF_S."""
+    last = runs[-1].ended_at
+    if sum(last - run.ended_at < CRASH_LOOP_WINDOW_S for run in runs) >= CRASH_LOOP_EXITS:
+        return None
+    short = sum(1 for _ in takewhile(lambda run: run.ended_at - run.started_at < STEADY_AFTER_S, reversed(runs)))
+    return min(FIRST_BACKOFF_S * 2 ** max(short - 1, 0), MAX_BACKOFF_S)
+
+
+def exit_status(returncode: int) -> str:
+    """`status 1`, or `killed by SIGKILL` (asyncio gives a death by signal as minus the signal's number)."""
+    if returncode >= 0:
+        return f"status {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
+@dataclass
+class Child:
+    """A supervised process, started the same way every time: same arguments, environment and port."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_file: Path | None
+    process: asyncio.subprocess.Process
+    started_at: float
+    runs: list[Run] = field(default_factory=list)
+
+
+Processes = dict[str, asyncio.subprocess.Process]
+
+
+class Supervisor:
+    """Starts processes and keeps them running: one that exits is logged with its status and started
+    again after `restart_delay`; a crash loop sets `gave_up` to what the run stops for."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, Child] = {}
+        self.keepers: list[asyncio.Task[None]] = []
+        self.gave_up: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @property
+    def processes(self) -> Processes:
+        return {name: child.process for name, child in self.children.items()}
+
+    async def start(self, name: str, args: list[str], env: dict[str, str], log_file: Path | None = None) -> None:
+        process = await spawn(name, args, env, log_file)
+        self.children[name] = child = Child(name, args, dict(env), log_file, process, time.monotonic())
+        self.keepers.append(asyncio.create_task(self.keep(child), name=f"keep {name}"))
+
+    async def keep(self, child: Child) -> None:
+        while True:
+            returncode = await child.process.wait()
+            ended_at = time.monotonic()
+            child.runs.append(Run(child.started_at, ended_at))
+            exited = f"{child.name} exited ({exit_status(returncode)}) after {ended_at - child.started_at:.1f}s up"
+            delay = restart_delay(child.runs)
+            if delay is None:
+                log.error("%s: %d exits within %.0fs, a crash loop; not restarting it", exited, CRASH_LOOP_EXITS,
+                          CRASH_LOOP_WINDOW_S)
+                return self.give_up(f"{child.name} is in a crash loop ({CRASH_LOOP_EXITS} exits within "
+                                    f"{CRASH_LOOP_WINDOW_S:.0f}s; its lines above say why)")
+            log.warning("%s; restarting it in %.1fs", exited, delay)
+            await asyncio.sleep(delay)
+            try:
+                child.process = await spawn(child.name, child.args, child.env, child.log_file)
+            except OSError as exc:
+                return self.give_up(f"{child.name} could not be started again: {exc}")
+            child.started_at = time.monotonic()
+
+    def give_up(self, failure: str) -> None:
+        if not self.gave_up.done():
+            self.gave_up.set_result(failure)
+
+    async def stop_all(self) -> None:
+        """Restart nothing more (a restart being started is cancelled, its process with it), then stop
+        everything in order."""
+        for keeper in self.keepers:
+            keeper.cancel()
+        await asyncio.gather(*self.keepers, return_exceptions=True)
+        await stop_all(self.processes)
+
+
+async def until_stopped_or_failed(supervisor: Supervisor, bring_up: Coroutine[Any, Any, None]) -> str | None:
+    """Run `bring_up`, then keep serving: until Ctrl-C, SIGTERM or SIGHUP (None), or until a process
+    crash-loops or something fails to start (what failed). Other errors of `bring_up` propagate."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    exits = {asyncio.create_task(p.wait()): name for name, p in processes.items()}
-    done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *exits], return_when=asyncio.FIRST_COMPLETED)
-    return [exits[t] for t in done if t in exits]
+    stopped = asyncio.create_task(stop.wait())
+    starting = asyncio.create_task(bring_up)
+    try:
+        ends: list[asyncio.Future[Any]] = [stopped, supervisor.gave_up]
+        await asyncio.wait([*ends, starting], return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    except StartFailed as exc:
+        return str(exc)
+    finally:
+        stopped.cancel()
+        starting.cancel()
+        await asyncio.wait([starting])
+    return supervisor.gave_up.result() if supervisor.gave_up.done() else None
 
 
-INFRASTRUCTURE = ("nats", "simulator")
+INFRASTRUCTURE = ("nats-server", "simulator")
 
 
 async def stop_all(processes: Processes) -> None:
@@ -277,12 +404,9 @@ async def stop(processes: Processes) -> None:
             process.kill()
 
 
-async def main(replicas: dict[str, int]) -> int:
-    settings = Settings()
-    configure_logging("run", settings.log_level, settings.log_format)
+async def start_everything(settings: Settings, supervisor: Supervisor, replicas: dict[str, int]) -> None:
     env = dict(os.environ)
-    processes: Processes = {}
-    identities = await start_nats_if_missing(settings, env, processes)
+    identities = await start_nats_if_missing(settings, env, supervisor)
     if identities:
         settings = settings.model_copy(update={"nats_nkey_seed_file": str(seed_file(identities, "admin").resolve())})
     applied = await apply_migrations(settings.database_url)
@@ -291,16 +415,27 @@ async def main(replicas: dict[str, int]) -> int:
     nc = await nats.connect(**nats_options(settings, "admin"))
     await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     await nc.close()
-    simulator_url = await start_simulator_if_no_key(settings, env, processes)
+    simulator_url = await start_simulator_if_no_key(settings, env, supervisor)
     env.update(console_env(settings))
-    services = await start_services(settings, env, processes, identities, replicas)
+    services = await start_services(settings, env, supervisor, identities, replicas)
     log.info("%s", summary(settings, services, simulator_url, identities, admin_key))
-    failed = await until_stopped_or_failed(processes)
-    if failed:
-        log.error("%s exited; stopping the rest", ", ".join(failed))
-    await stop_all(processes)
+
+
+async def main(replicas: dict[str, int]) -> int:
+    settings = Settings()
+    configure_logging("run", settings.log_level, settings.log_format)
+    supervisor = Supervisor()
+    try:
+        failure = await until_stopped_or_failed(supervisor, start_everything(settings, supervisor, replicas))
+        if failure:
+            log.error("stopping everything: %s", failure)
+    finally:
+        await supervisor.stop_all()
+    if failure:
+        log.error("stopped: %s", failure)
+        return 1
     log.info("stopped")
-    return 1 if failed else 0
+    return 0
 
 
 def run(replicas: str | None = None) -> int:

@@ -67,7 +67,8 @@ class Analytics(BaseModel):
     estimated_requests: int = Field(description="Calls whose usage was counted by costwarden: the provider sent none.")
     estimated_cost: Decimal = Field(description="The part of `cost` priced from estimated usage.")
     latency_ms: dict[str, float | None]
-    by_model: list[Breakdown]
+    by_model: list[Breakdown] = Field(description="By the public model the callers asked for.")
+    by_served_model: list[Breakdown] = Field(description="By the provider's model that answered (and was billed).")
     by_endpoint: list[Breakdown]
     by_tag: list[Breakdown]
     by_user: list[Breakdown]

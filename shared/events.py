@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -30,6 +30,8 @@ def new_id() -> str:
 MAX_TOKENS_PER_CALL = 1_000_000_000
 MAX_LATENCY_MS = 2_147_483_647
 MAX_TAGS = 32
+MAX_BILLED_ATTEMPTS = 16
+MAX_CHOICES = 128
 TagName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 TagValue = Annotated[str, StringConstraints(max_length=256)]
 
@@ -65,7 +67,10 @@ class LimitRequest(Event):
     policy: Policy = "standard"
     model: str = Field(min_length=1, max_length=256)
     prompt_tokens_estimate: int = Field(default=0, ge=0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(
+        default=None, ge=1,
+        description="The most the call may generate per choice; absent: the model's or the operator's default.")
+    choices: int = Field(default=1, ge=1, le=MAX_CHOICES, description="How many choices the call asks for (`n`).")
 
 
 class LimitDecision(Event):
@@ -92,8 +97,24 @@ class LimitDecision(Event):
                    reset_at=now, retry_after_s=0 if allowed else 5, reason=reason, limited_by="unavailable")
 
 
+class BilledAttempt(BaseModel):
+    """An attempt that did not answer but that its provider bills: it had the prompt (a timeout while the
+    model worked, a connection cut mid-answer)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    provider: str = Field(min_length=1, max_length=64)
+    served_model: str = Field(min_length=1, max_length=256)
+    prompt_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+
+
 class LlmCompleted(Event):
-    """Published on `llm.completed` after every provider call, success or failure."""
+    """Published on `llm.completed` after every provider call, success or failure.
+
+    `model` is what the caller asked for; `provider` and `served_model` say what answered (for a call no
+    provider answered: the last attempt its provider billed, else the last one tried), and the token
+    counts are that attempt's. Any other attempt a provider billed is in `billed_attempts`. The call is
+    priced for what answered, each billed attempt for its own model (shared.pricing)."""
 
     request_id: str = Field(min_length=1, max_length=128)
     user_id: str | None = Field(default=None, max_length=256)
@@ -101,10 +122,16 @@ class LlmCompleted(Event):
     client_ip: str | None = Field(default=None, max_length=64)
     tier: str | None = Field(default=None, max_length=64)
     provider: str = Field(min_length=1, max_length=64)
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(min_length=1, max_length=256, description="The public model the caller asked for.")
+    served_model: str | None = Field(
+        default=None, min_length=1, max_length=256,
+        description="The provider's own id of the model that answered; absent: the same as `model`.")
     prompt_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
     completion_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
     cached_prompt_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
+    billed_attempts: list[BilledAttempt] = Field(
+        default_factory=list, max_length=MAX_BILLED_ATTEMPTS,
+        description="Other attempts of this call that a provider billed without answering.")
     endpoint: str = Field(max_length=256)
     success: bool
     error: str | None = Field(default=None, max_length=2000)
@@ -117,6 +144,29 @@ class LlmCompleted(Event):
         default="provider",
         description="provider: the provider's own usage; estimated: counted by the sender because the provider "
                     "sent none (stream abandoned or broken, usage omitted).")
+
+    @field_validator("billed_attempts")
+    @classmethod
+    def _bounded_total(cls, attempts: list[BilledAttempt], info: ValidationInfo) -> list[BilledAttempt]:
+        """The ledger keeps a call's tokens, billed attempts included, in one 32-bit column."""
+        if attempts and (sum(attempt.prompt_tokens for attempt in attempts) + info.data.get("prompt_tokens", 0)
+                         + info.data.get("completion_tokens", 0)) > MAX_TOKENS_PER_CALL:
+            raise ValueError(f"a call's tokens, billed attempts included, must not exceed {MAX_TOKENS_PER_CALL}")
+        return attempts
+
+    @property
+    def answered_by(self) -> str:
+        """The provider's model that answered (or was billed last)."""
+        return self.served_model or self.model
+
+    @property
+    def total_prompt_tokens(self) -> int:
+        """Prompt tokens billed for the call, every billed attempt included."""
+        return self.prompt_tokens + sum(attempt.prompt_tokens for attempt in self.billed_attempts)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_prompt_tokens + self.completion_tokens
 
 
 class LimitViolation(Event):

@@ -1,5 +1,5 @@
 """Policy values an operator tunes: tiers and their limits, the model map, spend thresholds, alert routes,
-with the defaults of DESIGN.md. Pure value types (settings.py fills them from the environment and the
+with the defaults of docs/design.md. Pure value types (settings.py fills them from the environment and the
 YAML file), so that the rules that use them import no configuration machinery."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class TierLimits(BaseModel):
@@ -37,22 +37,45 @@ class ModelRoute(BaseModel):
     model: str
 
 
-DEFAULT_MODEL_MAP: dict[str, list[ModelRoute]] = {
-    "meta-llama/Llama-3-70b-chat-hf": [
-        ModelRoute(provider="together_ai", model="meta-llama/Llama-3-70b-chat-hf"),
-        ModelRoute(provider="openai", model="gpt-4o"),
-    ],
-    "meta-llama/Llama-3-8b-chat-hf": [
-        ModelRoute(provider="together_ai", model="meta-llama/Llama-3-8b-chat-hf"),
-        ModelRoute(provider="openai", model="gpt-4o-mini"),
-    ],
-    "meta-llama/Llama-3.3-70B-Instruct-Turbo": [
-        ModelRoute(provider="together_ai", model="meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-        ModelRoute(provider="openai", model="gpt-4o"),
-    ],
-    "gpt-4o": [ModelRoute(provider="openai", model="gpt-4o")],
-    "gpt-4o-mini": [ModelRoute(provider="openai", model="gpt-4o-mini")],
+class ModelConfig(BaseModel):
+    """A public model: its routes, tried in order, and the most one of its calls may generate. In the
+    YAML file a model may be given as its list of routes alone."""
+
+    routes: list[ModelRoute] = Field(min_length=1)
+    max_tokens: int | None = Field(
+        default=None, gt=0,
+        description="The model's completion ceiling: a call asking for more is refused, a call asking for no "
+                    "limit is sent with this one (else DEFAULT_MAX_TOKENS).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _routes_alone(cls, value: object) -> object:
+        return {"routes": value} if isinstance(value, list) else value
+
+    def served_by(self) -> list[tuple[str, str]]:
+        """(provider, the provider's model) of every route."""
+        return [(route.provider, route.model) for route in self.routes]
+
+
+def _model(*routes: tuple[str, str]) -> ModelConfig:
+    return ModelConfig(routes=[ModelRoute.model_validate({"provider": p, "model": m}) for p, m in routes])
+
+
+DEFAULT_MODELS: dict[str, ModelConfig] = {
+    "meta-llama/Llama-3-70b-chat-hf": _model(("together_ai", "meta-llama/Llama-3-70b-chat-hf"), ("openai", "gpt-4o")),
+    "meta-llama/Llama-3-8b-chat-hf": _model(("together_ai", "meta-llama/Llama-3-8b-chat-hf"),
+                                            ("openai", "gpt-4o-mini")),
+    "meta-llama/Llama-3.3-70B-Instruct-Turbo": _model(("together_ai", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+                                                      ("openai", "gpt-4o")),
+    "gpt-4o": _model(("openai", "gpt-4o")),
+    "gpt-4o-mini": _model(("openai", "gpt-4o-mini")),
 }
+
+
+def completion_limit(model: ModelConfig | None, default_max_tokens: int) -> int:
+    """What a call that names no limit may generate per choice: the model's ceiling, else the operator's
+    DEFAULT_MAX_TOKENS. The gateway sends a call upstream with it, and the limiter reserves on it."""
+    return model.max_tokens if model is not None and model.max_tokens is not None else default_max_tokens
 
 
 class Levels(BaseModel):
@@ -61,7 +84,7 @@ class Levels(BaseModel):
 
 
 class Thresholds(BaseModel):
-    """Spend thresholds in USD (DESIGN.md): each crossing raises one alert per window."""
+    """Spend thresholds in USD (docs/design.md): each crossing raises one alert per window."""
 
     hourly: Levels = Levels(warning=Decimal(10), critical=Decimal(50))
     daily: Levels = Levels(warning=Decimal(100), critical=Decimal(500))

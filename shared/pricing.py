@@ -1,10 +1,20 @@
-"""Model prices and the cost of one completion. Pure domain code: no I/O, Decimal only."""
+"""Model prices and the cost of one call. Pure domain code: no I/O, Decimal only.
+
+A call is priced for what answered it: the provider's own model (`served_model`), looked up as
+`provider/served_model` first (the way LiteLLM's price map keys provider-specific entries, e.g.
+`openai/gpt-4o`), then as `served_model`. Prices come in layers: the operator's overrides, then
+LiteLLM's price map, then the built-in list; the first layer that knows the model wins, and within a
+layer the provider-specific entry wins. A model no layer knows is charged the fallback price and
+marked unpriced, so that it is never silently free.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+
+from shared.events import LlmCompleted
 
 PER_MILLION = Decimal(1_000_000)
 
@@ -16,6 +26,10 @@ class ModelPrice:
     input: Decimal
     output: Decimal
     cached_input: Decimal | None = None
+
+    @property
+    def dearest(self) -> Decimal:
+        return max(self.input, self.output)
 
 
 def _p(input_: str, output: str, cached: str | None = None) -> ModelPrice:
@@ -34,7 +48,6 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-4.1-mini": _p("0.40", "1.60", "0.10"),
 }
 
-# Used for a model with no price, so that it is never silently free (the row is marked unpriced).
 DEFAULT_FALLBACK_PRICE = _p("10.00", "30.00")
 
 
@@ -42,33 +55,43 @@ DEFAULT_FALLBACK_PRICE = _p("10.00", "30.00")
 class Cost:
     usd: Decimal
     priced: bool
+    unpriced: tuple[str, ...] = ()  # `provider/model` of each part charged the fallback price
+
+
+def price_key(provider: str | None, model: str) -> str:
+    """How a model is named in a price table: `provider/model`, or the model alone."""
+    return f"{provider}/{model}" if provider else model
 
 
 class PriceCatalog:
-    def __init__(self, prices: Mapping[str, ModelPrice], fallback: ModelPrice = DEFAULT_FALLBACK_PRICE):
-        self._prices = dict(prices)
+    def __init__(self, layers: Iterable[Mapping[str, ModelPrice]], fallback: ModelPrice = DEFAULT_FALLBACK_PRICE):
+        self._layers = [dict(layer) for layer in layers]
         self.fallback = fallback
 
     @classmethod
     def with_overrides(cls, overrides: Mapping[str, Mapping[str, Decimal]],
                        litellm_prices: Mapping[str, ModelPrice] | None = None,
                        fallback: ModelPrice = DEFAULT_FALLBACK_PRICE) -> PriceCatalog:
-        """The default prices, then LiteLLM's price map (parsed by parse_litellm_prices), then overrides."""
-        prices = dict(DEFAULT_PRICES)
-        if litellm_prices:
-            prices.update(litellm_prices)
-        for model, entry in overrides.items():
-            prices[model] = ModelPrice(
-                Decimal(entry["input"]), Decimal(entry["output"]),
-                Decimal(entry["cached_input"]) if entry.get("cached_input") is not None else None,
-            )
-        return cls(prices, fallback)
+        """The operator's overrides, then LiteLLM's price map (parsed by parse_litellm_prices), then the
+        built-in prices."""
+        operator = {
+            model: ModelPrice(Decimal(entry["input"]), Decimal(entry["output"]),
+                              Decimal(entry["cached_input"]) if entry.get("cached_input") is not None else None)
+            for model, entry in overrides.items()
+        }
+        return cls([operator, litellm_prices or {}, DEFAULT_PRICES], fallback)
 
-    def price(self, model: str) -> ModelPrice | None:
-        return self._prices.get(model)
+    def price(self, model: str, provider: str | None = None) -> ModelPrice | None:
+        specific = price_key(provider, model)
+        for layer in self._layers:
+            found = layer.get(specific) or layer.get(model)
+            if found is not None:
+                return found
+        return None
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> Cost:
-        known = self._prices.get(model)
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0,
+             provider: str | None = None) -> Cost:
+        known = self.price(model, provider)
         price = known or self.fallback
         cached = min(cached_prompt_tokens, prompt_tokens) if price.cached_input is not None else 0
         usd = (
@@ -76,16 +99,28 @@ class PriceCatalog:
             + cached * (price.cached_input or Decimal(0))
             + completion_tokens * price.output
         ) / PER_MILLION
-        return Cost(usd=usd, priced=known is not None)
+        return Cost(usd=usd, priced=known is not None, unpriced=() if known else (price_key(provider, model),))
 
-    def worst_case_usd(self, model: str, tokens: int) -> Decimal:
-        """Upper bound of a call that uses `tokens` in total, all at the dearer of the two rates."""
-        price = self._prices.get(model) or self.fallback
-        return tokens * max(price.input, price.output) / PER_MILLION
+    def cost_of(self, event: LlmCompleted) -> Cost:
+        """What a call cost: the attempt that answered (or, when none did, the last one billed) at the
+        price of its provider's model, plus each other attempt its provider billed, at that attempt's
+        model. The one pricing of a call: the cost service records it, the limiter settles to it."""
+        parts = [self.cost(event.answered_by, event.prompt_tokens, event.completion_tokens,
+                           event.cached_prompt_tokens, event.provider)]
+        parts += [self.cost(a.served_model, a.prompt_tokens, 0, provider=a.provider) for a in event.billed_attempts]
+        return Cost(usd=sum((part.usd for part in parts), Decimal(0)), priced=all(part.priced for part in parts),
+                    unpriced=tuple(name for part in parts for name in part.unpriced))
+
+    def dearest_rate(self, served_by: Iterable[tuple[str | None, str]]) -> Decimal:
+        """USD per 1M tokens at the dearer of input and output, on the dearest (provider, model) that may
+        serve a call: the rate a reservation assumes for every token of it."""
+        return max(((self.price(model, provider) or self.fallback).dearest for provider, model in served_by),
+                   default=self.fallback.dearest)
 
 
 def parse_litellm_prices(data: Mapping[str, object]) -> dict[str, ModelPrice]:
-    """Read LiteLLM's model_prices_and_context_window.json (USD per token) into per-1M prices."""
+    """Read LiteLLM's model_prices_and_context_window.json (USD per token) into per-1M prices, under
+    its own keys (provider-specific ones like `together_ai/meta-llama/...` included)."""
     prices: dict[str, ModelPrice] = {}
     for model, entry in data.items():
         if not isinstance(entry, dict) or "input_cost_per_token" not in entry:

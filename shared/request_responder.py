@@ -1,9 +1,8 @@
 """Answer a request-reply subject directly on nats-py, for the gateway's hot path only.
 
-Every call through the gateway waits for one `llm.request` round trip. FastStream's per-message
-pipeline costs about 0.4 ms of that here (a bare FastStream echo answers in ~0.8 ms, a nats-py one
-in ~0.35 ms; `python -m bench limiter` prints both), which alone would use a fifth of the gateway's
-2 ms budget. So this one subscription is served on the broker's own connection, like
+Every call through the gateway waits for one `llm.request` round trip, and FastStream's per-message
+pipeline is a large part of such a round trip (`python -m bench limiter` prints a bare FastStream
+echo beside a nats-py one). So this one subscription is served on the broker's own connection, like
 `shared.batch_consumer`, with the same rules as the FastStream subscribers:
 
 - a queue group shares the requests among replicas; at most `max_in_flight` are handled at once;

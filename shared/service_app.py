@@ -4,6 +4,7 @@ Every bus-only service (limiter, cost, notifier, backup) serves on its own port:
   /health/live   the process answers (never depends on another system)
   /health/ready  the broker is connected and each readiness check of the service passes
   /metrics       Prometheus text format
+  /docs/asyncapi.json  the bus's AsyncAPI document (shared/asyncapi.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.nats import NatsBroker
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest, make_asgi_app, multiprocess
 
+from shared.asyncapi import asyncapi_document
+
 ReadinessCheck = tuple[str, Callable[[], Awaitable[Any]]]
 CHECK_TIMEOUT_S = 2.0
 MULTIPROCESS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
@@ -34,10 +37,9 @@ def settle_heap() -> None:
     """Once a service has started: what startup made (modules, the app, its clients, the tokenizer's
     tables) leaves the collector's view (gc.freeze), and the youngest generation is collected after
     GC_YOUNG_THRESHOLD new objects instead of CPython's 700. Every call leaves reference cycles that
-    only the collector frees (futures, tasks and exceptions inside the libraries on the path).
-    Measured on the gateway under load: 7 % of its CPU went to the collector at CPython's defaults,
-    about 2 % with this; a collection then pauses the event loop for a few milliseconds instead of
-    half of one, about twenty times less often."""
+    only the collector frees (futures, tasks and exceptions inside the libraries on the path), and at
+    CPython's defaults collecting them takes a share of a busy gateway's CPU worth saving: collections
+    come far less often, each pausing the event loop a little longer (docs/benchmarks-history.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -117,11 +119,12 @@ def make_service_app(
 
     @get(include_in_schema=False)
     async def asyncapi(scope: Any) -> AsgiResponse:
-        return _json(app.schema.to_specification().to_jsonable(), 200)
+        return _json(asyncapi_document(), 200)
 
-    # FastStream's own AsyncAPI route is not used: its page loads its viewer from a CDN (blank offline),
-    # and it brings a "try it out" endpoint that publishes whatever an HTTP caller sends to any subject
-    # of the real bus. The document itself is served as JSON.
+    # The bus's whole AsyncAPI document (shared/asyncapi.py), not FastStream's, which lists only the
+    # handlers FastStream runs in this service; nor FastStream's page, which loads its viewer from a CDN
+    # (blank offline) and brings a "try it out" endpoint that publishes whatever an HTTP caller sends to
+    # any subject of the real bus.
     app = AsgiFastStream(
         broker,
         asgi_routes=[

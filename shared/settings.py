@@ -2,7 +2,7 @@
 
 Connection settings come from the environment under the names the original deployment used.
 Tiers, policies, prices and thresholds have defaults in code and can be replaced by the YAML
-file named by COSTWARDEN_CONFIG (see README "Configuration").
+file named by COSTWARDEN_CONFIG (see docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.policy import DEFAULT_MODEL_MAP, DEFAULT_ROUTES, DEFAULT_TIERS, ModelRoute, Route, Thresholds, TierLimits
+from shared.policy import DEFAULT_MODELS, DEFAULT_ROUTES, DEFAULT_TIERS, ModelConfig, Route, Thresholds, TierLimits
 from shared.pricing import ModelPrice, PriceCatalog, parse_litellm_prices
 
 
@@ -34,11 +34,12 @@ class FileConfig(BaseModel):
     """The part of the configuration an operator may replace with COSTWARDEN_CONFIG (YAML)."""
 
     tiers: dict[str, TierLimits] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
-    models: dict[str, list[ModelRoute]] = Field(default_factory=lambda: dict(DEFAULT_MODEL_MAP))
+    models: dict[str, ModelConfig] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
     default_model: str = "meta-llama/Llama-3-70b-chat-hf"
     prices: dict[str, dict[str, Decimal]] = Field(
         default_factory=dict,
-        description="Extra or overriding prices: model -> {input, output[, cached_input]} USD per 1M tokens.",
+        description="Extra or overriding prices, USD per 1M tokens: model or provider/model -> "
+                    "{input, output[, cached_input]}.",
     )
     litellm_prices_file: Path | None = Field(
         default=None, description="A price map in LiteLLM's model_prices_and_context_window.json format.")

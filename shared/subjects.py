@@ -28,6 +28,7 @@ BACKUP_COMPLETED = "backup.completed"
 ALERTS = "alert.>"
 
 LIMITER_QUEUE = "limiter"
+COST_QUEUE = "cost"
 
 
 def alert_subject(source: str, severity: str) -> str:

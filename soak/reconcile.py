@@ -53,13 +53,14 @@ async def rollup_checks(conn: asyncpg.Connection) -> list[Check]:
     checks = []
     for period in ("hour", "day", "month"):
         for dimension, column in (("all", "''"), ("user", "coalesce(user_id, '')"), ("model", "model"),
-                                  ("key", "coalesce(api_key_id::text, '')")):
+                                  ("served_model", "served_model"), ("key", "coalesce(api_key_id::text, '')")):
             by_key = await conn.fetch(
                 f"SELECT date_trunc('{period}', created_at, 'UTC') AS bucket, {column} AS key, sum(cost) AS cost"
                 " FROM llm_usage GROUP BY 1, 2")
             rolled = await conn.fetch("SELECT bucket, key, cost FROM llm_cost_rollups WHERE period = $1"
                                       " AND dimension = $2", period, dimension)
-            want = {(r["bucket"], r["key"]): r["cost"] for r in by_key if dimension in ("all", "model") or r["key"]}
+            want = {(r["bucket"], r["key"]): r["cost"] for r in by_key
+                    if dimension in ("all", "model", "served_model") or r["key"]}
             got = {(r["bucket"], r["key"]): r["cost"] for r in rolled}
             differences = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
             checks.append(Check(f"rollups {period}/{dimension} equal the ledger", {}, differences))

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from services.api.api_state import ApiState
 from services.api.callers import Caller, client_ip
-from services.api.gateway import CallContext, UnknownModel
+from services.api.gateway import CallContext
 from services.api.http_edge import ApiError, RateLimited, parse_tags, provider_failure
 from services.api.providers import ProviderCall, ProvidersFailed
 from services.api.ratelimit_headers import ratelimit_headers
@@ -19,24 +19,20 @@ from shared.events import Policy
 
 
 async def call_context(request: Request, state: ApiState, caller: Caller, endpoint: str, policy: Policy,
-                       session_id: str | None, payload: dict[str, Any], max_tokens: int | None) -> CallContext:
+                       session_id: str | None, payload: dict[str, Any], max_tokens: int, choices: int = 1
+                       ) -> CallContext:
     tags = parse_tags(request.headers.get("x-costwarden-tags"))
     peer = request.client.host if request.client else None
     return CallContext(
         request_id=uuid.uuid4().hex, caller=caller,
         client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), state.trusted_proxies),
         endpoint=endpoint, prompt_tokens=await state.gateway.count_prompt(payload), max_tokens=max_tokens,
-        policy=policy, session_id=session_id or request.headers.get("x-session-id"), tags=tags,
+        choices=choices, policy=policy, session_id=session_id or request.headers.get("x-session-id"), tags=tags,
     )
 
 
 async def admit(state: ApiState, ctx: CallContext, model: str) -> dict[str, str]:
     """The headers of an admitted call; raises what the caller is answered when it is not admitted."""
-    try:
-        state.gateway.routes_for(model)
-    except UnknownModel:
-        raise ApiError(404, f"The model '{model}' does not exist or is not served by this gateway",
-                       param="model", code="model_not_found") from None
     decision = await state.gateway.admit(ctx, model)
     if decision.allowed:
         return {"X-Request-Id": ctx.request_id, **ratelimit_headers(decision)}

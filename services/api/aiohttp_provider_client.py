@@ -1,7 +1,7 @@
 """A provider's chat completions endpoint over aiohttp's connection pool and HTTP parser. Provider calls
-are the gateway's hottest path: httpx's own transport cost several times the CPU per call, and the
-httpx API on top of aiohttp's transport (httpx-aiohttp) still about a fifth of the gateway's
-instructions per call. Transport failures become the router's ProviderError."""
+are the gateway's hottest path, and httpx, on its own transport or on top of aiohttp's
+(httpx-aiohttp), costs far more CPU per call (docs/benchmarks-history.md). Transport failures become
+the router's ProviderError."""
 
 from __future__ import annotations
 

@@ -8,23 +8,25 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter
 
 from services.api.callers import Caller
-from services.api.providers import ProviderCall, ProviderRouter, ProvidersFailed, ProviderStreamBroken
+from services.api.providers import ProviderCall, ProviderError, ProviderRouter, ProvidersFailed, ProviderStreamBroken
 from services.api.usage import (
+    NO_USAGE,
     StreamTally,
     TokenCounter,
     Usage,
+    billed_attempts,
     billed_prompt,
     prompt_chars,
     prompt_tokens,
     usage_of_answer,
 )
-from shared.events import LimitDecision, LimitRequest, LlmCompleted, Policy
-from shared.policy import ModelRoute
+from shared.events import BilledAttempt, LimitDecision, LimitRequest, LlmCompleted, Policy
+from shared.policy import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class CallContext:
     endpoint: str
     prompt_tokens: int
     max_tokens: int | None
+    choices: int = 1
     policy: Policy = "standard"
     session_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -76,21 +79,49 @@ def sse_error(message: str, code: str) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
+class BilledTo(NamedTuple):
+    """Who bills a call: the provider and model of the attempt that answered (for a call no provider
+    answered: the last attempt its provider billed, else the last one tried), and the other attempts
+    their providers billed."""
+
+    provider: str
+    served_model: str | None
+    others: list[BilledAttempt]
+
+    @classmethod
+    def answer(cls, call: ProviderCall, prompt_estimate: int) -> BilledTo:
+        failed = call.failed_attempts
+        billed = billed_attempts(((a.provider, a.served_model) for a in failed if a.billable), prompt_estimate) \
+            if failed else []
+        return cls(call.provider, call.upstream_model, billed)
+
+    @classmethod
+    def failure(cls, attempts: Sequence[ProviderError], prompt_estimate: int) -> tuple[BilledTo, Usage]:
+        """Who bills a call that failed, and the usage of the attempt named."""
+        billed = [a for a in attempts if a.billable]
+        named = billed[-1] if billed else attempts[-1] if attempts else None
+        if named is None:
+            return cls("none", None, []), NO_USAGE
+        others = billed_attempts(((a.provider, a.served_model) for a in billed[:-1]), prompt_estimate)
+        return cls(named.provider, named.served_model, others), billed_prompt(prompt_estimate) if billed else NO_USAGE
+
+
 class Gateway:
     def __init__(self, limiter: LimiterClient, router: ProviderRouter, publisher: CompletionPublisher,
-                 model_map: Mapping[str, Sequence[ModelRoute]], counter: TokenCounter) -> None:
+                 models: Mapping[str, ModelConfig], counter: TokenCounter) -> None:
         self.limiter = limiter
         self.router = router
         self.publisher = publisher
-        self.model_map = model_map
+        self.models = models
         self.counter = counter
         self._background: set[asyncio.Task[Any]] = set()
 
-    def routes_for(self, model: str) -> Sequence[ModelRoute]:
-        routes = self.model_map.get(model)
-        if not routes:
-            raise UnknownModel(model)
-        return routes
+    def model(self, name: str) -> ModelConfig:
+        """A public model's configuration; UnknownModel when the gateway does not serve it."""
+        config = self.models.get(name)
+        if config is None:
+            raise UnknownModel(name)
+        return config
 
     async def count_prompt(self, payload: Mapping[str, Any]) -> int:
         """The prompt's tokens: what the limiter reserves on, and what is billed if the provider sends
@@ -103,16 +134,17 @@ class Gateway:
         return await self.limiter.ask(LimitRequest(
             request_id=ctx.request_id, user_id=ctx.caller.user_id, client_ip=ctx.client_ip,
             tier=ctx.caller.tier, endpoint=ctx.endpoint, policy=ctx.policy, model=model,
-            prompt_tokens_estimate=ctx.prompt_tokens, max_tokens=ctx.max_tokens,
+            prompt_tokens_estimate=ctx.prompt_tokens, max_tokens=ctx.max_tokens, choices=ctx.choices,
         ))
 
-    def completed_event(self, ctx: CallContext, provider: str, model: str, started: float, usage: Usage,
-               error: str | None) -> LlmCompleted:
+    def completed_event(self, ctx: CallContext, model: str, billed_to: BilledTo, started: float, usage: Usage,
+                        error: str | None) -> LlmCompleted:
         if usage.source == "estimated":
             ESTIMATED.labels(model).inc()
         return LlmCompleted(
             id=ctx.request_id, request_id=ctx.request_id, user_id=ctx.caller.user_id, session_id=ctx.session_id,
-            client_ip=ctx.client_ip, tier=ctx.caller.tier, provider=provider, model=model,
+            client_ip=ctx.client_ip, tier=ctx.caller.tier, provider=billed_to.provider, model=model,
+            served_model=billed_to.served_model, billed_attempts=billed_to.others,
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cached_prompt_tokens=usage.cached_prompt_tokens, usage_source=usage.source,
             endpoint=ctx.endpoint, success=error is None, error=error,
@@ -123,12 +155,11 @@ class Gateway:
                     ) -> tuple[ProviderCall, float]:
         started = time.perf_counter()
         try:
-            call = await self.router.call(self.routes_for(model), payload, stream=stream)
+            call = await self.router.call(self.model(model).routes, payload, stream=stream)
         except ProvidersFailed as exc:
             PROVIDER_CALLS.labels("none", "failed").inc()
-            last = exc.errors[-1].provider if exc.errors else "none"
-            usage = billed_prompt(ctx.prompt_tokens, sum(attempt.billable for attempt in exc.attempts))
-            await self.publisher.publish(self.completed_event(ctx, last, model, started, usage, str(exc)))
+            billed_to, usage = BilledTo.failure(exc.attempts, ctx.prompt_tokens)
+            await self.publisher.publish(self.completed_event(ctx, model, billed_to, started, usage, str(exc)))
             raise
         PROVIDER_CALLS.labels(call.provider, "ok").inc()
         return call, started
@@ -136,7 +167,8 @@ class Gateway:
     async def complete(self, ctx: CallContext, model: str, payload: Mapping[str, Any]) -> ProviderCall:
         call, started = await self._call(ctx, model, payload, stream=False)
         usage = usage_of_answer(self.counter, call.body, ctx.prompt_tokens, ctx.max_tokens)
-        await self.publisher.publish(self.completed_event(ctx, call.provider, model, started, usage, None))
+        billed_to = BilledTo.answer(call, ctx.prompt_tokens)
+        await self.publisher.publish(self.completed_event(ctx, model, billed_to, started, usage, None))
         return call
 
     async def open_stream(self, ctx: CallContext, model: str, payload: Mapping[str, Any]
@@ -209,7 +241,8 @@ class StreamRelay:
     def _event(self, error: str | None) -> LlmCompleted:
         """The call's record: the provider's usage if it arrived, else what was relayed, counted."""
         usage = self.tally.usage(self.gateway.counter, self.ctx.prompt_tokens, self.ctx.max_tokens)
-        return self.gateway.completed_event(self.ctx, self.call.provider, self.model, self.started, usage, error)
+        return self.gateway.completed_event(self.ctx, self.model, BilledTo.answer(self.call, self.ctx.prompt_tokens),
+                                            self.started, usage, error)
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         error: str | None = "client disconnected before the stream ended"

@@ -21,10 +21,11 @@ from services.api.callers import (
     KeyStoreUnavailable,
     bearer_token,
 )
-from services.api.gateway import CallContext
+from services.api.gateway import CallContext, Gateway, UnknownModel
 from services.api.providers import ProvidersFailed
 from services.api.ratelimit_headers import too_many_requests
 from shared.events import LimitDecision
+from shared.policy import ModelConfig
 
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
@@ -122,10 +123,27 @@ def parse_tags(header: str | None) -> dict[str, str]:
     return tags
 
 
-def checked_max_tokens(value: int | None, cap: int, param: str = "max_tokens") -> int | None:
-    if value is not None and not 1 <= value <= cap:
-        raise ApiError(400, f"{param} must be between 1 and {cap}", param=param, code="invalid_value")
-    return value
+def public_model(gateway: Gateway, name: str) -> ModelConfig:
+    try:
+        return gateway.model(name)
+    except UnknownModel:
+        raise ApiError(404, f"The model '{name}' does not exist or is not served by this gateway",
+                       param="model", code="model_not_found") from None
+
+
+def completion_tokens(requested: int | None, param: str, model: ModelConfig, default: int, cap: int,
+                      choices: int = 1) -> int:
+    """What each choice of a call may generate: what the caller asked for (from 1 up to the model's
+    ceiling and the reservation cap), else `default` within them; every choice together within the cap,
+    so that the limiter reserves all that the provider may generate."""
+    ceiling = min(cap, model.max_tokens or cap)
+    if requested is not None and not 1 <= requested <= ceiling:
+        raise ApiError(400, f"{param} must be between 1 and {ceiling}", param=param, code="invalid_value")
+    limit = requested if requested is not None else min(default, ceiling)
+    if choices * limit > cap:
+        raise ApiError(400, f"n times {param} ({choices} x {limit}) must not exceed {cap} tokens", param="n",
+                       code="invalid_value")
+    return limit
 
 
 async def caller_of(request: Request, keys: ApiKeyStore) -> Caller:

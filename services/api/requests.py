@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.events import MAX_CHOICES
+
 MAX_TEXT_CHARS = 400_000
 
 
@@ -25,6 +27,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(default=None, max_length=256)

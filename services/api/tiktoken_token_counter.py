@@ -3,7 +3,7 @@ that nothing is downloaded at run time (tiktoken itself fetches vocabularies fro
 
 cl100k_base is the tokenizer of GPT-4 and GPT-3.5, and the base of Llama 3's (whose vocabulary holds
 cl100k's 100k tokens plus 28k more), so on the models the gateway maps it counts exactly or slightly
-over; see the README's "How usage is taken"."""
+over; see docs/api.md, "How usage is counted"."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.events import UsageSource
+from shared.events import BilledAttempt, UsageSource
 
 # OpenAI's chat framing: each message costs its text plus about 3 tokens, and the reply is primed
 # with 3 more (the count OpenAI documents for its cl100k models).
@@ -153,10 +153,13 @@ class StreamTally:
         return Usage(prompt_estimate, _capped(completion, max_tokens, len(self._choices)), source="estimated")
 
 
-def billed_prompt(prompt_estimate: int, billable_attempts: int) -> Usage:
-    """Usage of a call no provider answered: providers bill the prompt of every attempt they received
-    and did not refuse (a timeout while the model worked, a connection cut mid-answer)."""
-    if billable_attempts == 0:
-        return NO_USAGE
-    return Usage(prompt_estimate * billable_attempts, 0, source="estimated")
+def billed_attempts(attempts: Iterable[tuple[str, str]], prompt_estimate: int) -> list[BilledAttempt]:
+    """Attempts (provider, the provider's model) that did not answer but that their provider bills: each
+    had the prompt (a timeout while the model worked, a connection cut mid-answer)."""
+    return [BilledAttempt(provider=provider, served_model=model, prompt_tokens=prompt_estimate)
+            for provider, model in attempts]
 
+
+def billed_prompt(prompt_estimate: int) -> Usage:
+    """Usage of an attempt that did not answer but that its provider bills: the prompt it was sent."""
+    return Usage(prompt_estimate, 0, source="estimated")

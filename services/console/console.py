@@ -18,7 +18,7 @@ from shared.api_keys import KeyRecord, hash_api_key
 from shared.cost_query import projected_month_end
 from shared.policy import Levels, Thresholds
 
-DIMENSIONS = ("model", "endpoint", "tag", "user")
+DIMENSIONS = ("model", "served_model", "endpoint", "tag", "user")
 ORDERS = ("cost", "requests", "tokens", "key")
 MINUTE = timedelta(minutes=1)
 N = TypeVar("N", int, Decimal)

@@ -60,7 +60,7 @@ WHERE dimension = $1
 GROUP BY key ORDER BY {{order}} LIMIT $11
 """
 
-LEDGER_KEYS = {"model": "model", "endpoint": "endpoint", "user": "user_id"}
+LEDGER_KEYS = {"model": "model", "served_model": "served_model", "endpoint": "endpoint", "user": "user_id"}
 
 # One user's breakdown from the ledger (no rollup keeps a user by model, endpoint or tag). Tags are
 # grouped by their whole set first: a user has few distinct sets, so each is expanded once, not per row.

@@ -28,6 +28,7 @@ class UsageRecord:
     event: LlmCompleted
     cost: Decimal
     priced: bool
+    unpriced: tuple[str, ...] = ()  # provider/model of each part charged the fallback price
 
     @property
     def request_id(self) -> str:
@@ -39,13 +40,13 @@ class UsageRecord:
 
 
 def price_events(events: Iterable[LlmCompleted], catalog: PriceCatalog) -> list[UsageRecord]:
-    """One record per request id (the first seen wins within a batch)."""
+    """One record per request id (the first seen wins within a batch), priced for what answered."""
     records: dict[str, UsageRecord] = {}
     for event in events:
         if event.request_id in records:
             continue
-        cost = catalog.cost(event.model, event.prompt_tokens, event.completion_tokens, event.cached_prompt_tokens)
-        records[event.request_id] = UsageRecord(event, cost.usd, cost.priced)
+        cost = catalog.cost_of(event)
+        records[event.request_id] = UsageRecord(event, cost.usd, cost.priced, cost.unpriced)
     return list(records.values())
 
 
@@ -67,7 +68,7 @@ class RollupDelta:
         event = record.event
         self.requests += 1
         self.successes += int(event.success)
-        self.prompt_tokens += event.prompt_tokens
+        self.prompt_tokens += event.total_prompt_tokens
         self.completion_tokens += event.completion_tokens
         self.cost += record.cost
         self.latency_ms_sum += event.latency_ms
@@ -87,7 +88,7 @@ class RollupDelta:
 
 
 def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:
-    dims = [("all", ""), ("model", event.model), ("endpoint", event.endpoint)]
+    dims = [("all", ""), ("model", event.model), ("served_model", event.answered_by), ("endpoint", event.endpoint)]
     if event.user_id:
         dims.append(("user", event.user_id))
     if event.api_key_id:

@@ -42,6 +42,7 @@ GROUP BY 1 ORDER BY cost DESC, key LIMIT $4
 
 BREAKDOWNS = {
     "by_model": ("model", "", ""),
+    "by_served_model": ("served_model", "", ""),
     "by_endpoint": ("endpoint", "", ""),
     "by_user": ("user_id", "", "AND user_id IS NOT NULL"),
     "by_tag": ("t.key || '=' || t.value", "CROSS JOIN LATERAL jsonb_each_text(tags) AS t", ""),

@@ -9,9 +9,7 @@ from typing import Any, Protocol
 from faststream.nats import NatsRouter
 
 from shared.cost_query import Analytics, CostQuery, CurrentCost
-from shared.subjects import COST_QUERY
-
-QUEUE = "cost"
+from shared.subjects import COST_QUERY, COST_QUEUE
 
 
 class CostQueries(Protocol):
@@ -22,7 +20,7 @@ def query_router(queries: Callable[[], CostQueries]) -> NatsRouter:
     """`queries` is called per request: the read side exists only once the service has connected."""
     router = NatsRouter()
 
-    @router.subscriber(COST_QUERY, queue=QUEUE, title="cost.query",
+    @router.subscriber(COST_QUERY, queue=COST_QUEUE, title="cost.query",
                        description="Current spend or analytics for a time range (request-reply).")
     async def answer_query(query: CostQuery) -> dict[str, Any]:
         return (await queries().answer(query)).model_dump(mode="json")

@@ -29,26 +29,29 @@ log = logging.getLogger(__name__)
 
 RECORDED = Counter("costwarden_cost_events_recorded_total", "llm.completed events added to the ledger")
 DUPLICATES = Counter("costwarden_cost_events_duplicate_total", "llm.completed events already in the ledger")
-UNPRICED = Counter("costwarden_cost_unpriced_events_total", "Events of models with no price", ["model"])
+UNPRICED = Counter("costwarden_cost_unpriced_events_total", "Events priced at the fallback price: a provider's "
+                   "model with no price (provider/model)", ["model"])
 ESTIMATED = Counter("costwarden_cost_estimated_usage_total",
                     "Events recorded with estimated usage (the provider sent none)", ["model"])
 ALERTS = Counter("costwarden_cost_alerts_claimed_total", "Cost alerts claimed (each fires once)")
 BATCH_SECONDS = Histogram("costwarden_cost_batch_seconds", "Time to record one batch")
 TOKENS = Counter("costwarden_tokens_total", "Tokens recorded in the ledger (committed batches only)",
                  [*SPEND_LABELS, "kind"])
-MODEL, PROVIDER, ENDPOINT, TIER = BoundedLabel(200), BoundedLabel(20), BoundedLabel(50), BoundedLabel(20)
+MODEL, SERVED_MODEL = BoundedLabel(200), BoundedLabel(200)
+PROVIDER, ENDPOINT, TIER = BoundedLabel(20), BoundedLabel(50), BoundedLabel(20)
 
 
 def count_spend(records: Sequence[UsageRecord]) -> None:
-    """Spend and tokens by model, provider, endpoint and tier."""
+    """Spend and tokens by model, the provider and model that answered, endpoint and tier."""
     for record in records:
         event = record.event
-        labels = (MODEL(event.model), PROVIDER(event.provider), ENDPOINT(event.endpoint), TIER(event.tier))
+        labels = (MODEL(event.model), PROVIDER(event.provider), SERVED_MODEL(event.answered_by),
+                  ENDPOINT(event.endpoint), TIER(event.tier))
         SPEND.add(labels, record.cost)
-        TOKENS.labels(*labels, "prompt").inc(event.prompt_tokens)
+        TOKENS.labels(*labels, "prompt").inc(event.total_prompt_tokens)
         TOKENS.labels(*labels, "completion").inc(event.completion_tokens)
-        if not record.priced:
-            UNPRICED.labels(labels[0]).inc()
+        for unpriced in record.unpriced:
+            UNPRICED.labels(SERVED_MODEL(unpriced)).inc()
         if event.usage_source == "estimated":
             ESTIMATED.labels(labels[0]).inc()
 
@@ -88,7 +91,7 @@ def alerts_due(fresh: Sequence[UsageRecord], totals: Sequence[SpendTotal], thres
             projection = projection_alert(total.cost, now, thresholds)
             if projection:
                 claims.append(projection)
-    for model, day in sorted({(r.event.model, bucket_start("day", r.at)) for r in fresh if not r.priced}):
+    for model, day in sorted({(model, bucket_start("day", r.at)) for r in fresh for model in r.unpriced}):
         claims.append(unpriced_model_alert(model, day, fallback))
     return claims
 

@@ -1,6 +1,6 @@
-"""Spend for Prometheus, kept as Decimal: the exact sum of the ledger's costs per model, provider,
-endpoint and tier, and the configured thresholds the alert rules compare it with. The text format
-writes them as numbers when scraped; nothing is summed in floating point."""
+"""Spend for Prometheus, kept as Decimal: the exact sum of the ledger's costs per model, provider, served
+model, endpoint and tier, and the configured thresholds the alert rules compare it with. The text
+format writes them as numbers when scraped; nothing is summed in floating point."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from shared.policy import Thresholds
 
-SPEND_LABELS = ["model", "provider", "endpoint", "tier"]
-SpendLabels = tuple[str, str, str, str]
+SPEND_LABELS = ["model", "provider", "served_model", "endpoint", "tier"]
+SpendLabels = tuple[str, str, str, str, str]
 
 
 class SpendCollector(Collector):

@@ -69,7 +69,7 @@ class LimiterService:
 
     def limiter(self) -> Limiter:
         config = self.settings.file_config()
-        policy = LimitPolicy(config.tiers, config.price_catalog(), self.settings.default_max_tokens,
+        policy = LimitPolicy(config.tiers, config.price_catalog(), config.models, self.settings.default_max_tokens,
                              self.settings.reservation_cap_tokens)
         return Limiter(policy, RedisLimiterStore(self.redis, self.settings.reservation_ttl_s),
                        self.settings.limiter_failure_mode, JetStreamViolationPublisher(jetstream(self.broker)))

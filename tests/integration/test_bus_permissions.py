@@ -6,11 +6,6 @@ what it must not do; a client without an identity cannot connect."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -18,56 +13,30 @@ import nats
 import nats.errors
 import pytest
 
-from shared.bus_permissions import inbox_prefix
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
 from shared.nats_identities import seed_file
 from tests.conftest import start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key
-from tests.servers import VENV_BIN, ProcessServer, free_port, s3_server
+from tests.integration.secured_bus import cli, connect_as, start_secured_bus
+from tests.servers import s3_server
 from tests.sinks import HttpSink
 from tests.support.polling import eventually
 
 SERVICES = ("limiter", "cost", "notifier", "health", "backup", "api")
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def secured_bus(base_env):
     """nats-server with the generated authorization, and the streams created by `costwarden migrate`
-    as admin; (url, directory of the seeds)."""
-    identities = Path(tempfile.mkdtemp(prefix="nats-identities-"))
-    written = cli({}, "nats-config", "--out", str(identities))
-    assert written.returncode == 0, written.stderr
-    port = free_port()
-    server = ProcessServer("nats-secured", [str(VENV_BIN / "nats-server"), "-c", str(identities / "auth.conf"), "-js",
-                                            "-a", "127.0.0.1", "-p", str(port),
-                                            "-sd", tempfile.mkdtemp(prefix="nats-secured-")], port)
-    server.start()
-    url = f"nats://127.0.0.1:{port}"
-    migrated = cli({**base_env, "NATS_URL": url, "NATS_NKEY_SEED_FILE": str(seed_file(identities, "admin"))}, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    yield url, identities
-    server.stop()
-
-
-async def connect_as(bus, role: str, violations: list[str] | None = None):
-    url, identities = bus
-
-    async def on_error(exc: Exception) -> None:
-        if violations is not None:
-            violations.append(str(exc))
-
-    return await nats.connect(url, nkeys_seed=str(seed_file(identities, role)), inbox_prefix=inbox_prefix(role),
-                              error_cb=on_error, max_reconnect_attempts=0)
+    as admin."""
+    bus = start_secured_bus(base_env)
+    yield bus
+    bus.server.stop()
 
 
 @pytest.mark.system
 async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bus, base_env, fresh_database, tmp_path):
-    url, identities = secured_bus
+    url, identities, _ = secured_bus
     slack = HttpSink()
     s3, s3_env = s3_server("secured-bus")
     config = tmp_path / "costwarden.yaml"
@@ -127,7 +96,7 @@ async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bu
 
 @pytest.mark.service
 async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secured_bus, base_env):
-    url, identities = secured_bus
+    url, identities, _ = secured_bus
     limiter = start_service("limiter", {**base_env, "NATS_URL": url,
                                         "NATS_NKEY_SEED_FILE": str(seed_file(identities, "limiter"))}, "LIMITER_PORT")
     upstream = await connect_as(secured_bus, "upstream")
@@ -184,7 +153,7 @@ async def test_an_identity_is_refused_what_it_must_not_do(secured_bus, role, wha
 
 @pytest.mark.adapter
 async def test_a_client_without_an_identity_cannot_connect(secured_bus):
-    url, _ = secured_bus
+    url = secured_bus.url
 
     async def quiet(exc: Exception) -> None: ...
 

@@ -161,6 +161,17 @@ async def test_an_admin_sees_every_page_with_the_ledgers_figures(system, browser
         await page.click("#csv")
     exported = list(csv.DictReader(io.StringIO(Path(await (await download_info.value).path()).read_text())))
     assert {row["model"]: Decimal(row["cost_usd"]) for row in exported} == by_model
+    assert await page.inner_text("select[name=by] option[value=served_model]") == "served model"
+    await page.select_option("select[name=by]", "served_model")
+    await page.click("form.filters button[type=submit]")
+    await page.wait_for_url("**by=served_model**")
+    by_served = {row["served_model"]: row["c"] for row in await ledger(
+        db, "SELECT served_model, sum(cost) AS c FROM llm_usage WHERE created_at >= $1 GROUP BY 1", window_start)}
+    rows = page.locator("#breakdown tbody tr")
+    assert {await rows.nth(i).get_attribute("data-key"): value(
+        await rows.nth(i).locator("td").nth(4).get_attribute("data-value")) for i in range(await rows.count())} \
+        == by_served
+    assert await page.inner_text("#breakdown thead th >> nth=0") == "served model"
     await page.goto("/costs?range=24h&by=tag&sort=key")
     tags = {row["t"]: row["c"] for row in await ledger(
         db, "SELECT t.key || '=' || t.value AS t, sum(cost) AS c FROM llm_usage, jsonb_each_text(tags) t"

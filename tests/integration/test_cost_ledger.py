@@ -180,7 +180,7 @@ async def test_unpriced_models_use_the_fallback_rate_and_warn_once_a_day(pool):
     assert [(r["cost"], r["priced"]) for r in rows] == [(Decimal("10"), False)] * 3
     unpriced = [a for a in sink.alerts if a.key.startswith("cost:unpriced:")]
     assert len(unpriced) == 1
-    assert unpriced[0].text.startswith("WARNING: model brand-new-model has no price")
+    assert unpriced[0].text.startswith("WARNING: model together_ai/brand-new-model has no price")
 
 
 async def test_the_original_sql_functions(pool):

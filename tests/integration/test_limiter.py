@@ -15,7 +15,7 @@ from services.limiter.limiter import Limiter
 from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
-from shared.policy import DEFAULT_TIERS, TierLimits
+from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS, TierLimits
 from shared.pricing import PriceCatalog
 from tests.conftest import start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, stream_messages
@@ -117,7 +117,7 @@ def received_requests(service) -> float:
 def tight_policy(tokens_per_minute: int = 1000, budget: str = "1.00") -> LimitPolicy:
     tiers = {name: TierLimits(requests=100, strict_requests=10, tokens_per_minute=tokens_per_minute,
                               daily_budget_usd=Decimal(budget)) for name in DEFAULT_TIERS}
-    return LimitPolicy(tiers, PriceCatalog.with_overrides({}), default_max_tokens=256, reservation_cap_tokens=5000)
+    return LimitPolicy(tiers, PriceCatalog.with_overrides({}), DEFAULT_MODELS, default_max_tokens=256, reservation_cap_tokens=5000)
 
 
 def request(user: str, max_tokens: int, model: str = CHEAP_MODEL, prompt: int = 0) -> LimitRequest:

@@ -18,7 +18,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.servers import free_port, port_open, redis_server
+from tests.integration.system import run_env
+from tests.servers import port_open, redis_server
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.system
@@ -27,17 +28,6 @@ pytestmark = pytest.mark.system
 FASTSTREAM_PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # FastStream's own format
 READABLE_LINE = re.compile(
     r"^\d\d:\d\d:\d\d\.\d{3} (api|limiter|cost|notifier|health|console|run)\s+(DEBUG|INFO|WARNING|ERROR) ")
-
-
-def run_env(database_url: str, redis_url: str) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in ("NATS", "API_PORT", "LIMITER_PORT", "COST_PORT", "NOTIFIER_PORT",
-                                            "HEALTH_PORT", "CONSOLE_PORT", "SIMULATOR_PORT")}
-    env = {k: v for k, v in os.environ.items() if k not in ("TOGETHER_API_KEY", "OPENAI_API_KEY", "LOG_FORMAT")}
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, NATS_URL=f"nats://127.0.0.1:{ports['NATS']}",
-               API_PORT=str(ports["API_PORT"]), LIMITER_PORT=str(ports["LIMITER_PORT"]), COST_PORT=str(ports["COST_PORT"]),
-               NOTIFIER_PORT=str(ports["NOTIFIER_PORT"]), HEALTH_PORT=str(ports["HEALTH_PORT"]),
-               CONSOLE_PORT=str(ports["CONSOLE_PORT"]), SIMULATOR_PORT=str(ports["SIMULATOR_PORT"]))
-    return env, ports
 
 
 def test_in_a_terminal_every_line_is_readable_and_a_summary_says_where_things_are(database_url, tmp_path):

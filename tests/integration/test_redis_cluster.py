@@ -19,7 +19,7 @@ from services.limiter.limiter import Limiter
 from services.limiter.policy import LimitPolicy, subject_key
 from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
-from shared.policy import DEFAULT_TIERS
+from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS
 from shared.pricing import PriceCatalog
 from tests.conftest import start_service, unique
 from tests.servers import nats_server, redis_cluster
@@ -128,7 +128,7 @@ async def test_settlement_reaches_every_master_in_one_batch(cluster):
     nodes, url = cluster
     client = RedisCluster.from_url(url)
     await client.initialize()
-    limiter = Limiter(LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), 256, 5000), RedisLimiterStore(client, 900), "closed",
+    limiter = Limiter(LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), DEFAULT_MODELS, 256, 5000), RedisLimiterStore(client, 900), "closed",
                       NoViolations())
     users = list(callers_on_every_master(nodes[0].port).values())
     try:

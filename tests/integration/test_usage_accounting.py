@@ -14,13 +14,13 @@ import httpx
 import openai
 import pytest
 import tiktoken
-from redis.asyncio import Redis
 
 from services.simulator.app import create_app as create_simulator
 from services.simulator.simulator import prompt_tokens as provider_prompt_count
+from shared.policy import DEFAULT_MODELS
 from shared.pricing import PriceCatalog, to_nano_usd
 from tests.conftest import set_faults, sim_stats, start_service, unique
-from tests.integration.helpers import CHEAP_MODEL, auth, new_key
+from tests.integration.helpers import CHEAP_MODEL, auth, new_key, settled_counters
 from tests.servers import ThreadedHttpServer, nats_server
 from tests.support.polling import eventually
 
@@ -67,25 +67,6 @@ async def read_chunks(response: httpx.Response, wanted: int) -> list[str]:
                 if len(texts) == wanted:
                     break
     return texts
-
-
-async def settled_counters(redis_url: str, user: str) -> tuple[int, int]:
-    """(tokens in the current minutes, nano-USD today) of a caller, once no reservation of it is open.
-    The layout is the limiter's (redis_limiter_store.py): per-minute and per-day counters are hash fields."""
-    redis = Redis.from_url(redis_url)
-    try:
-        base = "cw:{user:" + user + "}"
-        settled = await eventually(lambda: _none_open(redis, base), 15)
-        assert settled, "a reservation was never settled"
-        tokens = sum(int(v) for v in (await redis.hgetall(f"{base}:tok")).values())
-        day = int(time.time() * 1000) // 86_400_000
-        return tokens, int(await redis.hget(f"{base}:usd", str(day)) or 0)
-    finally:
-        await redis.aclose()
-
-
-async def _none_open(redis: Redis, base: str) -> bool:
-    return not await redis.keys(f"{base}:resv:*")
 
 
 async def test_a_client_that_abandons_a_slow_stream_is_billed_for_what_it_was_sent(own_providers, database_url,
@@ -248,7 +229,8 @@ async def test_abandoned_streams_cannot_spend_past_the_budget(small_budget_stack
     key = await new_key(database_url, user, "free")
     body = {"model": CHEAP_MODEL, "messages": MESSAGES, "max_tokens": 40, "stream": True}
     prompt = provider_prompt_count(CL100K, MESSAGES)
-    reservation = PriceCatalog.with_overrides({CHEAP_MODEL: DEAR}).worst_case_usd(CHEAP_MODEL, prompt + 40)
+    rate = PriceCatalog.with_overrides({CHEAP_MODEL: DEAR}).dearest_rate(DEFAULT_MODELS[CHEAP_MODEL].served_by())
+    reservation = (prompt + 40) * rate / 1_000_000
     concurrency = 3
     admitted: list[str] = []
     denial: dict | None = None

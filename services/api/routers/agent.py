@@ -8,19 +8,25 @@ from fastapi.responses import JSONResponse
 
 from services.api.admission import admit, call_context, complete
 from services.api.api_state import ApiState, api_state
-from services.api.http_edge import caller_of, checked_max_tokens, read_body
+from services.api.http_edge import caller_of, completion_tokens, public_model, read_body
 from services.api.requests import AgentQuery, AgentRequest, LongFormRequest, request_body_doc
 from shared.events import Policy
+from shared.policy import completion_limit
 
 router = APIRouter()
 LONG_FORM_MAX_TOKENS = 4096
 
 
 async def agent_call(request: Request, state: ApiState, body: AgentRequest, text: str, endpoint: str,
-                     policy: Policy, default_max_tokens: int) -> JSONResponse:
+                     policy: Policy, default_max_tokens: int | None) -> JSONResponse:
+    """`default_max_tokens`: what the endpoint generates when the caller names no limit (None: the model's
+    or the operator's default)."""
     caller = await caller_of(request, state.keys)
     model = body.model or state.config.default_model
-    max_tokens = checked_max_tokens(body.max_tokens, state.settings.reservation_cap_tokens) or default_max_tokens
+    config = public_model(state.gateway, model)
+    default = default_max_tokens or completion_limit(config, state.settings.default_max_tokens)
+    max_tokens = completion_tokens(body.max_tokens, "max_tokens", config, default,
+                                   state.settings.reservation_cap_tokens)
     payload = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
     ctx = await call_context(request, state, caller, endpoint, policy, body.session_id, payload, max_tokens)
     headers = await admit(state, ctx, model)
@@ -40,8 +46,7 @@ async def agent_call(request: Request, state: ApiState, body: AgentRequest, text
 async def agent_query(request: Request) -> JSONResponse:
     state = api_state(request)
     body = await read_body(request, AgentQuery, state.settings.max_body_bytes)
-    return await agent_call(request, state, body, body.query, "/api/agent/query", "standard",
-                            state.settings.default_max_tokens)
+    return await agent_call(request, state, body, body.query, "/api/agent/query", "standard", None)
 
 
 @router.post("/api/agent/generate-long-form", openapi_extra=request_body_doc(
@@ -50,4 +55,4 @@ async def agent_long_form(request: Request) -> JSONResponse:
     state = api_state(request)
     body = await read_body(request, LongFormRequest, state.settings.max_body_bytes)
     return await agent_call(request, state, body, body.prompt, "/api/agent/generate-long-form", "strict",
-                            min(LONG_FORM_MAX_TOKENS, state.settings.reservation_cap_tokens))
+                            LONG_FORM_MAX_TOKENS)

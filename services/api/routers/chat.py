@@ -10,9 +10,10 @@ from fastapi.responses import Response, StreamingResponse
 
 from services.api.admission import admit, call_context, complete
 from services.api.api_state import api_state
-from services.api.http_edge import caller_of, checked_max_tokens, provider_failure, read_body
+from services.api.http_edge import caller_of, completion_tokens, provider_failure, public_model, read_body
 from services.api.providers import ProvidersFailed
 from services.api.requests import ChatCompletionRequest, request_body_doc
+from shared.policy import completion_limit
 
 router = APIRouter()
 MODELS_CREATED = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
@@ -37,10 +38,17 @@ async def chat_completions(request: Request) -> Response:
     state = api_state(request)
     caller = await caller_of(request, state.keys)
     chat = await read_body(request, ChatCompletionRequest, state.settings.max_body_bytes)
+    model = public_model(state.gateway, chat.model)
     param = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
-    max_tokens = checked_max_tokens(chat.completion_limit, state.settings.reservation_cap_tokens, param)
+    choices = chat.n or 1
+    max_tokens = completion_tokens(chat.completion_limit, param, model,
+                                   completion_limit(model, state.settings.default_max_tokens),
+                                   state.settings.reservation_cap_tokens, choices)
     payload = chat.model_dump(exclude_none=True)
-    ctx = await call_context(request, state, caller, "/v1/chat/completions", "standard", None, payload, max_tokens)
+    if chat.completion_limit is None:  # the provider may generate no more than the limiter reserved
+        payload["max_tokens"] = max_tokens
+    ctx = await call_context(request, state, caller, "/v1/chat/completions", "standard", None, payload, max_tokens,
+                             choices)
     headers = await admit(state, ctx, chat.model)
     if not chat.stream:
         call = await complete(state, ctx, chat.model, payload)
@@ -61,6 +69,6 @@ async def chat_completions(request: Request) -> Response:
 async def list_models(request: Request) -> dict[str, Any]:
     state = api_state(request)
     return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": routes[0].provider}
-        for name, routes in state.config.models.items()
+        {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": model.routes[0].provider}
+        for name, model in state.config.models.items()
     ]}

@@ -1,5 +1,5 @@
-"""The service's own probes and metrics: /health/live, /health/ready (with each provider's breaker)
-and /metrics."""
+"""The service's own probes and metrics: /health/live, /health/ready (with each provider's breaker),
+/metrics, and the bus's AsyncAPI document at /asyncapi.json (for upstream services)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.api.api_state import api_state
+from shared.asyncapi import asyncapi_document
 from shared.service_app import metrics_text, readiness_document
 
 SERVICE = "api"
@@ -30,3 +31,8 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics() -> Response:
     return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/asyncapi.json", include_in_schema=False)
+async def asyncapi() -> JSONResponse:
+    return JSONResponse(asyncapi_document())

@@ -8,12 +8,14 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import pytest
+
 from services.api.breaker import CircuitBreaker
 from services.api.callers import Caller
 from services.api.gateway import CallContext, Gateway
-from services.api.providers import ProviderRouter, ProviderStreamBroken
-from shared.events import LimitDecision, LimitRequest, LlmCompleted
-from shared.policy import ModelRoute
+from services.api.providers import ProviderError, ProviderRouter, ProvidersFailed, ProviderStreamBroken
+from shared.events import BilledAttempt, LimitDecision, LimitRequest, LlmCompleted
+from shared.policy import ModelConfig, ModelRoute
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"
 
@@ -74,7 +76,7 @@ class AlwaysAllowed:
 
 def gateway(provider: FakeProvider, recorded: Recorded) -> Gateway:
     router = ProviderRouter({"together_ai": provider}, {"together_ai": CircuitBreaker(5, 30)}, max_retries=0)
-    return Gateway(AlwaysAllowed(), router, recorded, {MODEL: [ModelRoute(provider="together_ai", model=MODEL)]},
+    return Gateway(AlwaysAllowed(), router, recorded, {MODEL: ModelConfig(routes=[ModelRoute(provider="together_ai", model=MODEL)])},
                    Words())
 
 
@@ -138,3 +140,67 @@ async def test_a_plain_answer_without_usage_is_counted_never_zero():
     await asyncio.sleep(0)
     [event] = recorded.events
     assert (event.prompt_tokens, event.completion_tokens, event.usage_source) == (12, 4, "estimated")
+
+
+class FailingProvider(FakeProvider):
+    def __init__(self, name: str, *failures: ProviderError) -> None:
+        super().__init__()
+        self.name, self.failures = name, list(failures)
+
+    async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        raise self.failures.pop(0)
+
+
+ANSWER = {"choices": [{"index": 0, "message": {"content": "hi"}}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+FALLBACK = {MODEL: ModelConfig(routes=[ModelRoute(provider="together_ai", model=MODEL),
+                                       ModelRoute(provider="openai", model="gpt-4o-mini")])}
+
+
+def fallback_gateway(together: FakeProvider, openai: FakeProvider, recorded: Recorded) -> Gateway:
+    openai.name = "openai"
+    router = ProviderRouter({"together_ai": together, "openai": openai},
+                            {name: CircuitBreaker(5, 30) for name in ("together_ai", "openai")}, max_retries=0)
+    return Gateway(AlwaysAllowed(), router, recorded, FALLBACK, Words())
+
+
+def timed_out() -> ProviderError:
+    return ProviderError("together_ai", "timed out", timeout=True, billable=True)
+
+
+async def test_a_fallback_call_is_recorded_as_served_by_the_provider_and_model_that_answered():
+    recorded = Recorded()
+    g = fallback_gateway(FailingProvider("together_ai", ProviderError("together_ai", "down", status=503)),
+                         FakeProvider(answer=ANSWER), recorded)
+    await g.complete(ctx(), MODEL, {"messages": []})
+    [event] = recorded.events
+    assert (event.model, event.provider, event.served_model) == (MODEL, "openai", "gpt-4o-mini")
+    assert event.billed_attempts == [] and event.prompt_tokens == 9  # a 503 is not billed
+
+
+async def test_an_attempt_that_timed_out_before_the_answer_is_billed_at_its_own_model():
+    recorded = Recorded()
+    g = fallback_gateway(FailingProvider("together_ai", timed_out()), FakeProvider(answer=ANSWER), recorded)
+    await g.complete(ctx(), MODEL, {"messages": []})
+    [event] = recorded.events
+    assert (event.provider, event.served_model, event.prompt_tokens) == ("openai", "gpt-4o-mini", 9)
+    assert event.billed_attempts == [BilledAttempt(provider="together_ai", served_model=MODEL, prompt_tokens=12)]
+
+
+async def test_a_call_no_provider_answered_is_recorded_under_the_last_attempt_billed():
+    recorded = Recorded()
+    openai = FailingProvider("openai", ProviderError("openai", "down", status=500))
+    g = fallback_gateway(FailingProvider("together_ai", timed_out()), openai, recorded)
+    with pytest.raises(ProvidersFailed):
+        await g.complete(ctx(), MODEL, {"messages": []})
+    [event] = recorded.events
+    assert (event.provider, event.served_model, event.prompt_tokens, event.usage_source) == (
+        "together_ai", MODEL, 12, "estimated")
+    assert event.billed_attempts == [] and not event.success
+
+    nothing_billed = Recorded()
+    g = fallback_gateway(FailingProvider("together_ai", ProviderError("together_ai", "down", status=503)),
+                         FailingProvider("openai", ProviderError("openai", "down", status=500)), nothing_billed)
+    with pytest.raises(ProvidersFailed):
+        await g.complete(ctx(), MODEL, {"messages": []})
+    [event] = nothing_billed.events
+    assert (event.provider, event.served_model, event.total_tokens) == ("openai", "gpt-4o-mini", 0)

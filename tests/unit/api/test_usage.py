@@ -6,14 +6,15 @@ import pytest
 
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from services.api.usage import (
-    NO_USAGE,
     StreamTally,
     Usage,
+    billed_attempts,
     billed_prompt,
     prompt_tokens,
     provider_usage,
     usage_of_answer,
 )
+from shared.events import BilledAttempt
 
 
 class WordCounter:
@@ -98,9 +99,11 @@ def test_a_stream_that_relayed_nothing_still_bills_its_prompt():
     assert not StreamTally().finished
 
 
-def test_failed_calls_bill_the_prompt_of_every_attempt_the_provider_worked_on():
-    assert billed_prompt(30, 0) == NO_USAGE
-    assert billed_prompt(30, 3) == Usage(90, 0, 0, "estimated")
+def test_an_attempt_the_provider_worked_on_bills_its_prompt_at_its_own_model():
+    assert billed_prompt(30) == Usage(30, 0, 0, "estimated")
+    assert billed_attempts([("together_ai", "llama"), ("openai", "gpt-4o")], 30) == [
+        BilledAttempt(provider="together_ai", served_model="llama", prompt_tokens=30),
+        BilledAttempt(provider="openai", served_model="gpt-4o", prompt_tokens=30)]
 
 
 def test_cl100k_counts_as_openai_does():

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from services.cost.ledger import price_events, rollup_deltas
-from shared.events import LlmCompleted
+from shared.events import BilledAttempt, LlmCompleted
 from shared.pricing import PriceCatalog
 
 AT = datetime(2026, 11, 28, 10, 15, tzinfo=UTC)
@@ -14,9 +14,10 @@ MODEL = "meta-llama/Llama-3-70b-chat-hf"  # $0.90 per 1M tokens both ways
 
 
 def completed(request_id: str, tokens: int, source: str = "provider", **fields) -> LlmCompleted:
-    return LlmCompleted(request_id=request_id, user_id="ann", provider="together_ai", model=MODEL,
-                        prompt_tokens=tokens, completion_tokens=0, endpoint="/v1/chat/completions", success=True,
-                        latency_ms=10, usage_source=source, occurred_at=AT, **fields)
+    fields = {"provider": "together_ai", **fields}
+    return LlmCompleted(request_id=request_id, user_id="ann", model=MODEL, prompt_tokens=tokens, completion_tokens=0,
+                        endpoint="/v1/chat/completions", success=True, latency_ms=10, usage_source=source,
+                        occurred_at=AT, **fields)
 
 
 def test_every_period_and_dimension_gets_the_batch_and_its_estimated_share():
@@ -42,3 +43,23 @@ def test_spend_is_rolled_up_per_api_key_when_the_call_names_one():
     assert deltas[("day", day, "key", "7")].cost == deltas[("day", day, "key", "8")].cost == Decimal("0.90")
     assert deltas[("day", day, "user", "ann")].requests == 3  # the user's rollup has every call, keyed or not
     assert {key for (_, _, dimension, key) in deltas if dimension == "key"} == {"7", "8"}
+
+
+def test_a_fallback_call_is_priced_and_rolled_up_at_the_model_that_answered():
+    fallback = completed("f", 1_000_000, provider="openai", served_model="gpt-4o")  # $2.50 per 1M prompt tokens
+    [record] = price_events([fallback], PriceCatalog.with_overrides({}))
+    assert (record.cost, record.priced) == (Decimal("2.5"), True)
+    deltas = dict(rollup_deltas([record]))
+    day = datetime(2026, 11, 28, tzinfo=UTC)
+    assert deltas[("day", day, "model", MODEL)].cost == deltas[("day", day, "served_model", "gpt-4o")].cost \
+        == Decimal("2.5")
+    assert ("day", day, "served_model", MODEL) not in deltas
+
+
+def test_rollups_count_the_prompt_of_every_billed_attempt():
+    timed_out_first = completed("t", 100, provider="openai", served_model="gpt-4o", billed_attempts=[
+        BilledAttempt(provider="together_ai", served_model=MODEL, prompt_tokens=100)])
+    [record] = price_events([timed_out_first], PriceCatalog.with_overrides({}))
+    assert record.cost == Decimal("0.00025") + Decimal("0.00009")
+    overall = dict(rollup_deltas([record]))[("hour", datetime(2026, 11, 28, 10, tzinfo=UTC), "all", "")]
+    assert (overall.requests, overall.prompt_tokens, overall.cost) == (1, 200, record.cost)

@@ -82,8 +82,8 @@ async def test_a_batch_is_recorded_once_and_crossing_a_threshold_publishes_one_a
 async def test_spend_and_tokens_are_counted_once_per_recorded_event():
     async def publish(alert: Alert) -> None: ...
 
-    labels = dict(zip(SPEND_LABELS, ("meta-llama/Llama-3-70b-chat-hf", "together_ai", "/v1/chat/completions", "pro"),
-                      strict=True))
+    labels = dict(zip(SPEND_LABELS, ("meta-llama/Llama-3-70b-chat-hf", "together_ai", "meta-llama/Llama-3-70b-chat-hf",
+                                      "/v1/chat/completions", "pro"), strict=True))
 
     def counted() -> tuple[float, float]:
         return (float(REGISTRY.get_sample_value("costwarden_spend_usd_total", labels) or 0),

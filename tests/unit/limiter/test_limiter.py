@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from services.limiter.limiter import Limiter, StorageUnavailable
 from services.limiter.policy import CounterReading, LimitPlan, LimitPolicy
 from shared.events import LimitRequest, LimitViolation, LlmCompleted
-from shared.policy import DEFAULT_TIERS
+from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS
 from shared.pricing import PriceCatalog
 
 NOW_MS = 1_700_000_000_000
@@ -46,7 +46,7 @@ class FakeViolations:
 
 
 def limiter(store: FakeStore, violations: FakeViolations, mode: str = "closed") -> Limiter:
-    policy = LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), default_max_tokens=256,
+    policy = LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), DEFAULT_MODELS, default_max_tokens=256,
                          reservation_cap_tokens=5000)
     return Limiter(policy, store, mode, violations)  # type: ignore[arg-type]
 

@@ -6,21 +6,21 @@ from __future__ import annotations
 from decimal import Decimal
 
 from services.limiter.policy import CounterReading, LimitPolicy, reserved_tokens, subject_key
-from shared.events import LimitRequest, LlmCompleted
-from shared.policy import DEFAULT_TIERS
+from shared.events import BilledAttempt, LimitRequest, LlmCompleted
+from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS, ModelConfig
 from shared.pricing import PriceCatalog, to_nano_usd
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"  # $0.20 per 1M tokens both ways
 
 
 def policy() -> LimitPolicy:
-    return LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), default_max_tokens=256,
+    return LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), DEFAULT_MODELS, default_max_tokens=256,
                        reservation_cap_tokens=5000)
 
 
 def completed(prompt: int, completion: int, **fields) -> LlmCompleted:
-    fields = {"success": True, **fields}
-    return LlmCompleted(request_id="r1", user_id="ann", provider="together_ai", model=MODEL, prompt_tokens=prompt,
+    fields = {"success": True, "provider": "together_ai", **fields}
+    return LlmCompleted(request_id="r1", user_id="ann", model=MODEL, prompt_tokens=prompt,
                         completion_tokens=completion, endpoint="/v1/chat/completions", latency_ms=5, **fields)
 
 
@@ -44,10 +44,41 @@ def test_a_provider_that_billed_nothing_settles_to_zero():
 
 def test_reservation_is_prompt_plus_max_tokens_capped():
     request = LimitRequest(request_id="r", tier="free", model="m", prompt_tokens_estimate=100, max_tokens=500)
-    assert reserved_tokens(request, default_max_tokens=1024, cap=10_000) == 600
-    assert reserved_tokens(request, default_max_tokens=1024, cap=300) == 300
+    assert reserved_tokens(request, default_completion=1024, cap=10_000) == 600
+    assert reserved_tokens(request, default_completion=1024, cap=300) == 300
     no_max = LimitRequest(request_id="r", tier="free", model="m", prompt_tokens_estimate=10)
-    assert reserved_tokens(no_max, default_max_tokens=1024, cap=10_000) == 1034
+    assert reserved_tokens(no_max, default_completion=1024, cap=10_000) == 1034
+
+
+def test_a_reservation_covers_every_choice():
+    request = LimitRequest(request_id="r", tier="free", model="m", prompt_tokens_estimate=100, max_tokens=500,
+                           choices=4)
+    assert reserved_tokens(request, default_completion=1024, cap=10_000) == 2100
+
+
+def test_a_reservation_is_priced_at_the_dearest_route_the_call_may_fall_back_to():
+    request = LimitRequest(request_id="r", user_id="u", tier="pro", model="meta-llama/Llama-3-70b-chat-hf",
+                           max_tokens=1000)
+    plan = policy().plan(request)
+    assert plan.reserve_tokens == 1000 and plan.reserve_nano == 10_000_000  # gpt-4o's $10/1M, not Llama's $0.90
+    upstream = LimitRequest(request_id="r", user_id="u", tier="pro", model="gpt-4.1", max_tokens=1000)
+    assert policy().plan(upstream).reserve_nano == 8_000_000  # a model the gateway does not map: its own price
+
+
+def test_without_max_tokens_the_reservation_assumes_the_models_ceiling_else_the_default():
+    models = {**DEFAULT_MODELS, "capped": ModelConfig.model_validate({
+        "routes": [{"provider": "openai", "model": "gpt-4o-mini"}], "max_tokens": 64})}
+    capped = LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), models, 256, 5000)
+    assert capped.plan(LimitRequest(request_id="r", tier="pro", model="capped")).reserve_tokens == 64
+    assert capped.plan(LimitRequest(request_id="r", tier="pro", model="gpt-4o")).reserve_tokens == 256
+
+
+def test_settlement_prices_what_answered_and_every_billed_attempt():
+    fallback = completed(1000, 500, provider="openai", served_model="gpt-4o-mini", billed_attempts=[
+        BilledAttempt(provider="together_ai", served_model=MODEL, prompt_tokens=1000)])
+    key, tokens, nano = policy().settlement(fallback)
+    assert tokens == 2500
+    assert nano == to_nano_usd(PriceCatalog.with_overrides({}).cost_of(fallback).usd) == 450_000 + 200_000
 
 
 def test_caller_keys_share_one_hash_tag_and_cannot_break_out_of_it():
@@ -57,12 +88,12 @@ def test_caller_keys_share_one_hash_tag_and_cannot_break_out_of_it():
 
 
 def test_unknown_tier_is_treated_as_anonymous_and_plan_uses_tier_limits():
-    policy = LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), 1024, 32_768)
+    policy = LimitPolicy(DEFAULT_TIERS, PriceCatalog.with_overrides({}), DEFAULT_MODELS, 1024, 32_768)
     request = LimitRequest(request_id="r", user_id="u", tier="platinum", model="meta-llama/Llama-3-8b-chat-hf",
                            max_tokens=1000, policy="strict")
     plan = policy.plan(request)
     assert (plan.requests_limit, plan.strict_limit, plan.window_ms) == (3, 1, 3_600_000)
-    assert plan.reserve_nano == 200_000  # 1000 tokens at $0.20 per 1M
+    assert plan.reserve_nano == 600_000  # 1000 tokens at gpt-4o-mini's $0.60 per 1M, the dearest route
     reading = CounterReading(allowed=False, limited_by="strict", limit=1, remaining=0,
                              reset_ms=1_700_000_100_400, now_ms=1_700_000_000_000)
     result = policy.decision(request, plan, reading)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from shared.pricing import PriceCatalog, parse_litellm_prices, to_nano_usd
+from shared.events import BilledAttempt, LlmCompleted
+from shared.pricing import Cost, ModelPrice, PriceCatalog, parse_litellm_prices, to_nano_usd
 
 
 def test_cost_is_exact_decimal_for_the_default_models():
@@ -35,3 +36,51 @@ def test_overrides_and_litellm_prices():
 def test_nano_dollars_round_up():
     assert to_nano_usd(Decimal("0.000000001")) == 1
     assert to_nano_usd(Decimal("0.0000000011")) == 2
+
+
+def answered(**fields) -> LlmCompleted:
+    return LlmCompleted(**{"request_id": "r", "provider": "openai", "model": "meta-llama/Llama-3-70b-chat-hf",
+                           "prompt_tokens": 1000, "completion_tokens": 2000, "endpoint": "/v1/chat/completions",
+                           "success": True, "latency_ms": 5, **fields})
+
+
+def test_a_call_is_priced_at_the_model_that_answered_not_the_one_asked_for():
+    catalog = PriceCatalog.with_overrides({})
+    cost = catalog.cost_of(answered(served_model="gpt-4o"))  # gpt-4o: $2.50 in, $10.00 out
+    assert cost == Cost(usd=Decimal("0.0225"), priced=True)
+    asked = catalog.cost_of(answered(provider="together_ai"))  # no served_model: what was asked for answered
+    assert asked.usd == Decimal("0.0027")
+
+
+def test_a_provider_specific_price_wins_within_its_layer_and_the_operator_wins_over_the_price_map():
+    litellm = parse_litellm_prices({"openai/gpt-4o": {"input_cost_per_token": 5e-06, "output_cost_per_token": 2e-05},
+                                    "gpt-4o-mini": {"input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06}})
+    catalog = PriceCatalog.with_overrides({"openai/gpt-4o": {"input": Decimal("3"), "output": Decimal("12")},
+                                           "gpt-4o": {"input": Decimal("1"), "output": Decimal("1")},
+                                           "gpt-4o-mini": {"input": Decimal("0.5"), "output": Decimal("0.5")}},
+                                          litellm)
+    assert catalog.price("gpt-4o", "openai") == ModelPrice(Decimal("3"), Decimal("12"))
+    assert catalog.price("gpt-4o", "azure") == ModelPrice(Decimal("1"), Decimal("1"))  # no azure/ entry
+    assert catalog.price("gpt-4o") == ModelPrice(Decimal("1"), Decimal("1"))
+    assert catalog.price("gpt-4o-mini", "openai").input == Decimal("0.5")  # the operator's plain price, over the map
+    assert PriceCatalog.with_overrides({}, litellm).price("gpt-4o", "openai").input == Decimal("5")
+
+
+def test_an_unknown_served_model_is_charged_the_fallback_and_named_unpriced():
+    cost = PriceCatalog.with_overrides({}).cost_of(answered(served_model="gpt-9", prompt_tokens=1_000_000,
+                                                            completion_tokens=0))
+    assert cost == Cost(usd=Decimal("10"), priced=False, unpriced=("openai/gpt-9",))
+
+
+def test_each_billed_attempt_is_priced_at_its_own_model():
+    call = answered(served_model="gpt-4o", prompt_tokens=100, completion_tokens=10, billed_attempts=[
+        BilledAttempt(provider="together_ai", served_model="meta-llama/Llama-3-70b-chat-hf", prompt_tokens=100)])
+    cost = PriceCatalog.with_overrides({}).cost_of(call)
+    assert cost.usd == Decimal("0.00035") + Decimal("0.00009")  # gpt-4o's answer, Llama's timed-out attempt
+    assert (call.total_prompt_tokens, call.total_tokens) == (200, 210)
+
+
+def test_the_reservation_rate_is_the_dearest_route_at_its_dearer_direction():
+    catalog = PriceCatalog.with_overrides({})
+    assert catalog.dearest_rate([("together_ai", "meta-llama/Llama-3-70b-chat-hf"), ("openai", "gpt-4o")]) == 10
+    assert catalog.dearest_rate([("together_ai", "nobody-priced-this")]) == Decimal("30")  # the fallback's output

@@ -50,3 +50,22 @@ def test_litellm_price_file_and_fallback_from_yaml(tmp_path):
     assert catalog.cost("only-yaml", 1_000_000, 1_000_000).usd == Decimal(2)
     unknown = catalog.cost("nobody-priced-this", 1_000_000, 1_000_000)
     assert (unknown.usd, unknown.priced) == (Decimal(3), False)
+
+
+def test_models_take_their_routes_alone_or_with_a_ceiling_and_prices_may_name_a_provider(tmp_path):
+    path = tmp_path / "costwarden.yaml"
+    path.write_text("""
+models:
+  plain: [{provider: together_ai, model: vendor/plain}, {provider: openai, model: gpt-4o}]
+  capped: {routes: [{provider: openai, model: gpt-4o-mini}], max_tokens: 256}
+prices:
+  openai/gpt-4o: {input: "3", output: "12"}
+""")
+    config = Settings(costwarden_config=path).file_config()
+    assert config.models["plain"].served_by() == [("together_ai", "vendor/plain"), ("openai", "gpt-4o")]
+    assert (config.models["plain"].max_tokens, config.models["capped"].max_tokens) == (None, 256)
+    catalog = config.price_catalog()
+    assert catalog.price("gpt-4o", "openai").input == Decimal("3") and catalog.price("gpt-4o").input == Decimal("2.50")
+    path.write_text("models:\n  empty: []\n")
+    with pytest.raises(ValidationError, match="routes"):
+        Settings(costwarden_config=path).file_config()
