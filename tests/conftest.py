@@ -54,6 +54,12 @@ SERVER_FIXTURES = {"nats_srv", "nats_url", "redis_url", "pg_server_url", "databa
                    "limiter", "gateway", "cost_service", "nc", "db"}
 MODULE_SECONDS = "costwarden/module_seconds"
 
+# Under `-n`, each module runs on one worker (its module fixtures are set up once), except these, which
+# run one after another on one worker: the soak loads the whole machine, and the clusters' failover
+# tests measure how quickly a decision comes while a node is down.
+ONE_AT_A_TIME = ("tests/integration/test_soak.py", "tests/integration/test_redis_cluster.py",
+                 "tests/integration/test_nats_cluster.py")
+
 
 def tier_of(item: pytest.Item) -> str:
     tiers = {mark.name for mark in item.iter_markers() if mark.name in SERVER_TIERS}
@@ -83,15 +89,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         guesses[module] = max(guesses.get(module, 0.0), TIER_SECONDS[tier])
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     measured = cache.get(MODULE_SECONDS, {}) if cache else {}
-    order = sorted(modules, key=lambda module: -measured.get(module, guesses[module]))
+    seconds = {module: measured.get(module, guesses[module]) for module in modules}
+    one_at_a_time = sum(seconds[module] for module in modules if module in ONE_AT_A_TIME)  # one unit of work
+    order = sorted(modules, key=lambda module: -(one_at_a_time if module in ONE_AT_A_TIME else seconds[module]))
     items[:] = [item for module in order for item in modules[module]]
-
-
-# Under `-n`, each module runs on one worker (its module fixtures are set up once), except these, which
-# run one after another on one worker: the soak loads the whole machine, and the clusters' failover
-# tests measure how quickly a decision comes while a node is down.
-ONE_AT_A_TIME = ("tests/integration/test_soak.py", "tests/integration/test_redis_cluster.py",
-                 "tests/integration/test_nats_cluster.py")
 
 
 @pytest.hookimpl(optionalhook=True)
