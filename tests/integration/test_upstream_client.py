@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import jsonschema
+import nats
 import openai
 import pytest
 import tiktoken
@@ -26,7 +27,7 @@ from shared.pricing import PriceCatalog, to_nano_usd
 from tests.conftest import set_faults, sim_stats, start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, settled_counters, stream_messages
 from tests.integration.secured_bus import SecuredBus, connect_as, start_secured_bus
-from tests.servers import ThreadedHttpServer, nats_server
+from tests.servers import ThreadedHttpServer, create_streams, nats_server
 from tests.support.polling import eventually
 from tests.support.tcp_proxy import TcpProxy
 
@@ -263,6 +264,34 @@ async def test_a_record_whose_ack_is_lost_while_nats_restarts_is_stored_once(ups
     assert (row["prompt_tokens"], row["completion_tokens"]) == (50, 20)
     tokens, nano = await settled_counters(redis_url, user)
     assert (tokens, nano) == (70, to_nano_usd(row["cost"]))
+
+
+async def test_a_record_whose_caller_is_cancelled_is_still_published_until_acknowledged(caplog):
+    server, url = nats_server()
+    admin = await nats.connect(url)
+    try:
+        await admin.jetstream().delete_stream("LLM")  # nothing acknowledges llm.completed for now
+        guard = await Guard.connect(url, request_timeout_s=0.5, failure_mode="open")
+        calls = []
+
+        async def guarded() -> None:
+            async with guard.call(tier="pro", model=CHEAP_MODEL, provider="together_ai", prompt_tokens=50) as call:
+                calls.append(call)
+                await call.record(Usage(50, 20))
+
+        task = asyncio.create_task(guarded())
+        assert await eventually(lambda: "publishing it again" in caplog.text, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(create_streams, url)
+        await guard.close()  # waits for the record the cancellation did not stop
+        kept = await stream_messages(admin.jetstream(), "LLM", "llm.completed")
+    finally:
+        await admin.close()
+        server.stop()
+    assert [(m["request_id"], m["prompt_tokens"], m["completion_tokens"], m["success"]) for m in kept] == [
+        (calls[0].request_id, 50, 20, True)]
 
 
 async def test_without_a_limiter_a_closed_guard_refuses_and_an_open_one_goes_ahead():

@@ -218,8 +218,13 @@ class Guard:
                              limited_by="unavailable")
 
     async def publish(self, event: LlmCompleted) -> None:
-        """Publish `llm.completed` with its request id as Nats-Msg-Id, again and again until JetStream
-        acknowledges it (a re-publication the stream already holds is acknowledged as a duplicate)."""
+        """Publish `llm.completed` until JetStream acknowledges it, in a task of its own that cancelling
+        the caller cannot cut short (`close()` waits for it); return when it is acknowledged."""
+        await asyncio.shield(self.in_background(self._publish_until_acknowledged(event)))
+
+    async def _publish_until_acknowledged(self, event: LlmCompleted) -> None:
+        """Publish with the request id as Nats-Msg-Id, again and again until JetStream acknowledges it (a
+        re-publication the stream already holds is acknowledged as a duplicate)."""
         payload = event.model_dump_json().encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.record_patience_s
@@ -237,11 +242,6 @@ class Guard:
                             event.request_id, type(exc).__name__)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 2.0)
-
-    async def publish_unattended(self, event: LlmCompleted) -> None:
-        """Publish in a task of its own, which cancelling the caller (again) cannot cut short; wait for it
-        unless the caller is cancelled."""
-        await asyncio.shield(self.in_background(self.publish(event)))
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` in a task that `close()` waits for."""
@@ -308,7 +308,8 @@ class Call:
                      success: bool = True, error: str | None = None,
                      billed_attempts: Sequence[BilledAttempt] = ()) -> None:
         """Publish what the call used (a `Usage`, or a provider's usage object or dict), once; returns
-        when JetStream has it. `served_model`: the provider's own id of the model that answered, when it
+        when JetStream has it. Cancelling the caller does not stop the publication (`Guard.close()` waits
+        for it). `served_model`: the provider's own id of the model that answered, when it
         differs from the model asked for."""
         if self.event is not None:
             raise RuntimeError(f"call {self.request_id} is recorded already")
@@ -340,7 +341,7 @@ class Call:
         usage = usage or Usage(self.prompt_tokens, 0, source="estimated")
         self.event = self._event(usage, None, None, False, error, ())
         try:
-            await self.guard.publish_unattended(self.event)
+            await self.guard.publish(self.event)
         except RecordFailed:
             if exc is None:
                 raise
