@@ -266,32 +266,57 @@ async def test_a_record_whose_ack_is_lost_while_nats_restarts_is_stored_once(ups
     assert (tokens, nano) == (70, to_nano_usd(row["cost"]))
 
 
-async def test_a_record_whose_caller_is_cancelled_is_still_published_until_acknowledged(caplog):
+@pytest.fixture
+async def unacknowledging_bus():
+    """A NATS without the LLM stream, so that nothing acknowledges llm.completed until it is created
+    again, and without a limiter (guards fail open): (its url, an admin connection)."""
     server, url = nats_server()
     admin = await nats.connect(url)
     try:
-        await admin.jetstream().delete_stream("LLM")  # nothing acknowledges llm.completed for now
-        guard = await Guard.connect(url, request_timeout_s=0.5, failure_mode="open")
-        calls = []
-
-        async def guarded() -> None:
-            async with guard.call(tier="pro", model=CHEAP_MODEL, provider="together_ai", prompt_tokens=50) as call:
-                calls.append(call)
-                await call.record(Usage(50, 20))
-
-        task = asyncio.create_task(guarded())
-        assert await eventually(lambda: "publishing it again" in caplog.text, 10)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.to_thread(create_streams, url)
-        await guard.close()  # waits for the record the cancellation did not stop
-        kept = await stream_messages(admin.jetstream(), "LLM", "llm.completed")
+        await admin.jetstream().delete_stream("LLM")
+        yield url, admin
     finally:
         await admin.close()
         server.stop()
+
+
+async def test_a_record_whose_caller_is_cancelled_is_still_published_until_acknowledged(unacknowledging_bus, caplog):
+    url, admin = unacknowledging_bus
+    guard = await Guard.connect(url, request_timeout_s=0.5, failure_mode="open")
+    calls = []
+
+    async def guarded() -> None:
+        async with guard.call(tier="pro", model=CHEAP_MODEL, provider="together_ai", prompt_tokens=50) as call:
+            calls.append(call)
+            await call.record(Usage(50, 20))
+
+    task = asyncio.create_task(guarded())
+    assert await eventually(lambda: "publishing it again" in caplog.text, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(create_streams, url)
+    await guard.close()  # waits for the record the cancellation did not stop
+    kept = await stream_messages(admin.jetstream(), "LLM", "llm.completed")
     assert [(m["request_id"], m["prompt_tokens"], m["completion_tokens"], m["success"]) for m in kept] == [
         (calls[0].request_id, 50, 20, True)]
+
+
+async def test_a_broken_stream_raises_its_own_error_when_its_record_fails_too(unacknowledging_bus, simulator, caplog):
+    url, _ = unacknowledging_bus
+    async with await Guard.connect(url, request_timeout_s=0.5, failure_mode="open", record_patience_s=0.5) as guard:
+        client = guard.wrap(openai.AsyncOpenAI(base_url=f"{simulator.url}/v1", api_key="sk-test", max_retries=0),
+                            tier="pro")
+        set_faults(simulator, break_after=2)
+        try:
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=9,
+                                                          stream=True)
+            with pytest.raises(openai.APIConnectionError):
+                async for _ in stream:
+                    pass
+        finally:
+            set_faults(simulator)
+    assert "could not be recorded" in caplog.text
 
 
 async def test_without_a_limiter_a_closed_guard_refuses_and_an_open_one_goes_ahead():

@@ -194,6 +194,7 @@ class GuardedAsyncStream(_Delegate):
 
     async def _relay(self) -> AsyncGenerator[Any, None]:
         error: str | None = STREAM_CLOSED_EARLY
+        failure: BaseException | None = None
         try:
             async for chunk in self._wrapped:
                 if self._tally.add(chunk) and not self._plan.caller_wants_usage:
@@ -203,19 +204,19 @@ class GuardedAsyncStream(_Delegate):
         except GeneratorExit:
             raise
         except BaseException as exc:
-            error = describe(exc)
+            error, failure = describe(exc), exc
             raise
         finally:
-            await self._finish(error)
+            await self._finish(error, failure)
 
-    async def _finish(self, error: str | None) -> None:
+    async def _finish(self, error: str | None, failure: BaseException | None = None) -> None:
         if self._call.event is not None:
             return
         usage = self._tally.usage(self._count, self._plan.prompt_tokens, self._plan.max_tokens)
         if error is None:
             await self._call.record(usage)
         else:
-            await self._call.finish(usage=usage, error=error)
+            await self._call.finish(failure, usage, error)
 
     async def close(self) -> None:
         await self._chunks.aclose()
@@ -301,6 +302,7 @@ class GuardedStream(_Delegate):
 
     def _relay(self) -> Generator[Any, None, None]:
         error: str | None = STREAM_CLOSED_EARLY
+        failure: BaseException | None = None
         try:
             for chunk in self._wrapped:
                 if self._tally.add(chunk) and not self._plan.caller_wants_usage:
@@ -310,19 +312,19 @@ class GuardedStream(_Delegate):
         except GeneratorExit:
             raise
         except BaseException as exc:
-            error = describe(exc)
+            error, failure = describe(exc), exc
             raise
         finally:
-            self._finish(error)
+            self._finish(error, failure)
 
-    def _finish(self, error: str | None) -> None:
+    def _finish(self, error: str | None, failure: BaseException | None = None) -> None:
         if self._call.event is not None:
             return
         usage = self._tally.usage(self._count, self._plan.prompt_tokens, self._plan.max_tokens)
         if error is None:
             self._call.record(usage)
         else:
-            self._call.finish(usage=usage, error=error)
+            self._call.finish(failure, usage, error)
 
     def close(self) -> None:
         self._chunks.close()
