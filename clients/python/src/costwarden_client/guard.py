@@ -25,7 +25,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import nats
 import nats.errors
@@ -48,10 +48,8 @@ from costwarden_client.contract import (
     new_id,
     utc_now,
 )
+from costwarden_client.openai_wrap import Caller, GuardedAsyncOpenAI, SdkRequest
 from costwarden_client.tokens import TokenCounter, Usage, chat_prompt_tokens, default_counter
-
-if TYPE_CHECKING:
-    from costwarden_client.openai_wrap import GuardedAsyncOpenAI
 
 log = logging.getLogger("costwarden_client")
 
@@ -255,11 +253,13 @@ class Guard:
              session_id: str | None = None, policy: Policy = "standard") -> GuardedAsyncOpenAI:
         """`client` (an `openai.AsyncOpenAI`) whose `chat.completions.create` and `embeddings.create`,
         plain or streamed, are guarded calls for this caller; everything else is the client's own."""
-        from costwarden_client.openai_wrap import Caller, GuardedAsyncOpenAI
-
         caller = Caller(tier=tier, user_id=user_id, provider=provider, client_ip=client_ip,
                         tags=dict(tags or {}), session_id=session_id, policy=policy)
-        return GuardedAsyncOpenAI(client, self, caller)
+
+        async def admit(request: SdkRequest) -> Call:
+            return await self.call(**caller.call_arguments(request)).admit()
+
+        return GuardedAsyncOpenAI(client, admit, self.count_tokens, self.in_background)
 
     async def close(self) -> None:
         """Wait for the records still being published, then close the connection if the guard opened it."""
