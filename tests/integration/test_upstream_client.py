@@ -365,3 +365,32 @@ async def test_the_examples_run_against_the_real_services(example, upstream_bus,
     assert process.returncode == 0, output.decode()
     [row] = await ledger_rows(db, user, 1)
     assert row["success"] and row["prompt_tokens"] > 0 and row["cost"] > 0
+
+
+async def test_the_plain_nats_example_publishes_again_until_the_stream_acknowledges(unacknowledging_bus):
+    url, admin = unacknowledging_bus
+    asked = asyncio.Event()
+
+    async def admit(message) -> None:  # a limiter that admits everything
+        question = json.loads(message.data)
+        await message.respond(json.dumps({"allowed": True, "tier": question["tier"], "limit": 0, "remaining": 0,
+                                          "window_s": 0, "reset_at": "2030-01-01T00:00:00Z"}).encode())
+        asked.set()
+
+    await admin.subscribe("llm.request", cb=admit)
+    user = unique("example")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "plain_nats.py"), env={"NATS_URL": url, "EXAMPLE_USER": user},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await asyncio.wait_for(asked.wait(), 30)
+        with pytest.raises(TimeoutError):  # still publishing again: no stream has acknowledged it yet
+            await asyncio.wait_for(asyncio.shield(process.wait()), 2)
+        await asyncio.to_thread(create_streams, url)
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.returncode == 0, output.decode()
+    kept = await stream_messages(admin.jetstream(), "LLM", "llm.completed")
+    assert [(m["user_id"], m["success"]) for m in kept] == [(user, True)]
