@@ -218,16 +218,27 @@ class Guard:
                              limited_by="unavailable")
 
     async def publish(self, event: LlmCompleted) -> None:
-        """Publish `llm.completed` until JetStream acknowledges it, in a task of its own that cancelling
-        the caller cannot cut short (`close()` waits for it); return when it is acknowledged."""
-        await asyncio.shield(self.in_background(self._publish_until_acknowledged(event)))
+        """Publish `llm.completed` until JetStream acknowledges it. Cancelling the caller does not stop
+        that: the rest is handed to a task of the guard's, which `close()` waits for."""
+        deadline = asyncio.get_running_loop().time() + self.record_patience_s
+        try:
+            await self._publish_until_acknowledged(event, deadline)
+        except asyncio.CancelledError:
+            self.in_background(self._publish_unattended(event, deadline))
+            raise
 
-    async def _publish_until_acknowledged(self, event: LlmCompleted) -> None:
+    async def _publish_unattended(self, event: LlmCompleted, deadline: float) -> None:
+        """The rest of a publication whose caller was cancelled; nobody waits for it, so a failure is logged."""
+        try:
+            await self._publish_until_acknowledged(event, deadline)
+        except RecordFailed:
+            log.exception("llm.completed for %s is lost (its caller was cancelled)", event.request_id)
+
+    async def _publish_until_acknowledged(self, event: LlmCompleted, deadline: float) -> None:
         """Publish with the request id as Nats-Msg-Id, again and again until JetStream acknowledges it (a
-        re-publication the stream already holds is acknowledged as a duplicate)."""
+        re-publication the stream already holds is acknowledged as a duplicate) or `deadline` passes."""
         payload = event.model_dump_json().encode()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.record_patience_s
         backoff_s = 0.1
         while True:
             try:
