@@ -42,8 +42,8 @@ import httpx
 import nats
 
 from bench.gateway_stack import BODY, LABELS, gateway_stack, start_script
+from services.deploy.migrate import apply_migrations
 from shared.events import LimitRequest, LlmCompleted
-from shared.migrate import apply_migrations
 from shared.subjects import ensure_streams
 from tests.servers import ServiceProcess, free_port, nats_server, redis_server
 

@@ -13,8 +13,8 @@ import uuid
 import asyncpg
 import httpx
 
-from services.api.pg_key_admin import create_key
-from shared.migrate import apply_migrations
+from services.deploy.migrate import apply_migrations
+from services.keys.pg_key_admin import create_key
 from tests.servers import ServiceProcess, free_port
 
 ROWS = 1_000_000

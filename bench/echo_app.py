@@ -6,11 +6,11 @@ from faststream.nats import NatsMessage
 
 from shared.bus import make_broker
 from shared.service_app import make_service_app
-from shared.settings import get_settings
+from shared.settings import ServiceSettings
 
 
 def create_app() -> AsgiFastStream:
-    broker = make_broker(get_settings(), "bench-echo")
+    broker = make_broker(ServiceSettings(), "bench-echo")
 
     @broker.subscriber("bench.echo", queue="bench-echo", max_workers=64)
     async def echo(msg: NatsMessage) -> bytes:

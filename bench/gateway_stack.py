@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.api.pg_key_admin import create_key
+from services.keys.pg_key_admin import create_key
 from tests.servers import ServiceProcess, free_port, port_open
 from tests.support.polling import wait_for
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.migrate import apply_migrations
+from services.deploy.migrate import apply_migrations
+from services.deploy.settings import DeploySettings
 from shared.policy import DEFAULT_TIERS
-from shared.settings import get_settings
 
 
 def cli_actor() -> str:
@@ -23,9 +23,9 @@ def cli_actor() -> str:
 
 
 async def _keys_create(args: argparse.Namespace) -> int:
-    from services.api.pg_key_admin import create_key
+    from services.keys.pg_key_admin import create_key
 
-    conn = await asyncpg.connect(get_settings().database_url)
+    conn = await asyncpg.connect(DeploySettings().database_url)
     try:
         _, key = await create_key(conn, args.user, args.tier, actor=cli_actor(), is_admin=args.admin,
                                   label=args.label, expires_in=args.expires_in)
@@ -39,7 +39,7 @@ async def _keys_create(args: argparse.Namespace) -> int:
 
 
 async def one_active_key(conn: asyncpg.Connection, key_or_prefix: str) -> int | None:
-    from services.api.pg_key_admin import active_key_id
+    from services.keys.pg_key_admin import active_key_id
 
     key_id = await active_key_id(conn, key_or_prefix)
     if key_id > 0:
@@ -50,9 +50,9 @@ async def one_active_key(conn: asyncpg.Connection, key_or_prefix: str) -> int | 
 
 
 async def _keys_rotate(args: argparse.Namespace) -> int:
-    from services.api.pg_key_admin import rotate_key
+    from services.keys.pg_key_admin import rotate_key
 
-    conn = await asyncpg.connect(get_settings().database_url)
+    conn = await asyncpg.connect(DeploySettings().database_url)
     try:
         key_id = await one_active_key(conn, args.key)
         if key_id is None:
@@ -66,9 +66,9 @@ async def _keys_rotate(args: argparse.Namespace) -> int:
 
 
 async def _keys_revoke(args: argparse.Namespace) -> int:
-    from services.api.pg_key_admin import revoke_key
+    from services.keys.pg_key_admin import revoke_key
 
-    conn = await asyncpg.connect(get_settings().database_url)
+    conn = await asyncpg.connect(DeploySettings().database_url)
     try:
         key_id = await one_active_key(conn, args.key)
         if key_id is None:
@@ -81,9 +81,9 @@ async def _keys_revoke(args: argparse.Namespace) -> int:
 
 
 async def _keys_list(args: argparse.Namespace) -> int:
-    from services.api.pg_key_admin import list_keys
+    from services.keys.pg_key_admin import list_keys
 
-    conn = await asyncpg.connect(get_settings().database_url)
+    conn = await asyncpg.connect(DeploySettings().database_url)
     try:
         keys = await list_keys(conn, user_id=args.user)
     finally:
@@ -104,7 +104,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     from shared.bus import nats_options
     from shared.subjects import ensure_streams
 
-    settings = get_settings()
+    settings = DeploySettings()
     applied = await apply_migrations(settings.database_url)
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     nc = await nats.connect(**nats_options(settings, "admin"))
@@ -128,7 +128,7 @@ async def _redis_acl(args: argparse.Namespace) -> int:
     from shared.redis_client import CLIENT_COMMANDS, acl_user
 
     users = {"limiter": (acl_commands(), KEY_PATTERN), "health": (["ping", *CLIENT_COMMANDS], None)}
-    server = urlsplit(get_settings().redis_url)
+    server = urlsplit(DeploySettings().redis_url)
     lines = ["user default off resetkeys resetchannels -@all"]  # an ACL file has no comments
     for name, (commands, keys) in users.items():
         password = secrets.token_urlsafe(24)
@@ -140,7 +140,7 @@ async def _redis_acl(args: argparse.Namespace) -> int:
 
 
 async def _nats_config(args: argparse.Namespace) -> int:
-    from shared.nats_identities import write_nats_config
+    from services.deploy.nats_identities import write_nats_config
 
     auth = write_nats_config(Path(args.out))
     print(f"{auth}: nats-server authorization (public keys and permissions; `nats-server -c {auth}` or include it)")
@@ -152,12 +152,15 @@ async def _nats_config(args: argparse.Namespace) -> int:
 async def _backup_run(args: argparse.Namespace) -> int:
     import nats
 
+    from services.backup.settings import BackupSettings
+    from services.backup.worker import BackupStatus
+    from shared.backup_requests import backup_worker_listening
     from shared.batch_consumer import MAX_BACKOFF_S
-    from shared.bus import backup_worker_listening, nats_options, publish_event
+    from shared.bus import nats_options, publish_event
     from shared.events import BackupRequested
     from shared.subjects import BACKUP_REQUESTED, bind_streams, stream_of
 
-    settings = get_settings()
+    settings = BackupSettings()
     request = BackupRequested(restore_test=args.restore_test)
     nc = await nats.connect(**nats_options(settings, "admin"))
     try:
@@ -186,7 +189,7 @@ async def _backup_run(args: argparse.Namespace) -> int:
         for _ in range(int(args.timeout * 2)):
             row = await conn.fetchrow("SELECT status, object_key, size_bytes, sha256, error FROM backup_logs"
                                       " WHERE request_id = $1", request.id)
-            if row and row["status"] != "running":
+            if row and row["status"] != BackupStatus.RUNNING:
                 break
             await asyncio.sleep(0.5)
         else:
@@ -194,7 +197,7 @@ async def _backup_run(args: argparse.Namespace) -> int:
             return 1
     finally:
         await conn.close()
-    if row["status"] == "success":
+    if row["status"] == BackupStatus.SUCCESS:
         print(f"{row['object_key']}  {row['size_bytes']} bytes  sha256 {row['sha256']}")
         return 0
     print(f"backup {row['status']}: {row['error']}", file=sys.stderr)
@@ -203,8 +206,9 @@ async def _backup_run(args: argparse.Namespace) -> int:
 
 def _store():
     from services.backup.app import make_store
+    from services.backup.settings import BackupSettings
 
-    return make_store(get_settings())
+    return make_store(BackupSettings())
 
 
 async def _backup_list(args: argparse.Namespace) -> int:
@@ -222,9 +226,10 @@ async def _backup_list(args: argparse.Namespace) -> int:
 
 async def _restore(args: argparse.Namespace) -> int:
     from services.backup.pg_dump_pipeline import restore, table_row_counts
+    from services.backup.settings import BackupSettings
     from services.backup.worker import BackupError
 
-    settings = get_settings()
+    settings = BackupSettings()
     store = _store()
     target = args.target or settings.backup_database_url or settings.database_url
     if args.latest:
@@ -267,7 +272,7 @@ async def _restore(args: argparse.Namespace) -> int:
 
 
 def lifetime(text: str) -> timedelta:
-    from services.api.callers import parse_lifetime
+    from services.keys.key_admin import parse_lifetime
 
     try:
         return parse_lifetime(text)

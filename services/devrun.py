@@ -27,12 +27,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import nats
 
+from services.deploy.migrate import apply_migrations
+from services.deploy.nats_identities import seed_file, write_nats_config
+from services.deploy.settings import DeploySettings as Settings
 from shared.bus import nats_options
 from shared.events import utc_now
 from shared.logs import configure_logging
-from shared.migrate import apply_migrations
-from shared.nats_identities import seed_file, write_nats_config
-from shared.settings import Settings, is_set
+from shared.settings import is_set
 from shared.subjects import ensure_streams
 
 log = logging.getLogger("costwarden.run")
@@ -206,7 +207,7 @@ async def first_admin_key(database_url: str) -> Path | None:
     """A new installation has no key to sign in to the console with: make run creates one admin key
     (user `admin`) the first time and keeps it in .run/admin-key, readable by its owner only, never in
     the log. None when the database already has an admin key that this file does not hold."""
-    from services.api.pg_key_admin import active_key_id, create_key, list_keys
+    from services.keys.pg_key_admin import active_key_id, create_key, list_keys
 
     conn = await asyncpg.connect(database_url)
     try:

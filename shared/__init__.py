@@ -1,1 +1,2 @@
-"""Code shared by every costwarden service: settings, event contract, bus wiring, migrations."""
+"""Shared by every costwarden service: the contracts between them (events, subjects, cost queries, key
+format, policy, pricing) and the plumbing (bus, consumers, settings, probes, backoff); no service code."""

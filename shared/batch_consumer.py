@@ -22,12 +22,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
+from shared.backoff import backoff_s
 from shared.bus import describe_invalid, malformed_json_reason, publish_dead_letter
-from shared.subjects import jetstream_patience, stream_of
+from shared.subjects import stream_of, with_jetstream_patience
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 15.0  # the longest a consumer waits before pulling again after failures
+FIRST_BACKOFF_S = 1.0  # a batch that failed comes back after this, doubling with each failure in a row
+MAX_BACKOFF_S = 15.0  # up to this
 
 E = TypeVar("E", bound=BaseModel)
 
@@ -74,10 +76,9 @@ class BatchConsumer(Generic[E]):
         up to `patience_s` (creating an existing durable with the same config changes nothing)."""
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                 ack_wait=self.ack_wait_s, max_ack_pending=max(10_000, self.batch_size * 4))
-        async for attempt in jetstream_patience(patience_s):
-            with attempt:
-                sub = await self.js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream,
-                                                   config=config)
+        sub = await with_jetstream_patience(
+            lambda: self.js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config),
+            patience_s)
         self._subscription = sub
         self._task = asyncio.create_task(self._run(sub), name=f"batch-consumer-{self.durable}")
 
@@ -142,7 +143,7 @@ class BatchConsumer(Generic[E]):
             await self.store(events)
         except Exception as exc:
             self.failures_in_a_row += 1
-            delay = min(self.max_backoff_s, 0.5 * 2 ** min(self.failures_in_a_row, 8))
+            delay = backoff_s(self.failures_in_a_row, FIRST_BACKOFF_S, self.max_backoff_s)
             log.warning("storing %d events from %s failed (%s); redelivery in %.1fs",
                         len(events), self.durable, type(exc).__name__, delay)
             for msg in accepted:

@@ -3,13 +3,10 @@ Nats-Msg-Id, so JetStream keeps one copy), dead letters and the dead-letter midd
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
-import nats.js.errors
 from faststream import BaseMiddleware
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
@@ -18,10 +15,9 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from shared.bus_permissions import inbox_prefix
 from shared.events import Alert, DeadLetter
-from shared.settings import Settings
-from shared.subjects import BACKUP_REQUESTED, JETSTREAM_BUSY, alert_subject, dead_letter_subject, stream_of
+from shared.settings import ServiceSettings
+from shared.subjects import alert_subject, dead_letter_subject, stream_of
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +93,13 @@ def dead_letter_middleware(service: str) -> type[BaseMiddleware]:
     return DeadLetterMiddleware
 
 
-def nats_options(settings: Settings, role: str) -> dict[str, Any]:
+def inbox_prefix(role: str) -> str:
+    """Where a role's replies arrive: its own prefix, which no other role may read (services/deploy
+    grants each role only its own)."""
+    return f"_INBOX_{role}"
+
+
+def nats_options(settings: ServiceSettings, role: str) -> dict[str, Any]:
     """How a role connects: the cluster's servers, its own inbox prefix (with authentication on, no
     role can read another's replies), its NKEY seed when one is configured, and endless reconnection."""
     options: dict[str, Any] = {"servers": settings.nats_servers, "name": f"costwarden-{role}",
@@ -108,7 +110,7 @@ def nats_options(settings: Settings, role: str) -> dict[str, Any]:
     return options
 
 
-def make_broker(settings: Settings, service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
+def make_broker(settings: ServiceSettings, service: str, registry: CollectorRegistry = REGISTRY) -> NatsBroker:
     return NatsBroker(
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=(
@@ -121,26 +123,3 @@ def make_broker(settings: Settings, service: str, registry: CollectorRegistry = 
         log_level=logging.DEBUG,  # one line per message would swamp the logs on the hot path
         **nats_options(settings, service),
     )
-
-
-async def backup_worker_listening(js: JetStreamContext, patience_s: float, interval_s: float = 0.5,
-                                  on_wait: Callable[[float], None] | None = None) -> bool:
-    """Whether a backup worker consumes `backup.requested`: a running worker keeps a pull request waiting
-    on the durable consumer `backup-requests`, or holds a request it is working on. Asked for up to
-    `patience_s` (a worker that just failed a pull waits up to batch_consumer.MAX_BACKOFF_S before it
-    asks again); `on_wait` hears once that it takes a while."""
-    checks = max(int(patience_s / interval_s), 1)
-    for attempt in range(checks):
-        try:
-            info = await js.consumer_info(stream_of(BACKUP_REQUESTED), "backup-requests")
-        except nats.js.errors.NotFoundError:
-            return False
-        except JETSTREAM_BUSY:  # a cluster electing leaders answers nothing for a moment: ask again
-            info = None
-        if info is not None and ((info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0):
-            return True
-        if attempt == 2 and on_wait is not None:
-            on_wait(patience_s)
-        if attempt < checks - 1:
-            await asyncio.sleep(interval_s)
-    return False

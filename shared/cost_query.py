@@ -1,12 +1,12 @@
-"""The `cost.query` contract: what the gateway (or anyone) asks the cost service, and what it answers.
-Money is Decimal, sent as decimal strings."""
+"""The `cost.query` contract: what the gateway (or anyone) asks the cost service, what it answers, and
+the port both sides implement (the api's NATS client asks it, the cost service's read side answers
+it). Money is Decimal, sent as decimal strings."""
 
 from __future__ import annotations
 
-import calendar
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -74,16 +74,15 @@ class Analytics(BaseModel):
     by_user: list[Breakdown]
 
 
-def month_bounds(at: datetime) -> tuple[datetime, datetime]:
-    """The UTC month that contains `at`: [first instant, first instant of the next month)."""
-    start = at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return start, start + timedelta(days=calendar.monthrange(start.year, start.month)[1])
+class CostServiceUnavailable(Exception):
+    """No cost replica answered in time."""
 
 
-def projected_month_end(month_to_date: Decimal, now: datetime) -> Decimal:
-    """This month's spend at its end if it goes on at the pace it has kept so far (linear)."""
-    start, end = month_bounds(now)
-    elapsed = (now - start) / timedelta(seconds=1)
-    if elapsed <= 0:
-        return month_to_date
-    return month_to_date * Decimal((end - start) / timedelta(seconds=1)) / Decimal(elapsed)
+class CostQueryRefused(Exception):
+    """The cost service found the query invalid; the message says why."""
+
+
+class CostQueries(Protocol):
+    async def answer(self, query: CostQuery) -> CurrentCost | Analytics:
+        """Current spend or analytics; CostServiceUnavailable or CostQueryRefused when there is no answer."""
+        ...

@@ -89,6 +89,11 @@ class LimitDecision(Event):
     reserved_tokens: int = 0
     reserved_usd: Decimal = Decimal("0")
 
+    @property
+    def unchecked(self) -> bool:
+        """No limit was checked (the limiter could not reach its store): `allowed` is its failure mode's."""
+        return self.limited_by == "unavailable"
+
     @classmethod
     def unavailable(cls, request: LimitRequest, allowed: bool, reason: str) -> LimitDecision:
         """The answer when no limit could be checked (storage or limiter unreachable)."""

@@ -93,18 +93,3 @@ class Thresholds(BaseModel):
 
     def for_period(self, period: str) -> Levels:
         return {"hour": self.hourly, "day": self.daily, "month": self.monthly}[period]
-
-
-class Route(BaseModel):
-    """Alerts of these severities (and sources, when given) go to these channels."""
-
-    severities: list[Literal["warning", "critical", "resolved"]]
-    sources: list[Literal["cost", "health", "backup"]] | None = None
-    channels: list[Literal["slack", "email", "webhook"]]
-
-
-DEFAULT_ROUTES = [
-    Route(severities=["warning"], channels=["slack", "webhook"]),
-    Route(severities=["critical"], channels=["slack", "email", "webhook"]),
-    Route(severities=["resolved"], channels=["slack", "webhook"]),
-]

@@ -1,32 +1,34 @@
-"""Turn a FastStream broker into a service process with Kubernetes probes and Prometheus metrics.
-
-Every bus-only service (limiter, cost, notifier, backup) serves on its own port:
-  /health/live   the process answers (never depends on another system)
-  /health/ready  the broker is connected and each readiness check of the service passes
-  /metrics       Prometheus text format
-  /docs/asyncapi.json  the bus's AsyncAPI document (shared/asyncapi.py)
-"""
+"""Turn a FastStream broker into a service process: every bus-only service (limiter, cost, notifier,
+backup) serves the probes (shared/probes.py, readiness with the broker's connection first) and the
+bus's AsyncAPI document (shared/asyncapi.py) at /docs/asyncapi.json on its own port, its lifecycle
+wired to FastStream's hooks. Also what every service process shares: the request-latency middleware,
+the collector settled after startup, and serving under uvicorn."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from fastapi import FastAPI
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.nats import NatsBroker
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest, make_asgi_app, multiprocess
+from prometheus_client import Histogram
 
 from shared.asyncapi import asyncapi_document
+from shared.probes import (
+    CHECK_TIMEOUT_S,
+    MULTIPROCESS_DIR_VAR,
+    PROBE_PATHS,
+    ReadinessCheck,
+    probes_router,
+    readiness_document,
+)
 
-ReadinessCheck = tuple[str, Callable[[], Awaitable[Any]]]
-CHECK_TIMEOUT_S = 2.0
-MULTIPROCESS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 GRACEFUL_SHUTDOWN_S = 25.0
 
 
@@ -43,30 +45,6 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
-def _json(body: dict[str, Any], status: int) -> AsgiResponse:
-    return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
-
-
-async def run_readiness(checks: Sequence[ReadinessCheck]) -> dict[str, str]:
-    async def one(check: Callable[[], Awaitable[Any]]) -> str:
-        try:
-            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
-        except Exception as exc:  # a readiness probe reports every failure, whatever its type
-            return f"fail: {type(exc).__name__}"
-        return "ok"
-
-    results = await asyncio.gather(*(one(check) for _, check in checks))
-    return {name: result for (name, _), result in zip(checks, results, strict=True)}
-
-
-async def readiness_document(service: str, checks: Sequence[ReadinessCheck]) -> tuple[dict[str, Any], int]:
-    """/health/ready's body and status: ready (200) when every check passes, else 503."""
-    results = await run_readiness(checks)
-    is_ready = all(result == "ok" for result in results.values())
-    return ({"status": "ready" if is_ready else "not ready", "service": service, "checks": results},
-            200 if is_ready else 503)
 
 
 class RequestMetrics:
@@ -96,30 +74,24 @@ class RequestMetrics:
             self.histogram.labels(route, str(status)).observe(time.perf_counter() - started)
 
 
-def make_service_app(
-    broker: NatsBroker,
-    service: str,
-    readiness: Sequence[ReadinessCheck] = (),
-    registry: CollectorRegistry = REGISTRY,
-    **app_kwargs: Any,
-) -> AsgiFastStream:
+def make_service_app(broker: NatsBroker, service: str, readiness: Sequence[ReadinessCheck] = (),
+                     **app_kwargs: Any) -> AsgiFastStream:
     async def nats_connected() -> None:
         if not await broker.ping(CHECK_TIMEOUT_S):
             raise ConnectionError("NATS unreachable")
 
     checks: list[ReadinessCheck] = [("nats", nats_connected), *readiness]
 
-    @get(include_in_schema=False)
-    async def live(scope: Any) -> AsgiResponse:
-        return _json({"status": "alive", "service": service}, 200)
+    async def ready() -> tuple[dict[str, Any], int]:
+        return await readiness_document(service, checks)
 
-    @get(include_in_schema=False)
-    async def ready(scope: Any) -> AsgiResponse:
-        return _json(*await readiness_document(service, checks))
+    # The one probes router, in an app of its own that FastStream's routes hand those paths to.
+    probes = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    probes.include_router(probes_router(service, ready))
 
     @get(include_in_schema=False)
     async def asyncapi(scope: Any) -> AsgiResponse:
-        return _json(asyncapi_document(), 200)
+        return AsgiResponse(json.dumps(asyncapi_document()).encode(), 200, headers={"content-type": "application/json"})
 
     # The bus's whole AsyncAPI document (shared/asyncapi.py), not FastStream's, which lists only the
     # handlers FastStream runs in this service; nor FastStream's page, which loads its viewer from a CDN
@@ -127,12 +99,7 @@ def make_service_app(
     # any subject of the real bus.
     app = AsgiFastStream(
         broker,
-        asgi_routes=[
-            ("/health/live", live),
-            ("/health/ready", ready),
-            ("/metrics", make_asgi_app(registry)),
-            ("/docs/asyncapi.json", asyncapi),
-        ],
+        asgi_routes=[*((path, probes) for path in PROBE_PATHS), ("/docs/asyncapi.json", asyncapi)],
         **app_kwargs,
     )
     return app
@@ -176,21 +143,3 @@ def serve(factory: str, port: int, host: str = "127.0.0.1", workers: int = 1) ->
         os.environ[MULTIPROCESS_DIR_VAR] = tempfile.mkdtemp(prefix="costwarden-metrics-")
     uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S), workers=workers)
-
-
-def metrics_text() -> bytes:
-    """Prometheus text of this process, or of every worker when they share a multiprocess directory."""
-    if not os.environ.get(MULTIPROCESS_DIR_VAR):
-        return generate_latest()
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
-
-
-def serve_service(name: str) -> None:
-    """`python -m services.<name>`: services/<name>/app.py:create_app on the port <NAME>_PORT."""
-    from shared.settings import get_settings
-
-    settings = get_settings()
-    workers = settings.api_workers if name == "api" else 1
-    serve(f"services.{name}.app:create_app", getattr(settings, f"{name}_port"), settings.host, workers)

@@ -2,20 +2,25 @@
 
 Streams are created or updated only by `ensure_streams`, run by `costwarden migrate` (as the bus's
 `admin` identity, the only one allowed to manage streams). Services only bind to them
-(`bind_streams`): they wait for the streams they use to exist and never change a stream's settings.
+(`bind_streams`, with the streams each one uses in STREAMS_BOUND): they wait for the streams they
+use to exist and never change a stream's settings.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError, ServiceUnavailableError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from shared.backoff import retrying
+
+T = TypeVar("T")
 
 LLM_REQUEST = "llm.request"
 LLM_COMPLETED = "llm.completed"
@@ -91,14 +96,35 @@ def stream_of(subject: str) -> str:
     raise KeyError(f"no stream keeps {subject}")
 
 
+def _streams(*subjects: str) -> tuple[str, ...]:
+    return tuple(sorted({stream_of(subject) for subject in subjects}))
+
+
+# The streams each role uses, which it binds at start; its bus permissions (services/deploy) let it
+# look up exactly these.
+STREAMS_BOUND: dict[str, tuple[str, ...]] = {
+    "api": _streams(LLM_COMPLETED),
+    "limiter": _streams(LLM_COMPLETED, LIMIT_VIOLATION, dead_letter_subject(LLM_REQUEST)),
+    "cost": _streams(LLM_COMPLETED, ALERTS, dead_letter_subject(COST_QUERY)),
+    "notifier": _streams(ALERTS, dead_letter_subject("alert")),
+    "health": tuple(spec.name for spec in STREAMS),  # it watches every stream's backlog
+    "backup": _streams(SCHEDULE_BACKUP, BACKUP_REQUESTED, ALERTS, dead_letter_subject(SCHEDULE_BACKUP)),
+    "console": _streams(BACKUP_REQUESTED, dead_letter_subject(LLM_COMPLETED)),
+}
+
+
+def streams_bound_by(role: str) -> list[str]:
+    return list(STREAMS_BOUND[role])
+
+
 JETSTREAM_BUSY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
 
 
-def jetstream_patience(patience_s: float, also: tuple[type[Exception], ...] = ()) -> AsyncRetrying:
+async def with_jetstream_patience(operation: Callable[[], Awaitable[T]], patience_s: float,
+                                  also: tuple[type[Exception], ...] = ()) -> T:
     """Ask JetStream again, backing off up to 2 s, for as long as it is busy (a cluster electing
     leaders answers nothing, or 503, for a while), then give up with its last error."""
-    return AsyncRetrying(stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.2, max=2.0),
-                         retry=retry_if_exception_type((*JETSTREAM_BUSY, *also)), reraise=True)
+    return await retrying(operation, (*JETSTREAM_BUSY, *also), initial_s=0.2, max_s=2.0, patience_s=patience_s)
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int = 1, patience_s: float = 60.0) -> None:
@@ -108,9 +134,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, patience_s: fl
 
     A cluster that just lost a node answers nothing for the streams that node led until they have
     elected new leaders: a service starting then waits up to `patience_s` rather than exit."""
-    async for attempt in jetstream_patience(patience_s):
-        with attempt:
-            await _ensure_streams(js, replicas)
+    await with_jetstream_patience(lambda: _ensure_streams(js, replicas), patience_s)
 
 
 async def _ensure_streams(js: JetStreamContext, replicas: int) -> None:
@@ -132,11 +156,12 @@ async def bind_streams(js: JetStreamContext, streams: Sequence[str], patience_s:
 
     A cluster electing new leaders, or a migration running at the same moment, answers nothing or
     "not found" for a while: a starting service waits up to `patience_s`, then exits with the reason."""
+    async def look_up_all() -> None:
+        for stream in streams:
+            await js.stream_info(stream)
+
     try:
-        async for attempt in jetstream_patience(patience_s, also=(NotFoundError,)):
-            with attempt:
-                for stream in streams:
-                    await js.stream_info(stream)
+        await with_jetstream_patience(look_up_all, patience_s, also=(NotFoundError,))
     except NotFoundError as exc:
         raise StreamMissing(f"a JetStream stream of {', '.join(streams)} does not exist: run `costwarden migrate` "
                             "(as the NATS admin identity) before starting the services") from exc

@@ -18,7 +18,7 @@ from collections import Counter
 import asyncpg
 import nats
 
-from services.api.pg_key_admin import create_key
+from services.keys.pg_key_admin import create_key
 from soak.faults import inject, schedule
 from soak.reconcile import (
     Check,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from services.deploy.migrate import apply_migrations
 from services.simulator.app import create_app as create_simulator
-from shared.migrate import apply_migrations
 from shared.policy import TierLimits
 from tests.servers import (
     PostgresServer,

@@ -25,8 +25,8 @@ import httpx
 import nats
 import pytest
 
+from services.deploy.migrate import apply_migrations
 from services.simulator.app import create_app as create_simulator
-from shared.migrate import apply_migrations
 from tests.servers import ServiceProcess, ThreadedHttpServer, create_streams, free_port, nats_server, redis_server
 
 NATS_IMAGE = "nats:2.11.9-alpine"

@@ -1,3 +1,5 @@
-from shared.service_app import serve_service
+from services.api.settings import ApiSettings
+from shared.service_app import serve
 
-serve_service("api")
+settings = ApiSettings()
+serve("services.api.app:create_app", settings.api_port, settings.host, settings.api_workers)

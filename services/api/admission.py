@@ -1,49 +1,100 @@
-"""The steps every LLM call of the gateway takes before and around the provider: who is calling and
-from where, the limiter's answer (429 or 503 when it says no), the plain call with its failures
-answered as 502/504."""
+"""Whether a call may go ahead, apart from HTTP: who is calling (API keys, cached_key_store.py), which
+public model it asks for (resolved once, into the call's context), how many prompt tokens it sends,
+and the limiter's answer, asked through a port (nats_limiter_client.py is its adapter).
+
+What a limiter answer means for the caller is a typed outcome, decided by the limiter client alone:
+`Granted`, `Denied`, and, when no limit could be checked (no limiter answered, or the limiter could
+not reach its store), `Unchecked` or `Unavailable` as LIMITER_FAILURE_MODE says."""
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from fastapi import Request
+from services.api.cached_key_store import CachedKeyStore
+from services.api.callers import ANONYMOUS, Caller
+from services.api.calls import CallContext
+from services.api.usage import TokenCounter, prompt_chars, prompt_tokens
+from shared.events import LimitDecision, LimitRequest
+from shared.policy import ModelConfig
 
-from services.api.api_state import ApiState
-from services.api.callers import Caller, client_ip
-from services.api.gateway import CallContext
-from services.api.http_edge import ApiError, RateLimited, parse_tags, provider_failure
-from services.api.providers import ProviderCall, ProvidersFailed
-from services.api.ratelimit_headers import ratelimit_headers
-from shared.events import Policy
-
-
-async def call_context(request: Request, state: ApiState, caller: Caller, endpoint: str, policy: Policy,
-                       session_id: str | None, payload: dict[str, Any], max_tokens: int, choices: int = 1
-                       ) -> CallContext:
-    tags = parse_tags(request.headers.get("x-costwarden-tags"))
-    peer = request.client.host if request.client else None
-    return CallContext(
-        request_id=uuid.uuid4().hex, caller=caller,
-        client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), state.trusted_proxies),
-        endpoint=endpoint, prompt_tokens=await state.gateway.count_prompt(payload), max_tokens=max_tokens,
-        choices=choices, policy=policy, session_id=session_id or request.headers.get("x-session-id"), tags=tags,
-    )
+# Above this many characters a prompt is counted in a thread, so that one huge prompt does not stall
+# every other call on the event loop.
+COUNT_IN_THREAD_CHARS = 20_000
 
 
-async def admit(state: ApiState, ctx: CallContext, model: str) -> dict[str, str]:
-    """The headers of an admitted call; raises what the caller is answered when it is not admitted."""
-    decision = await state.gateway.admit(ctx, model)
-    if decision.allowed:
-        return {"X-Request-Id": ctx.request_id, **ratelimit_headers(decision)}
-    if decision.limited_by == "unavailable":
-        raise ApiError(503, decision.reason or "rate limiter unavailable", type_="service_unavailable",
-                       code="limiter_unavailable", headers={"Retry-After": str(int(decision.retry_after_s))})
-    raise RateLimited(decision, state.settings.upgrade_url)
+class UnknownModel(Exception):
+    """The gateway does not serve this public model."""
 
 
-async def complete(state: ApiState, ctx: CallContext, model: str, payload: dict[str, Any]) -> ProviderCall:
-    try:
-        return await state.gateway.complete(ctx, model, payload)
-    except ProvidersFailed as exc:
-        raise provider_failure(exc, ctx) from None
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """The limiter admitted the call and reserved its worst case."""
+
+    decision: LimitDecision
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """A limit would be passed: the decision names which, and when to come back."""
+
+    decision: LimitDecision
+
+
+@dataclass(frozen=True, slots=True)
+class Unchecked:
+    """No limit could be checked, and the failure mode (open) lets the call through."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """No limit could be checked, and the failure mode (closed) refuses the call for now."""
+
+    reason: str
+    retry_after_s: float
+
+
+LimitOutcome = Granted | Denied | Unchecked | Unavailable
+
+
+class LimiterClient(Protocol):
+    async def ask(self, request: LimitRequest) -> LimitOutcome: ...
+
+
+class Admission:
+    def __init__(self, keys: CachedKeyStore, limiter: LimiterClient, counter: TokenCounter,
+                 models: Mapping[str, ModelConfig]) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.counter = counter
+        self.models = models
+
+    async def caller(self, key: str | None) -> Caller:
+        """Who calls with this API key (anonymous without one); InvalidCredentials for a wrong, revoked or
+        expired key, KeyStoreUnavailable when a key never seen cannot be checked now."""
+        return ANONYMOUS if key is None else await self.keys.caller_for(key)
+
+    def model(self, name: str) -> ModelConfig:
+        """A public model's routes and ceiling; UnknownModel when the gateway does not serve it."""
+        config = self.models.get(name)
+        if config is None:
+            raise UnknownModel(name)
+        return config
+
+    async def prompt_tokens(self, payload: Mapping[str, Any]) -> int:
+        """The prompt's tokens: what the limiter reserves on, and what is billed if the provider sends
+        no usage."""
+        if prompt_chars(payload) > COUNT_IN_THREAD_CHARS:
+            return await asyncio.to_thread(prompt_tokens, self.counter, payload)
+        return prompt_tokens(self.counter, payload)
+
+    async def decide(self, ctx: CallContext) -> LimitOutcome:
+        return await self.limiter.ask(LimitRequest(
+            request_id=ctx.request_id, user_id=ctx.caller.user_id, client_ip=ctx.client_ip,
+            tier=ctx.caller.tier, endpoint=ctx.endpoint, policy=ctx.policy, model=ctx.model,
+            prompt_tokens_estimate=ctx.prompt_tokens, max_tokens=ctx.max_tokens, choices=ctx.choices,
+        ))

@@ -1,8 +1,12 @@
 """Composition root of the api gateway (FastAPI): settings, NATS, Postgres, providers and the token
-counter wired to the gateway use case and the routes (routers/), in the app's lifespan.
+counter wired to the admission and gateway use cases and the routes (http/), in the app's lifespan.
 
 OpenAI-compatible /v1/chat/completions and /v1/models, the original /api/agent/* endpoints, the cost
-endpoints, and the service's own /health/live, /health/ready and /metrics.
+endpoints, the admin API for keys, the bus's AsyncAPI document (/asyncapi.json), and the probes
+(/health/live, /health/ready with each provider's breaker, /metrics).
+
+`create_app(settings, resources)` builds the app around any `resources`: an async context manager
+that yields the ApiState the routes use (api_resources opens the real ones; a test may give its own).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import asyncpg
 import nats
@@ -18,34 +23,41 @@ import nats.errors
 from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
 
+from services.api.admission import Admission
 from services.api.aiohttp_provider_client import AiohttpProviderClient
-from services.api.api_state import ApiState
 from services.api.breaker import BreakerState, CircuitBreaker
+from services.api.cached_key_store import CachedKeyStore
 from services.api.callers import parse_networks
 from services.api.gateway import Gateway
-from services.api.http_edge import install_error_handlers
+from services.api.http import admin, agent, asyncapi, chat, costs
+from services.api.http.errors import install_error_handlers
+from services.api.http.state import ApiState
 from services.api.jetstream_completion_publisher import JetStreamCompletionPublisher
 from services.api.nats_cost_queries import NatsCostQueries
 from services.api.nats_limiter_client import NatsLimiterClient
 from services.api.pg_api_key_store import PgApiKeyStore
-from services.api.pg_key_admin import PgKeyAdmin
 from services.api.providers import ProviderClient, ProviderRouter
-from services.api.routers import admin, agent, chat, costs, ops
+from services.api.settings import ApiSettings
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
+from services.keys.pg_key_admin import PgKeyAdmin
 from shared.bus import nats_options
-from shared.bus_permissions import streams_of
 from shared.logs import configure_logging
+from shared.probes import probes_router, readiness_document
 from shared.service_app import RequestMetrics, settle_heap
-from shared.settings import Settings, get_settings, is_set
-from shared.subjects import bind_streams
+from shared.settings import is_set
+from shared.subjects import bind_streams, streams_bound_by
 
 SERVICE = "api"
-# What the routes use, opened at start and closed at shutdown: the real servers by default
-# (api_resources); a test may give any ApiState instead, to serve the routes in process.
-ResourcesFactory = Callable[[Settings], AbstractAsyncContextManager[ApiState]]
+
+ApiResources = Callable[[ApiSettings], AbstractAsyncContextManager[ApiState]]
+
+REQUEST_SECONDS = Histogram("costwarden_api_request_seconds", "Gateway request latency", ["route", "status"])
+BREAKER_OPEN = Gauge("costwarden_api_provider_breaker_open",
+                     "1 while a provider's circuit breaker is open or half-open (skipping calls)", ["provider"],
+                     multiprocess_mode="livemax")
 
 
-def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
+def provider_clients(settings: ApiSettings) -> dict[str, ProviderClient]:
     """One client per provider that has a key: a provider without one is not tried."""
     clients: dict[str, ProviderClient] = {}
     for name, base_url, key in (("together_ai", settings.together_base_url, settings.together_api_key),
@@ -56,36 +68,29 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     return clients
 
 
-REQUEST_SECONDS = Histogram("costwarden_api_request_seconds", "Gateway request latency", ["route", "status"])
-BREAKER_OPEN = Gauge("costwarden_api_provider_breaker_open",
-                     "1 while a provider's circuit breaker is open or half-open (skipping calls)", ["provider"],
-                     multiprocess_mode="livemax")
-
-
 def breaker_gauge(provider: str) -> Callable[[BreakerState], None]:
     BREAKER_OPEN.labels(provider).set(0)
     return lambda state: BREAKER_OPEN.labels(provider).set(state is not BreakerState.CLOSED)
 
 
 @asynccontextmanager
-async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
+async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
     """Everything the routes use, opened in order and closed in reverse; the gateway drains first."""
     config = settings.file_config()
-    nc = await nats.connect(**nats_options(settings, "api"))
+    nc = await nats.connect(**nats_options(settings, SERVICE))
     js = nc.jetstream()
-    await bind_streams(js, streams_of("api"))
+    await bind_streams(js, streams_bound_by(SERVICE))
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
     clients = provider_clients(settings)
     breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
                                      on_change=breaker_gauge(name))
                 for name in clients}
-    gateway = Gateway(
-        NatsLimiterClient(nc, settings.limiter_request_timeout_s, settings.limiter_failure_mode),
-        ProviderRouter(clients, breakers, settings.provider_max_retries),
-        JetStreamCompletionPublisher(nc, js),
-        config.models,
-        await asyncio.to_thread(TiktokenTokenCounter.cl100k),
-    )
+    counter = await asyncio.to_thread(TiktokenTokenCounter.cl100k)
+    admission = Admission(CachedKeyStore(PgApiKeyStore(pool), settings.api_key_cache_s),
+                          NatsLimiterClient(nc, settings.limiter_request_timeout_s, settings.limiter_failure_mode),
+                          counter, config.models)
+    gateway = Gateway(ProviderRouter(clients, breakers, settings.provider_max_retries),
+                      JetStreamCompletionPublisher(nc, js), counter)
 
     async def nats_connected() -> None:
         if not nc.is_connected:
@@ -96,7 +101,7 @@ async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
 
     try:
         yield ApiState(settings=settings, config=config, trusted_proxies=parse_networks(settings.trusted_proxies),
-                       gateway=gateway, keys=PgApiKeyStore(pool, settings.api_key_cache_s), key_admin=PgKeyAdmin(pool),
+                       admission=admission, gateway=gateway, key_admin=PgKeyAdmin(pool),
                        cost_queries=NatsCostQueries(nc, settings.cost_query_timeout_s), breakers=breakers,
                        readiness=[("nats", nats_connected), ("postgres", postgres)])
     finally:
@@ -109,8 +114,8 @@ async def api_resources(settings: Settings) -> AsyncIterator[ApiState]:
         await pool.close()
 
 
-def create_app(settings: Settings | None = None, resources: ResourcesFactory = api_resources) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: ApiSettings | None = None, resources: ApiResources = api_resources) -> FastAPI:
+    settings = settings or ApiSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
 
     @asynccontextmanager
@@ -120,11 +125,18 @@ def create_app(settings: Settings | None = None, resources: ResourcesFactory = a
             settle_heap()
             yield
 
+    async def ready() -> tuple[dict[str, Any], int]:
+        state: ApiState = app.state.api
+        body, status = await readiness_document(SERVICE, state.readiness)
+        body["providers"] = {name: breaker.state.value for name, breaker in state.breakers.items()}
+        return body, status
+
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN and are blank offline.
     # The OpenAPI document itself stays at /openapi.json.
     app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, histogram=REQUEST_SECONDS)
-    for router in (chat.router, agent.router, costs.router, admin.router, ops.router):
+    for router in (chat.router, agent.router, costs.router, admin.router, asyncapi.router,
+                   probes_router(SERVICE, ready)):
         app.include_router(router)
     return app

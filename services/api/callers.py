@@ -1,15 +1,11 @@
-"""Who is calling: API keys (stored hashed) mapped to a user and tier, or an anonymous client IP.
-Pure rules; the key store is a port (PgApiKeyStore is its adapter)."""
+"""Who is calling: an API key's user and tier, or an anonymous client IP behind trusted proxies. Pure
+rules; keys are looked up through cached_key_store.py."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Protocol
-
-from shared.api_keys import KeyRecord
 
 
 @dataclass(frozen=True)
@@ -27,23 +23,12 @@ class Caller:
 ANONYMOUS = Caller(user_id=None, tier="anonymous")
 
 
-LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
-def parse_lifetime(text: str) -> timedelta:
-    """A key lifetime or grace period: a whole number and a unit, s, m, h or d (`30d`, `12h`)."""
-    number, unit = text[:-1], text[-1:]
-    if unit not in LIFETIME_UNITS or not number.isdigit():
-        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 45m or 90s")
-    return timedelta(seconds=int(number) * LIFETIME_UNITS[unit])
-
-
 class KeyStoreUnavailable(Exception):
-    """The key store did not answer, and the key was never seen: the caller should retry shortly."""
+    """The key store did not answer; for a key never seen before, the caller should retry shortly."""
 
 
 class InvalidCredentials(Exception):
-    pass
+    """A wrong, revoked or expired key, or an Authorization header that is not a bearer token."""
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -53,25 +38,6 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidCredentials("Authorization header must be 'Bearer <api key>'")
     return token.strip()
-
-
-class KeyAdmin(Protocol):
-    """Creating, listing, reading and revoking keys; every change audited under `actor`."""
-
-    async def create(self, user_id: str, tier: str, actor: str, is_admin: bool, alias: str | None,
-                     expires_in: timedelta | None) -> tuple[KeyRecord, str]: ...
-
-    async def list(self, user_id: str | None, tier: str | None, revoked: bool | None) -> list[KeyRecord]: ...
-
-    async def get(self, key_id: int) -> KeyRecord | None: ...
-
-    async def revoke(self, key_id: int, actor: str) -> KeyRecord | None: ...
-
-
-class ApiKeyStore(Protocol):
-    async def caller_for(self, key: str) -> Caller:
-        """The caller an API key stands for; InvalidCredentials for a wrong or revoked key."""
-        ...
 
 
 def parse_networks(entries: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from functools import partial
 
 import nats.errors
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from shared.backoff import retrying
 from shared.bus import publish_event
 from shared.events import LlmCompleted
 from shared.subjects import LLM_COMPLETED
@@ -69,10 +70,8 @@ class JetStreamCompletionPublisher:
             self._retrier = asyncio.create_task(self._retry_backlog(), name="llm-completed-backlog")
 
     async def _retry_backlog(self) -> None:
-        retrying = AsyncRetrying(wait=wait_exponential(multiplier=0.2, max=5.0),
-                                 retry=retry_if_exception_type(PUBLISH_ERRORS), reraise=True)
         while self.backlog:
-            await retrying(self._publish_once, self.backlog[0])
+            await retrying(partial(self._publish_once, self.backlog[0]), PUBLISH_ERRORS, initial_s=0.2, max_s=5.0)
             self.backlog.popleft()
             BACKLOG.set(len(self.backlog))
         log.info("backlog of unpublished llm.completed events cleared")

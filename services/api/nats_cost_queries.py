@@ -1,27 +1,15 @@
-"""The cost service, asked over core NATS request-reply on `cost.query` (any cost replica answers)."""
+"""The cost service, asked over core NATS request-reply on `cost.query` (any cost replica answers):
+the CostQueries port of shared/cost_query.py."""
 
 from __future__ import annotations
 
 import json
-from typing import Protocol
 
 import nats.errors
 from nats.aio.client import Client as Nats
 
-from shared.cost_query import Analytics, CostQuery, CurrentCost
+from shared.cost_query import Analytics, CostQuery, CostQueryRefused, CostServiceUnavailable, CurrentCost
 from shared.subjects import COST_QUERY
-
-
-class CostServiceUnavailable(Exception):
-    """No cost replica answered in time."""
-
-
-class CostQueryRefused(Exception):
-    """The cost service found the query invalid; the message says why."""
-
-
-class CostQueries(Protocol):
-    async def ask(self, query: CostQuery) -> CurrentCost | Analytics: ...
 
 
 class NatsCostQueries:
@@ -29,7 +17,7 @@ class NatsCostQueries:
         self.nc = nc
         self.timeout_s = timeout_s
 
-    async def ask(self, query: CostQuery) -> CurrentCost | Analytics:
+    async def answer(self, query: CostQuery) -> CurrentCost | Analytics:
         try:
             reply = await self.nc.request(COST_QUERY, query.model_dump_json().encode(), timeout=self.timeout_s)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:

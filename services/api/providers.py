@@ -1,6 +1,6 @@
 """LLM providers behind one interface: the routes of a model tried in order (Together.ai first,
-OpenAI as fallback), each with bounded retries on 429/5xx/network errors (jittered exponential backoff)
-and a circuit breaker. The HTTP client is a port (aiohttp_provider_client.py is its adapter)."""
+OpenAI as fallback), each with bounded retries on 429/5xx/network errors (shared/backoff.py, with
+jitter) and a circuit breaker. The HTTP client is a port (aiohttp_provider_client.py is its adapter)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.api.breaker import CircuitBreaker
+from shared.backoff import backoff_s
 from shared.policy import ModelRoute
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,6 @@ class ProviderCall:
             await self.stream.aclose()
 
 
-def backoff_s(retry: int, initial_s: float, max_s: float, jitter: float) -> float:
-    """The wait before retry number `retry` (1, 2, ...): doubling from `initial_s` up to `max_s`, plus
-    `jitter` (0 to 1) of `initial_s`, so that calls that failed together do not retry together."""
-    return min(max_s, initial_s * 2 ** (retry - 1)) + jitter * initial_s
-
-
 class ProviderRouter:
     """Tries the routes of a model in order, skipping providers without a key or with an open circuit."""
 
@@ -137,8 +132,8 @@ class ProviderRouter:
 
     async def _with_retries(self, client: ProviderClient, model: str, payload: Mapping[str, Any], stream: bool,
                             attempts: list[ProviderError]) -> ProviderCall:
-        """A loop, not tenacity: tenacity's machinery costs CPU on every call, where almost every call
-        succeeds on its first attempt."""
+        """A plain loop on the hot path: almost every call succeeds on its first attempt, and then costs
+        nothing more (a retry library's machinery costs CPU on every call)."""
         for retry in range(1, self.max_retries + 1):
             try:
                 return await self._attempt(client, model, payload, stream, attempts)

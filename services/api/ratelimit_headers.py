@@ -1,5 +1,6 @@
 """The 429 body of the original system and the IETF RateLimit headers
-(draft-ietf-httpapi-ratelimit-headers-10), built from a limiter decision."""
+(draft-ietf-httpapi-ratelimit-headers-10), built from a limiter decision. Pure rules; the HTTP edge
+(http/edge.py) sends them."""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ def seconds_until(moment: datetime, now: datetime) -> int:
 
 
 def ratelimit_headers(decision: LimitDecision, now: datetime | None = None) -> dict[str, str]:
-    if decision.limited_by == "unavailable":
-        return {}
+    """The headers of a checked decision (an unchecked one has no limit to tell)."""
     now = now or datetime.now(UTC)
     name = policy_name(decision)
     return {

@@ -1,3 +1,5 @@
-from shared.service_app import serve_service
+from services.backup.settings import BackupSettings
+from shared.service_app import serve
 
-serve_service("backup")
+settings = BackupSettings()
+serve("services.backup.app:create_app", settings.backup_port, settings.host)

@@ -16,16 +16,16 @@ from services.backup.pg_backup_log import PgBackupLog
 from services.backup.pg_dump_pipeline import PgDumpPipeline
 from services.backup.s3_backup_store import S3BackupStore
 from services.backup.scheduler import run_schedule
+from services.backup.settings import BackupSettings
 from services.backup.worker import BackupWorker
+from shared.backup_requests import WORKER_DURABLE
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert, publish_event
-from shared.bus_permissions import streams_of
 from shared.events import Alert, BackupCompleted, BackupRequested, BackupTick
 from shared.logs import configure_logging
 from shared.periodic import every
 from shared.service_app import lifecycle_app
-from shared.settings import Settings, get_settings
-from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, bind_streams
+from shared.subjects import BACKUP_COMPLETED, BACKUP_REQUESTED, SCHEDULE_BACKUP, bind_streams, streams_bound_by
 
 SERVICE = "backup"
 BACKUP_ACK_WAIT_S = 60.0  # a running backup keeps its trigger "in progress" well within this
@@ -36,7 +36,7 @@ LAST_SUCCESS = Gauge("costwarden_backup_last_success_timestamp_seconds",
 log = logging.getLogger(__name__)
 
 
-def make_store(settings: Settings) -> S3BackupStore:
+def make_store(settings: BackupSettings) -> S3BackupStore:
     if not settings.s3_backup_bucket:
         raise SystemExit("S3_BACKUP_BUCKET is not set")
     return S3BackupStore(settings.s3_backup_bucket, settings.s3_backup_prefix, settings.aws_region,
@@ -47,7 +47,7 @@ def make_store(settings: Settings) -> S3BackupStore:
 class BackupService:
     """The service's resources, opened at start-up and closed at shutdown in reverse order."""
 
-    def __init__(self, settings: Settings, broker: NatsBroker) -> None:
+    def __init__(self, settings: BackupSettings, broker: NatsBroker) -> None:
         self.settings = settings
         self.broker = broker
         self.pool: asyncpg.Pool | None = None
@@ -67,7 +67,7 @@ class BackupService:
     async def connect(self) -> None:
         settings = self.settings
         await self.broker.connect()
-        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
+        await bind_streams(jetstream(self.broker), streams_bound_by(SERVICE))
         self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
         store = make_store(settings)
         pipeline = PgDumpPipeline(settings.backup_database_url or settings.database_url, store,
@@ -92,7 +92,7 @@ class BackupService:
         self.consumers = [
             BatchConsumer(js, subject=SCHEDULE_BACKUP, durable="backup-schedule", model=BackupTick,
                           store=self.on_ticks, service=SERVICE, batch_size=1, ack_wait_s=BACKUP_ACK_WAIT_S),
-            BatchConsumer(js, subject=BACKUP_REQUESTED, durable="backup-requests",
+            BatchConsumer(js, subject=BACKUP_REQUESTED, durable=WORKER_DURABLE,
                           model=BackupRequested, store=self.on_requests, service=SERVICE, batch_size=1,
                           ack_wait_s=BACKUP_ACK_WAIT_S),
         ]
@@ -128,8 +128,8 @@ class BackupService:
         await self.pool.fetchval("SELECT 1")
 
 
-def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    settings = settings or get_settings()
+def create_app(settings: BackupSettings | None = None) -> AsgiFastStream:
+    settings = settings or BackupSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = BackupService(settings, make_broker(settings, SERVICE))
     return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])

@@ -12,12 +12,25 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from enum import StrEnum
+from typing import Literal, Protocol
 
 from services.backup.retention import StoredBackup, to_delete
 from shared.events import Alert, BackupCompleted, BackupRequested
 
 log = logging.getLogger(__name__)
+
+
+Trigger = Literal["schedule", "manual"]
+
+
+class BackupStatus(StrEnum):
+    """A run's status, as `backup_logs` keeps it."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    EXPIRED = "expired"  # a request that waited longer than BACKUP_REQUEST_TTL_S, not run
 
 
 class BackupError(RuntimeError):
@@ -57,7 +70,7 @@ class BackupLog(Protocol):
         """Held while a backup runs: True for the one replica that may run one now."""
         ...
 
-    async def start(self, trigger: str, slot: str | None, request_id: str | None) -> int | None:
+    async def start(self, trigger: Trigger, slot: str | None, request_id: str | None) -> int | None:
         """A `running` row; None when this schedule slot already ran."""
         ...
 
@@ -120,7 +133,7 @@ class BackupWorker:
         self.publish_alert = publish_alert
         self.clock = clock
 
-    async def run_request(self, request: BackupRequested, ttl: timedelta) -> str | None:
+    async def run_request(self, request: BackupRequested, ttl: timedelta) -> BackupStatus | None:
         """A backup asked for by `costwarden backup run`: run it, unless it waited longer than `ttl` (it
         may have been asked against another database, and nobody is waiting for it any more), or this
         request was already handled (a redelivery)."""
@@ -133,11 +146,11 @@ class BackupWorker:
                       f"than BACKUP_REQUEST_TTL_S ({int(ttl.total_seconds())} s); ask again")
             await self.runs.expire(request.id, reason)
             log.warning("backup request %s not run: %s", request.id, reason)
-            return "expired"
+            return BackupStatus.EXPIRED
         return await self.run("manual", request_id=request.id, restore_test=request.restore_test)
 
-    async def run(self, trigger: str, slot: str | None = None, request_id: str | None = None,
-                  restore_test: bool = False) -> str | None:
+    async def run(self, trigger: Trigger, slot: str | None = None, request_id: str | None = None,
+                  restore_test: bool = False) -> BackupStatus | None:
         """Run one backup unless another replica is running one (BackupBusy) or this slot already ran
         (returns None). Returns the final status."""
         async with self.runs.exclusive() as mine:
@@ -149,7 +162,7 @@ class BackupWorker:
                 return None
             return await self._run_logged(log_id, restore_test)
 
-    async def _run_logged(self, log_id: int, restore_test: bool) -> str:
+    async def _run_logged(self, log_id: int, restore_test: bool) -> BackupStatus:
         started = self.clock()
         began = time.monotonic()
         name = self.store.new_name(started)
@@ -166,14 +179,14 @@ class BackupWorker:
             await self.publish_alert(Alert(
                 key=f"backup:failed:{name}", source="backup", severity="critical", title="Database backup failed",
                 text=f"CRITICAL: database backup {name} failed: {reason}", window=started.isoformat()))
-            return "failed"
+            return BackupStatus.FAILED
         await self.runs.succeed(log_id, manifest.key, uploaded.size_bytes, uploaded.sha256)
         log.info("backup %s done: %d bytes, %d entries, sha256 %s", name, uploaded.size_bytes, entries, uploaded.sha256)
         await self.publish_completed(BackupCompleted(name=name, key=manifest.key, sha256=uploaded.sha256,
                                                      size_bytes=uploaded.size_bytes,
                                                      duration_s=round(time.monotonic() - began, 3), tables=tables))
         await self.apply_retention()
-        return "success"
+        return BackupStatus.SUCCESS
 
     async def _back_up(self, name: str, restore_test: bool) -> tuple[Uploaded, dict[str, int] | None, int]:
         """Upload, record the checksum on the object, read it back; restore it when asked."""

@@ -1,3 +1,5 @@
-from shared.service_app import serve_service
+from services.console.settings import ConsoleSettings
+from shared.service_app import serve
 
-serve_service("console")
+settings = ConsoleSettings()
+serve("services.console.app:create_app", settings.console_port, settings.host)

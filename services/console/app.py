@@ -14,9 +14,9 @@ import httpx
 import nats
 import nats.errors
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram
+from prometheus_client import Histogram
 
 from services.console import routes
 from services.console.console import Console
@@ -25,10 +25,12 @@ from services.console.httpx_live_status import HttpxLiveStatus
 from services.console.nats_bus_actions import NatsBusActions
 from services.console.pg_console_store import PgConsoleStore
 from services.console.sessions import SessionCodec
+from services.console.settings import ConsoleSettings
 from shared.bus import nats_options
 from shared.logs import configure_logging
-from shared.service_app import RequestMetrics, metrics_text, readiness_document
-from shared.settings import Settings, get_settings, is_set
+from shared.probes import ReadinessCheck, probes_router, readiness_document
+from shared.service_app import RequestMetrics
+from shared.settings import is_set
 
 SERVICE = "console"
 # Pages load nothing but this console's own stylesheet, run no script, may not be framed (no
@@ -44,7 +46,7 @@ SECURITY_HEADERS = {
 REQUEST_SECONDS = Histogram("costwarden_console_request_seconds", "Console request latency", ["route", "status"])
 
 
-def session_codec(settings: Settings) -> SessionCodec:
+def session_codec(settings: ConsoleSettings) -> SessionCodec:
     if not is_set(settings.console_session_secret):
         raise SystemExit("CONSOLE_SESSION_SECRET is not set: the console needs a secret (the same on every replica) "
                          "to seal its session cookies, such as the output of `openssl rand -base64 32`")
@@ -52,20 +54,20 @@ def session_codec(settings: Settings) -> SessionCodec:
 
 
 @dataclass
-class ConsoleResources:
-    """What the pages use, and the checks of /health/ready."""
+class OpenedConsole:
+    """The use case on its open resources, and the checks of /health/ready."""
 
     console: Console
-    readiness: Sequence[tuple[str, Callable[[], Awaitable[object]]]]
+    readiness: Sequence[ReadinessCheck]
 
 
 # Opened at start and closed at shutdown: the real servers by default (console_resources); a test may
-# give any ConsoleResources instead, to serve the pages in process.
-ResourcesFactory = Callable[[Settings], AbstractAsyncContextManager[ConsoleResources]]
+# give its own OpenedConsole, to serve the pages in process.
+ConsoleResources = Callable[[ConsoleSettings], AbstractAsyncContextManager[OpenedConsole]]
 
 
 @asynccontextmanager
-async def console_resources(settings: Settings) -> AsyncIterator[ConsoleResources]:
+async def console_resources(settings: ConsoleSettings) -> AsyncIterator[OpenedConsole]:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
     nc = await nats.connect(**nats_options(settings, SERVICE))
     client = httpx.AsyncClient()
@@ -80,7 +82,7 @@ async def console_resources(settings: Settings) -> AsyncIterator[ConsoleResource
     # Ready while its pages can be served: they read Postgres. Without NATS only the dead-letter
     # count and "run a backup now" wait (the pages say so); that is no reason to take it out of service.
     try:
-        yield ConsoleResources(console, [("postgres", postgres)])
+        yield OpenedConsole(console, [("postgres", postgres)])
     finally:
         await client.aclose()
         with contextlib.suppress(nats.errors.Error, RuntimeError):
@@ -88,17 +90,18 @@ async def console_resources(settings: Settings) -> AsyncIterator[ConsoleResource
         await pool.close()
 
 
-def create_app(settings: Settings | None = None, resources: ResourcesFactory = console_resources) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: ConsoleSettings | None = None, resources: ConsoleResources = console_resources) -> FastAPI:
+    settings = settings or ConsoleSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     codec = session_codec(settings)
-    tiers = sorted(name for name in settings.file_config().tiers if name != "anonymous")
+    tiers = settings.file_config().key_tiers
+    readiness: list[ReadinessCheck] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with resources(settings) as opened:
             app.state.console = routes.ConsoleState(opened.console, codec, tiers, settings.console_cookie_secure)
-            app.state.readiness = opened.readiness
+            readiness.extend(opened.readiness)
             yield
 
     # No /docs: the console is pages for people; its only API is the api's.
@@ -114,17 +117,5 @@ def create_app(settings: Settings | None = None, resources: ResourcesFactory = c
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    @app.get("/health/live", include_in_schema=False)
-    async def live() -> dict[str, str]:
-        return {"status": "alive", "service": SERVICE}
-
-    @app.get("/health/ready", include_in_schema=False)
-    async def ready() -> JSONResponse:
-        body, status = await readiness_document(SERVICE, app.state.readiness)
-        return JSONResponse(body, status_code=status)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(probes_router(SERVICE, lambda: readiness_document(SERVICE, readiness)))
     return app

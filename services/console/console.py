@@ -15,8 +15,8 @@ from typing import Literal, Protocol, TypeVar
 
 from services.console.periods import HOUR, TimeRange, floor_hour
 from shared.api_keys import KeyRecord, hash_api_key
-from shared.cost_query import projected_month_end
 from shared.policy import Levels, Thresholds
+from shared.spend_projection import projected_month_end
 
 DIMENSIONS = ("model", "served_model", "endpoint", "tag", "user")
 ORDERS = ("cost", "requests", "tokens", "key")

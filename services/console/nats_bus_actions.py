@@ -7,7 +7,8 @@ import nats.errors
 from nats.aio.client import Client as Nats
 
 from services.console.console import BackupUnavailable
-from shared.bus import backup_worker_listening, publish_event
+from shared.backup_requests import backup_worker_listening
+from shared.bus import publish_event
 from shared.events import BackupRequested
 from shared.subjects import BACKUP_REQUESTED, LLM_COMPLETED, dead_letter_subject, stream_of
 

@@ -1,3 +1,5 @@
-from shared.service_app import serve_service
+from services.cost.settings import CostSettings
+from shared.service_app import serve
 
-serve_service("cost")
+settings = CostSettings()
+serve("services.cost.app:create_app", settings.cost_port, settings.host)

@@ -13,17 +13,17 @@ from faststream.nats import NatsBroker
 
 from services.cost.pg_cost_queries import PgCostQueries
 from services.cost.pg_usage_ledger import PgUsageLedger
-from services.cost.query_router import CostQueries, query_router
+from services.cost.query_router import query_router
 from services.cost.recorder import CostRecorder
+from services.cost.settings import CostConfig, CostSettings
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_alert
-from shared.bus_permissions import streams_of
+from shared.cost_query import CostQueries
 from shared.events import Alert, LlmCompleted
 from shared.logs import configure_logging
 from shared.periodic import every
 from shared.service_app import lifecycle_app
-from shared.settings import FileConfig, Settings, get_settings
-from shared.subjects import LLM_COMPLETED, bind_streams
+from shared.subjects import LLM_COMPLETED, bind_streams, streams_bound_by
 
 SERVICE = "cost"
 SWEEP_INTERVAL_S = 10.0
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 class CostService:
     """The service's resources, opened at start-up and closed at shutdown in reverse order."""
 
-    settings: Settings
-    config: FileConfig
+    settings: CostSettings
+    config: CostConfig
     broker: NatsBroker
     pool: asyncpg.Pool | None = None
     ledger: PgUsageLedger | None = None
@@ -52,7 +52,7 @@ class CostService:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
+        await bind_streams(jetstream(self.broker), streams_bound_by(SERVICE))
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=6)
         self.ledger = PgUsageLedger(self.pool)
         self.queries = PgCostQueries(self.pool)
@@ -93,8 +93,8 @@ class CostService:
         await self.pool.fetchval("SELECT 1")
 
 
-def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    settings = settings or get_settings()
+def create_app(settings: CostSettings | None = None) -> AsgiFastStream:
+    settings = settings or CostSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = CostService(settings, settings.file_config(), make_broker(settings, SERVICE))
     service.broker.include_router(query_router(service.read_side))

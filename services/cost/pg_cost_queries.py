@@ -1,4 +1,5 @@
-"""Read side of the ledger in Postgres: current spend from the rollups, analytics for a time range."""
+"""Read side of the ledger in Postgres, the CostQueries port of shared/cost_query.py: current spend from
+the rollups, analytics for a time range."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.cost.ledger import bucket_start
+from services.cost.rollups import bucket_start
 from shared.cost_query import Analytics, Breakdown, CostQuery, CurrentCost
 from shared.events import utc_now
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_start
+from services.cost.rollups import RollupDelta, RollupKey, UsageRecord, bucket_start
 from services.cost.thresholds import AlertClaim, SpendTotal
 from shared.events import Alert
 

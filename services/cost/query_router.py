@@ -4,16 +4,12 @@ the read side of the ledger."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from faststream.nats import NatsRouter
 
-from shared.cost_query import Analytics, CostQuery, CurrentCost
+from shared.cost_query import CostQueries, CostQuery
 from shared.subjects import COST_QUERY, COST_QUEUE
-
-
-class CostQueries(Protocol):
-    async def answer(self, query: CostQuery) -> CurrentCost | Analytics: ...
 
 
 def query_router(queries: Callable[[], CostQueries]) -> NatsRouter:

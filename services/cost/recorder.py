@@ -11,7 +11,7 @@ from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
-from services.cost.ledger import RollupDelta, RollupKey, UsageRecord, bucket_start, price_events, rollup_deltas
+from services.cost.rollups import RollupDelta, RollupKey, UsageRecord, bucket_start, price_events, rollup_deltas
 from services.cost.spend_metrics import SPEND, SPEND_LABELS
 from services.cost.thresholds import (
     AlertClaim,

@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from services.cost.ledger import bucket_start
-from shared.cost_query import month_bounds, projected_month_end
+from services.cost.rollups import bucket_start
 from shared.events import Alert
 from shared.policy import Thresholds
+from shared.spend_projection import month_bounds, projected_month_end
 
 PERIOD_NAMES = {"hour": "hourly", "day": "daily", "month": "monthly"}
 MIN_PROJECTION_ELAPSED = timedelta(days=1)

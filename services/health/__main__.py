@@ -1,3 +1,5 @@
-from shared.service_app import serve_service
+from services.health.settings import HealthSettings
+from shared.service_app import serve
 
-serve_service("health")
+settings = HealthSettings()
+serve("services.health.app:create_app", settings.health_port, settings.host)

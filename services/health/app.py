@@ -19,19 +19,19 @@ from services.health.checks import http_probe, nats_probe, postgres_probe, provi
 from services.health.jetstream_backlog import export_jetstream_backlog
 from services.health.monitor import HealthMonitor, Probe
 from services.health.nats_announcer import NatsAnnouncer
-from services.health.routes import SERVICE, VERSION, HealthState, router
+from services.health.routes import SERVICE, VERSION, HealthState, readiness, router
+from services.health.settings import HealthConfig, HealthSettings
 from services.health.status import HealthBoard
 from shared.bus import nats_options
-from shared.bus_permissions import streams_of
 from shared.logs import configure_logging
-from shared.migrate import pending_migrations
+from shared.migrations import pending_migrations
 from shared.periodic import every
+from shared.probes import probes_router
 from shared.redis_client import redis_client
-from shared.settings import FileConfig, Settings, get_settings
-from shared.subjects import bind_streams
+from shared.subjects import bind_streams, streams_bound_by
 
 
-def probes_of(settings: Settings, config: FileConfig, nc: Nats, redis: Redis | RedisCluster,
+def probes_of(settings: HealthSettings, config: HealthConfig, nc: Nats, redis: Redis | RedisCluster,
               http: httpx.AsyncClient
               ) -> dict[str, tuple[Probe, float]]:
     timeout = settings.health_check_timeout_s
@@ -50,10 +50,10 @@ def probes_of(settings: Settings, config: FileConfig, nc: Nats, redis: Redis | R
 
 
 @asynccontextmanager
-async def monitoring(settings: Settings, state: HealthState) -> AsyncIterator[None]:
+async def monitoring(settings: HealthSettings, state: HealthState) -> AsyncIterator[None]:
     """Connections to what is checked, and the polling task, for the app's lifetime."""
     nc = await nats.connect(**nats_options(settings, SERVICE))
-    await bind_streams(nc.jetstream(), streams_of(SERVICE))
+    await bind_streams(nc.jetstream(), streams_bound_by(SERVICE))
     redis = redis_client(settings.redis_url, settings.redis_cluster, settings.health_check_timeout_s, 8)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.health_check_timeout_s))
 
@@ -75,8 +75,8 @@ async def monitoring(settings: Settings, state: HealthState) -> AsyncIterator[No
         await nc.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: HealthSettings | None = None) -> FastAPI:
+    settings = settings or HealthSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     state = HealthState(HealthBoard(failure_threshold=settings.health_failure_threshold), time.monotonic())
 
@@ -88,4 +88,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="costwarden health", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
+    app.include_router(probes_router(SERVICE, lambda: readiness(state)))
     return app

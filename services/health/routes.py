@@ -1,15 +1,17 @@
 """The health service's HTTP answers, read from the board that the monitor keeps current: never a
-check on the request's own time, so a slow dependency never makes them slow."""
+check on the request's own time, so a slow dependency never makes them slow. Its product is the
+aggregate (/health, /health/startup, /health/dependencies); its own probes are shared/probes.py's,
+with readiness answered from the board."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.health.monitor import HealthMonitor
 from services.health.status import HealthBoard, dependencies_document, health_json_document, original_document
@@ -51,18 +53,13 @@ async def health(request: Request, state: HealthState = Depends(health_state)) -
     return JSONResponse(document, status_code=state.status_code)
 
 
-@router.get("/health/live")
-async def live() -> dict[str, str]:
-    return {"status": "alive", "service": SERVICE}
-
-
-@router.get("/health/ready")
-async def ready(state: HealthState = Depends(health_state)) -> JSONResponse:
+async def readiness(state: HealthState) -> tuple[dict[str, Any], int]:
+    """Ready once a round of checks has run and the critical dependencies answer."""
     board = state.board
     is_ready = board.rounds > 0 and board.ready()
     body = {"status": "ready" if is_ready else "not ready", "overall": board.overall(),
             "critical": {name: board.status_of(name) for name in ("database", "nats")}}
-    return JSONResponse(body, status_code=200 if is_ready else 503)
+    return body, 200 if is_ready else 503
 
 
 @router.get("/health/startup")
@@ -82,7 +79,3 @@ async def dependencies(state: HealthState = Depends(health_state)) -> JSONRespon
         entry.update(failuresInARow=dep.failures_in_a_row, alertOpen=dep.alert_open)
     return JSONResponse({"status": board.overall(), "dependencies": details}, status_code=state.status_code)
 
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,3 +1,5 @@
-from shared.service_app import serve_service
+from services.limiter.settings import LimiterSettings
+from shared.service_app import serve
 
-serve_service("limiter")
+settings = LimiterSettings()
+serve("services.limiter.app:create_app", settings.limiter_port, settings.host)

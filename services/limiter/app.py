@@ -14,17 +14,16 @@ from services.limiter.limiter import Limiter
 from services.limiter.pg_violation_log import PgViolationLog
 from services.limiter.policy import LimitPolicy
 from services.limiter.redis_limiter_store import RedisLimiterStore
+from services.limiter.settings import LimiterSettings
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, nats_client
-from shared.bus_permissions import streams_of
 from shared.events import LimitDecision, LimitRequest, LimitViolation, LlmCompleted
 from shared.logs import configure_logging
 from shared.metric_labels import BoundedLabel
 from shared.redis_client import ready, redis_client
 from shared.request_responder import RequestResponder
 from shared.service_app import lifecycle_app
-from shared.settings import Settings, get_settings
-from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, bind_streams
+from shared.subjects import LIMIT_VIOLATION, LIMITER_QUEUE, LLM_COMPLETED, LLM_REQUEST, bind_streams, streams_bound_by
 
 SERVICE = "limiter"
 DECISION_WORKERS = 64
@@ -43,8 +42,7 @@ def counted(decide: Decide) -> Decide:
     """Count each decision: outcome allowed, denied or unavailable; reason the limit that decided it."""
     async def decide_and_count(request: LimitRequest) -> LimitDecision:
         decision = await decide(request)
-        outcome = ("unavailable" if decision.limited_by == "unavailable"
-                   else "allowed" if decision.allowed else "denied")
+        outcome = "unavailable" if decision.unchecked else "allowed" if decision.allowed else "denied"
         DECISIONS.labels(TIER(decision.tier), outcome, decision.limited_by or "none").inc()
         return decision
     return decide_and_count
@@ -53,7 +51,7 @@ def counted(decide: Decide) -> Decide:
 class LimiterService:
     """The service's resources, opened at start-up and closed at shutdown in reverse order."""
 
-    def __init__(self, settings: Settings, broker: NatsBroker) -> None:
+    def __init__(self, settings: LimiterSettings, broker: NatsBroker) -> None:
         self.settings = settings
         self.broker = broker
         self.redis = redis_client(settings.redis_url, settings.redis_cluster, settings.limiter_redis_timeout_s,
@@ -63,7 +61,7 @@ class LimiterService:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
+        await bind_streams(jetstream(self.broker), streams_bound_by(SERVICE))
         self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
         await ready(self.redis)
 
@@ -103,8 +101,8 @@ class LimiterService:
         await self.redis.ping()
 
 
-def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    settings = settings or get_settings()
+def create_app(settings: LimiterSettings | None = None) -> AsgiFastStream:
+    settings = settings or LimiterSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = LimiterService(settings, make_broker(settings, SERVICE))
     return lifecycle_app(service, SERVICE, readiness=[("redis", service.redis_ready)])

@@ -1,4 +1,6 @@
-"""The limiter use case: decide one request, settle finished calls. Storage is injected."""
+"""The limiter use case: answer one request (plan it, have the store check and reserve it atomically,
+word the answer, announce a denial), and settle finished calls. The store is a port; when it cannot
+be reached the answer is LIMITER_FAILURE_MODE's, marked `limited_by: unavailable`."""
 
 from __future__ import annotations
 

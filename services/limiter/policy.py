@@ -1,5 +1,7 @@
-"""What the limiter decides, without I/O: which counters a request touches, what it reserves,
-and how a counter reading becomes a decision."""
+"""The limits around a request, without I/O: which counters it touches and what it would reserve (its
+plan), and how the store's reading becomes the decision sent back, in the original system's words.
+The check itself is atomic in the store (redis_limiter_store.py's script): it decides; this module
+prepares the question and words the answer. Also what a finished call settles to."""
 
 from __future__ import annotations
 

@@ -1,3 +1,5 @@
-from shared.service_app import serve_service
+from services.notifier.settings import NotifierSettings
+from shared.service_app import serve
 
-serve_service("notifier")
+settings = NotifierSettings()
+serve("services.notifier.app:create_app", settings.notifier_port, settings.host)

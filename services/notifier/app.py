@@ -14,15 +14,15 @@ from faststream.nats import NatsBroker
 from services.notifier.httpx_channels import SlackChannel, WebhookChannel
 from services.notifier.notifier import Channel, Notifier
 from services.notifier.pg_delivery_log import PgDeliveryLog
+from services.notifier.settings import NotifierConfig, NotifierSettings
 from services.notifier.smtp_email_channel import EmailChannel
 from shared.batch_consumer import BatchConsumer
 from shared.bus import jetstream, make_broker, publish_dead_letter
-from shared.bus_permissions import streams_of
 from shared.events import Alert
 from shared.logs import configure_logging
 from shared.service_app import lifecycle_app
-from shared.settings import FileConfig, Settings, get_settings, is_set
-from shared.subjects import ALERTS, bind_streams
+from shared.settings import is_set
+from shared.subjects import ALERTS, bind_streams, streams_bound_by
 
 SERVICE = "notifier"
 DELIVERY_FAILED_SUBJECT = "alert"  # final delivery failures go to dlq.alert
@@ -30,7 +30,7 @@ DELIVERY_FAILED_SUBJECT = "alert"  # final delivery failures go to dlq.alert
 log = logging.getLogger(__name__)
 
 
-def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Channel]:
+def build_channels(settings: NotifierSettings, http: httpx.AsyncClient) -> dict[str, Channel]:
     """The channels whose settings are given; an empty value counts as not given."""
     channels: dict[str, Channel] = {}
     if is_set(settings.slack_webhook_url):
@@ -48,7 +48,7 @@ def build_channels(settings: Settings, http: httpx.AsyncClient) -> dict[str, Cha
 class NotifierService:
     """The service's resources, opened at start-up and closed at shutdown in reverse order."""
 
-    def __init__(self, settings: Settings, config: FileConfig, broker: NatsBroker) -> None:
+    def __init__(self, settings: NotifierSettings, config: NotifierConfig, broker: NatsBroker) -> None:
         self.settings = settings
         self.config = config
         self.broker = broker
@@ -65,7 +65,7 @@ class NotifierService:
     async def connect(self) -> None:
         settings = self.settings
         await self.broker.connect()
-        await bind_streams(jetstream(self.broker), streams_of(SERVICE))
+        await bind_streams(jetstream(self.broker), streams_bound_by(SERVICE))
         self.pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=6)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
         channels = build_channels(settings, self.http)
@@ -98,8 +98,8 @@ class NotifierService:
         await self.pool.fetchval("SELECT 1")
 
 
-def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    settings = settings or get_settings()
+def create_app(settings: NotifierSettings | None = None) -> AsgiFastStream:
+    settings = settings or NotifierSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     service = NotifierService(settings, settings.file_config(), make_broker(settings, SERVICE))
     return lifecycle_app(service, SERVICE, readiness=[("postgres", service.postgres_ready)])

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from prometheus_client import Counter
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from services.notifier.routing import channels_for
+from services.notifier.routing import Route, channels_for
+from shared.backoff import backoff_s
 from shared.events import Alert
-from shared.policy import Route
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class Notifier:
         self.channels = dict(channels)
         self.routes = list(routes)
         self.max_attempts = max_attempts
-        self.backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s)
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
         self.dead_letter = dead_letter
 
     async def route(self, alert: Alert) -> list[str]:
@@ -97,34 +98,31 @@ class Notifier:
         if busy:
             raise DeliveryInProgress(f"{busy} deliveries are held by a live claim")
 
-    def _wait(self, state: RetryCallState) -> float:
-        failure = state.outcome.exception() if state.outcome else None
-        if isinstance(failure, DeliveryFailed) and failure.retry_after_s is not None:
-            return failure.retry_after_s
-        return self.backoff(state)
-
     async def deliver(self, channel: str, alerts: list[Alert]) -> None:
+        """Send, and again after a failure a retry can help, up to `max_attempts`: after the receiver's
+        Retry-After when it gave one, else the backoff (with jitter). Every attempt is recorded."""
         sender = self.channels[channel]
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.max_attempts), wait=self._wait, reraise=True,
-                retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryFailed) and exc.retryable),
-            ):
-                with attempt:
-                    number = attempt.retry_state.attempt_number
-                    try:
-                        await sender.send(alerts)
-                    except DeliveryFailed as failure:
-                        final = not failure.retryable or number >= self.max_attempts
-                        await self.store.record(alerts, channel, number, "failed" if final else "retrying",
-                                                failure.reason)
-                        raise
-                    await self.store.record(alerts, channel, number, "sent", None)
-        except DeliveryFailed as failure:
-            MESSAGES.labels(channel, "failed").inc()
-            await self.store.finish(alerts, channel, "failed")
-            log.error("%s delivery of %d alert(s) failed for good: %s", channel, len(alerts), failure.reason)
-            await self.dead_letter(alerts, channel, failure.reason)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await sender.send(alerts)
+            except DeliveryFailed as failure:
+                final = not failure.retryable or attempt >= self.max_attempts
+                await self.store.record(alerts, channel, attempt, "failed" if final else "retrying", failure.reason)
+                if final:
+                    await self._give_up(channel, alerts, failure)
+                    return
+                await asyncio.sleep(failure.retry_after_s if failure.retry_after_s is not None else
+                                    backoff_s(attempt, self.backoff_initial_s, self.backoff_max_s, random.random()))
+                continue
+            await self.store.record(alerts, channel, attempt, "sent", None)
+            MESSAGES.labels(channel, "sent").inc()
+            await self.store.finish(alerts, channel, "sent")
             return
-        MESSAGES.labels(channel, "sent").inc()
-        await self.store.finish(alerts, channel, "sent")
+
+    async def _give_up(self, channel: str, alerts: list[Alert], failure: DeliveryFailed) -> None:
+        MESSAGES.labels(channel, "failed").inc()
+        await self.store.finish(alerts, channel, "failed")
+        log.error("%s delivery of %d alert(s) failed for good: %s", channel, len(alerts), failure.reason)
+        await self.dead_letter(alerts, channel, failure.reason)

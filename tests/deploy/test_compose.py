@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.settings import Settings
+from services.deploy.settings import DeploySettings
 from tests.servers import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -20,7 +20,7 @@ SERVICES = ("api", "limiter", "cost", "notifier", "health", "backup", "console")
 
 
 def port_of(service: str) -> int:
-    return getattr(Settings(), f"{service}_port")
+    return getattr(DeploySettings(), f"{service}_port")
 
 
 def env_default(value: str) -> str:

@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from redis.asyncio import Redis
 
-from services.api.pg_key_admin import create_key
+from services.keys.pg_key_admin import create_key
 from tests.support.polling import eventually
 
 CHEAP_MODEL = "meta-llama/Llama-3-8b-chat-hf"

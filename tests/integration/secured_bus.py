@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import nats
 
-from shared.bus_permissions import inbox_prefix
-from shared.nats_identities import seed_file
+from services.deploy.nats_identities import seed_file
+from shared.bus import inbox_prefix
 from tests.servers import VENV_BIN, ProcessServer, free_port
 
 

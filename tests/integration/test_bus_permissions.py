@@ -13,8 +13,8 @@ import nats
 import nats.errors
 import pytest
 
+from services.deploy.nats_identities import seed_file
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
-from shared.nats_identities import seed_file
 from tests.conftest import start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key
 from tests.integration.secured_bus import cli, connect_as, start_secured_bus

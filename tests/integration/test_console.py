@@ -19,7 +19,7 @@ import nats
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from shared.bus_permissions import inbox_prefix
+from shared.bus import inbox_prefix
 from shared.events import Alert
 from tests.conftest import migrated_database, unique
 from tests.integration.helpers import auth, chat_body, new_key

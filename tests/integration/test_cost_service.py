@@ -150,7 +150,7 @@ async def test_three_replicas_share_the_work_and_a_sigkill_mid_batch_loses_and_d
 
 @pytest.mark.skipif(postgres_binaries() is None, reason="no PostgreSQL server binaries to run a private cluster")
 async def test_postgres_outage_acks_nothing_and_catches_up(isolated):
-    from shared.migrate import apply_migrations
+    from services.deploy.migrate import apply_migrations
 
     pg = PostgresServer()
     pg.start()

@@ -15,8 +15,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from services.deploy.migrate import apply_migrations
 from services.simulator.app import create_app as create_simulator
-from shared.migrate import apply_migrations
 from tests.conftest import set_faults, start_service
 from tests.integration.helpers import stream_messages
 from tests.servers import PostgresServer, ThreadedHttpServer, nats_server, postgres_binaries, redis_server

@@ -7,7 +7,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.migrate import MigrationError, apply_migrations, pending_migrations
+from services.deploy.migrate import MigrationError, apply_migrations
+from shared.migrations import pending_migrations
 from tests.conftest import _with_database
 
 pytestmark = pytest.mark.adapter

@@ -16,7 +16,7 @@ import nats
 import pytest
 import yaml
 
-from shared.bus_permissions import inbox_prefix
+from shared.bus import inbox_prefix
 from shared.events import Alert
 from tests.conftest import set_faults, unique
 from tests.integration.helpers import auth, chat_body, new_key

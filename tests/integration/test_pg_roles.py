@@ -14,19 +14,20 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from services.api.cached_key_store import CachedKeyStore
 from services.api.pg_api_key_store import PgApiKeyStore
-from services.api.pg_key_admin import create_key
 from services.backup.pg_backup_log import PgBackupLog
 from services.console.console import DIMENSIONS, ORDERS
 from services.console.periods import preset
 from services.console.pg_console_store import PgConsoleStore
 from services.cost.pg_usage_ledger import PgUsageLedger
 from services.cost.recorder import CostRecorder
+from services.keys.pg_key_admin import create_key
 from services.limiter.pg_violation_log import PgViolationLog
 from services.notifier.pg_delivery_log import PgDeliveryLog
 from shared.api_keys import hash_api_key
 from shared.events import Alert, LimitViolation, LlmCompleted
-from shared.migrate import pending_migrations
+from shared.migrations import pending_migrations
 from shared.policy import Thresholds
 from shared.pricing import PriceCatalog
 from tests.conftest import unique
@@ -72,7 +73,7 @@ async def test_api_reads_keys_and_cannot_change_their_user_tier_or_rights(login_
     await owner.close()
     url = await login_as("api")
     async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
-        assert (await PgApiKeyStore(pool, cache_s=0).caller_for(key)).user_id == "ann"
+        assert (await CachedKeyStore(PgApiKeyStore(pool), cache_s=0).caller_for(key)).user_id == "ann"
     await refused(url, "UPDATE api_keys SET tier = 'enterprise'")
 
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from starlette.routing import Match
 
-from shared.settings import Settings
+from services.deploy.settings import DeploySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -130,11 +130,13 @@ def serves_bus(app: object) -> Callable[[str], bool]:
 def services() -> dict[str, Callable[[str], bool]]:
     """Service name -> whether it serves a path. Each app is built as its process builds it, with its
     logging set-up (which would take over this test session's handlers) left out."""
-    settings = Settings(_env_file=None, costwarden_config=None, console_session_secret="docs-test-" * 4)
     served = {}
     with pytest.MonkeyPatch.context() as patch:
         for name in (*HTTP_SERVICES, *BUS_SERVICES):
             module = importlib.import_module(f"services.{name}.app")
+            settings_class = getattr(importlib.import_module(f"services.{name}.settings"), f"{name.capitalize()}Settings")
+            secret = {"console_session_secret": "docs-test-" * 4} if name == "console" else {}
+            settings = settings_class(_env_file=None, costwarden_config=None, **secret)
             patch.setattr(module, "configure_logging", lambda *args, **kwargs: None)
             app = module.create_app(settings)
             served[name] = serves_fastapi(app) if name in HTTP_SERVICES else serves_bus(app)
@@ -142,7 +144,7 @@ def services() -> dict[str, Callable[[str], bool]]:
 
 
 def default_ports() -> dict[int, str]:
-    return {Settings.model_fields[f"{name}_port"].default: name for name in (*HTTP_SERVICES, *BUS_SERVICES)}
+    return {DeploySettings.model_fields[f"{name}_port"].default: name for name in (*HTTP_SERVICES, *BUS_SERVICES)}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda path: str(path.relative_to(ROOT)))

@@ -15,34 +15,36 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from services.api.api_state import ApiState
+from services.api.admission import Admission, Granted, LimitOutcome
 from services.api.app import create_app
 from services.api.breaker import CircuitBreaker
-from services.api.callers import Caller, InvalidCredentials, KeyStoreUnavailable, parse_networks
+from services.api.cached_key_store import CachedKeyStore, StoredKey
+from services.api.callers import Caller, KeyStoreUnavailable, parse_networks
 from services.api.gateway import Gateway
-from services.api.nats_cost_queries import CostServiceUnavailable
+from services.api.http.state import ApiState
 from services.api.providers import ProviderRouter
+from services.api.settings import ApiSettings
 from shared.api_keys import KeyRecord, display_prefix, hash_api_key, new_api_key
-from shared.cost_query import Analytics, CostQuery, CurrentCost
-from shared.events import LimitDecision, LimitRequest, LlmCompleted, utc_now
-from shared.settings import Settings
+from shared.cost_query import Analytics, CostQuery, CostServiceUnavailable, CurrentCost
+from shared.events import LimitDecision, LimitRequest, utc_now
+from tests.unit.api.fakes import Recorded, Words
 
-Decide = Callable[[LimitRequest], LimitDecision]
+Decide = Callable[[LimitRequest], LimitOutcome]
 
 
-def allowed(request: LimitRequest) -> LimitDecision:
-    return LimitDecision(allowed=True, tier=request.tier, policy=request.policy, limit=10, remaining=9,
-                         window_s=3600, reset_at=utc_now() + timedelta(hours=1))
+def granted(request: LimitRequest) -> LimitOutcome:
+    return Granted(LimitDecision(allowed=True, tier=request.tier, policy=request.policy, limit=10, remaining=9,
+                                 window_s=3600, reset_at=utc_now() + timedelta(hours=1)))
 
 
 class ScriptedLimiter:
     """LimiterClient: answers with `decide`, and keeps every request it was asked."""
 
-    def __init__(self, decide: Decide = allowed) -> None:
+    def __init__(self, decide: Decide = granted) -> None:
         self.decide = decide
         self.asked: list[LimitRequest] = []
 
-    async def ask(self, request: LimitRequest) -> LimitDecision:
+    async def ask(self, request: LimitRequest) -> LimitOutcome:
         self.asked.append(request)
         return self.decide(request)
 
@@ -68,29 +70,10 @@ class AnsweringProvider:
     async def aclose(self) -> None: ...
 
 
-class Published:
-    """CompletionPublisher: keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.events: list[LlmCompleted] = []
-
-    async def publish(self, event: LlmCompleted) -> None:
-        self.events.append(event)
-
-    async def drain(self, timeout_s: float) -> None: ...
-
-
-class Words:
-    """TokenCounter: one token a word."""
-
-    def count(self, text: str) -> int:
-        return len(text.split())
-
-
 class KeyTable:
     """The api_keys table in memory, behind both ports that use it: KeyAdmin (the admin API) and
-    ApiKeyStore (every call's caller); `audit` holds every change, as api_key_audit does. Set
-    `unavailable` to answer as a key store that cannot be reached."""
+    ApiKeyStore (every call's caller, found by digest); `audit` holds every change, as api_key_audit
+    does. Set `unavailable` to answer as a key store that cannot be reached."""
 
     def __init__(self) -> None:
         self.records: dict[int, KeyRecord] = {}
@@ -136,15 +119,13 @@ class KeyTable:
             self.audit.append((key_id, "revoke", actor))
         return record
 
-    async def caller_for(self, key: str) -> Caller:
+    async def find(self, digest: str) -> StoredKey | None:
         if self.unavailable:
             raise KeyStoreUnavailable("ConnectionRefusedError")
-        record = self.records.get(self.hashes.get(hash_api_key(key), 0))
+        record = self.records.get(self.hashes.get(digest, 0))
         if record is None or record.revoked_at is not None:
-            raise InvalidCredentials("Invalid API key")
-        if not record.active(utc_now()):
-            raise InvalidCredentials("API key expired")
-        return Caller(record.user_id, record.tier, record.admin, record.id)
+            return None
+        return StoredKey(Caller(record.user_id, record.tier, record.admin, record.id), record.expires_at)
 
 
 @dataclass
@@ -156,7 +137,7 @@ class Spend:
     per_user: dict[str, Decimal] = field(default_factory=dict)
     unavailable: bool = False
 
-    async def ask(self, query: CostQuery) -> CurrentCost | Analytics:
+    async def answer(self, query: CostQuery) -> CurrentCost | Analytics:
         if self.unavailable:
             raise CostServiceUnavailable("the cost service did not answer")
         assert query.kind == "current", "only current spend is asked in process"
@@ -171,28 +152,31 @@ class FakePorts:
     keys: KeyTable = field(default_factory=KeyTable)
     limiter: ScriptedLimiter = field(default_factory=ScriptedLimiter)
     spend: Spend = field(default_factory=Spend)
-    published: Published = field(default_factory=Published)
+    published: Recorded = field(default_factory=Recorded)
     providers: dict[str, AnsweringProvider] = field(
         default_factory=lambda: {name: AnsweringProvider(name) for name in ("together_ai", "openai")})
 
 
-def settings(**overrides: Any) -> Settings:
-    """The gateway's settings as the tests' gateway process has them: the loopback peer is a trusted proxy."""
-    return Settings(_env_file=None, **{"trusted_proxies": ["127.0.0.1/32"], **overrides})  # type: ignore[call-arg]
+def settings(**overrides: Any) -> ApiSettings:
+    """The gateway's settings as the tests' gateway process has them: the loopback peer is a trusted
+    proxy, keys are looked up on every call, no configuration file."""
+    defaults = {"trusted_proxies": ["127.0.0.1/32"], "api_key_cache_s": 0, "costwarden_config": None}
+    return ApiSettings(_env_file=None, **{**defaults, **overrides})  # type: ignore[call-arg]
 
 
-def in_process_api(ports: FakePorts, config: Settings | None = None) -> FastAPI:
+def in_process_api(ports: FakePorts, config: ApiSettings | None = None) -> FastAPI:
     """The real app (routes, error handlers, middleware) on `ports`."""
 
     @asynccontextmanager
-    async def resources(settings: Settings) -> AsyncIterator[ApiState]:
+    async def resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
         file_config = settings.file_config()
         breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
                     for name in ports.providers}
-        gateway = Gateway(ports.limiter, ProviderRouter(ports.providers, breakers, max_retries=0), ports.published,
-                          file_config.models, Words())
+        admission = Admission(CachedKeyStore(ports.keys, settings.api_key_cache_s), ports.limiter, Words(),
+                              file_config.models)
+        gateway = Gateway(ProviderRouter(ports.providers, breakers, max_retries=0), ports.published, Words())
         yield ApiState(settings=settings, config=file_config, trusted_proxies=parse_networks(settings.trusted_proxies),
-                       gateway=gateway, keys=ports.keys, key_admin=ports.keys, cost_queries=ports.spend,
+                       admission=admission, gateway=gateway, key_admin=ports.keys, cost_queries=ports.spend,
                        breakers=breakers, readiness=[])
         await gateway.drain()
 

@@ -6,7 +6,7 @@ import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from services.api.routers.ops import router
+from services.api.http.asyncapi import router
 from shared.asyncapi import DOCUMENT_PATH
 
 

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from services.api.callers import client_ip, parse_lifetime, parse_networks
+from services.api.callers import client_ip, parse_networks
+from services.keys.key_admin import parse_lifetime
 
 
 def test_client_ip_honours_forwarded_for_only_from_trusted_proxies():

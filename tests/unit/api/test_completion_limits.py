@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.api.http_edge import ApiError, completion_tokens
+from services.api.http.edge import completion_tokens
+from services.api.http.errors import ApiError
 from shared.policy import ModelConfig, completion_limit
 
 PLAIN = ModelConfig.model_validate([{"provider": "openai", "model": "gpt-4o"}])

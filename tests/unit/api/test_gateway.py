@@ -12,17 +12,14 @@ import pytest
 
 from services.api.breaker import CircuitBreaker
 from services.api.callers import Caller
-from services.api.gateway import CallContext, Gateway
+from services.api.calls import CallContext
+from services.api.gateway import Gateway
 from services.api.providers import ProviderError, ProviderRouter, ProvidersFailed, ProviderStreamBroken
-from shared.events import BilledAttempt, LimitDecision, LimitRequest, LlmCompleted
-from shared.policy import ModelConfig, ModelRoute
+from shared.events import BilledAttempt
+from shared.policy import ModelRoute
+from tests.unit.api.fakes import Recorded, Words
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"
-
-
-class Words:
-    def count(self, text: str) -> int:
-        return len(text.split())
 
 
 class FakeStream:
@@ -59,30 +56,18 @@ class FakeProvider:
     async def aclose(self) -> None: ...
 
 
-class Recorded:
-    def __init__(self) -> None:
-        self.events: list[LlmCompleted] = []
-
-    async def publish(self, event: LlmCompleted) -> None:
-        self.events.append(event)
-
-    async def drain(self, timeout_s: float) -> None: ...
-
-
-class AlwaysAllowed:
-    async def ask(self, request: LimitRequest) -> LimitDecision:
-        raise AssertionError("not asked in these tests")
+ROUTE = [ModelRoute(provider="together_ai", model=MODEL)]
+FALLBACK = [ModelRoute(provider="together_ai", model=MODEL), ModelRoute(provider="openai", model="gpt-4o-mini")]
 
 
 def gateway(provider: FakeProvider, recorded: Recorded) -> Gateway:
     router = ProviderRouter({"together_ai": provider}, {"together_ai": CircuitBreaker(5, 30)}, max_retries=0)
-    return Gateway(AlwaysAllowed(), router, recorded, {MODEL: ModelConfig(routes=[ModelRoute(provider="together_ai", model=MODEL)])},
-                   Words())
+    return Gateway(router, recorded, Words())
 
 
-def ctx(max_tokens: int | None = 50) -> CallContext:
+def ctx(max_tokens: int | None = 50, routes: list[ModelRoute] = ROUTE) -> CallContext:
     return CallContext(request_id="r1", caller=Caller("ann", "pro"), client_ip="192.0.2.1", endpoint="/v1/chat",
-                       prompt_tokens=12, max_tokens=max_tokens)
+                       model=MODEL, routes=routes, prompt_tokens=12, max_tokens=max_tokens)
 
 
 def delta(text: str, finish: str | None = None) -> dict[str, Any]:
@@ -90,8 +75,7 @@ def delta(text: str, finish: str | None = None) -> dict[str, Any]:
 
 
 async def relay_all(g: Gateway, stream: FakeStream, stop_after: int | None = None) -> list[bytes]:
-    call, started = await g.open_stream(ctx(), MODEL, {"messages": []})
-    relay = g.relay(ctx(), MODEL, call, started, forward_usage_chunk=False)
+    relay = await g.open_stream(ctx(), {"messages": []}, forward_usage_chunk=False)
     out = []
     async for piece in relay:
         out.append(piece)
@@ -136,7 +120,7 @@ async def test_a_stream_the_provider_breaks_ends_with_an_error_event_and_is_bill
 async def test_a_plain_answer_without_usage_is_counted_never_zero():
     answer = {"choices": [{"index": 0, "message": {"content": "four words right here"}}]}
     recorded = Recorded()
-    await gateway(FakeProvider(answer=answer), recorded).complete(ctx(), MODEL, {"messages": []})
+    await gateway(FakeProvider(answer=answer), recorded).complete(ctx(), {"messages": []})
     await asyncio.sleep(0)
     [event] = recorded.events
     assert (event.prompt_tokens, event.completion_tokens, event.usage_source) == (12, 4, "estimated")
@@ -152,15 +136,13 @@ class FailingProvider(FakeProvider):
 
 
 ANSWER = {"choices": [{"index": 0, "message": {"content": "hi"}}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
-FALLBACK = {MODEL: ModelConfig(routes=[ModelRoute(provider="together_ai", model=MODEL),
-                                       ModelRoute(provider="openai", model="gpt-4o-mini")])}
 
 
 def fallback_gateway(together: FakeProvider, openai: FakeProvider, recorded: Recorded) -> Gateway:
     openai.name = "openai"
     router = ProviderRouter({"together_ai": together, "openai": openai},
                             {name: CircuitBreaker(5, 30) for name in ("together_ai", "openai")}, max_retries=0)
-    return Gateway(AlwaysAllowed(), router, recorded, FALLBACK, Words())
+    return Gateway(router, recorded, Words())
 
 
 def timed_out() -> ProviderError:
@@ -171,7 +153,7 @@ async def test_a_fallback_call_is_recorded_as_served_by_the_provider_and_model_t
     recorded = Recorded()
     g = fallback_gateway(FailingProvider("together_ai", ProviderError("together_ai", "down", status=503)),
                          FakeProvider(answer=ANSWER), recorded)
-    await g.complete(ctx(), MODEL, {"messages": []})
+    await g.complete(ctx(routes=FALLBACK), {"messages": []})
     [event] = recorded.events
     assert (event.model, event.provider, event.served_model) == (MODEL, "openai", "gpt-4o-mini")
     assert event.billed_attempts == [] and event.prompt_tokens == 9  # a 503 is not billed
@@ -180,7 +162,7 @@ async def test_a_fallback_call_is_recorded_as_served_by_the_provider_and_model_t
 async def test_an_attempt_that_timed_out_before_the_answer_is_billed_at_its_own_model():
     recorded = Recorded()
     g = fallback_gateway(FailingProvider("together_ai", timed_out()), FakeProvider(answer=ANSWER), recorded)
-    await g.complete(ctx(), MODEL, {"messages": []})
+    await g.complete(ctx(routes=FALLBACK), {"messages": []})
     [event] = recorded.events
     assert (event.provider, event.served_model, event.prompt_tokens) == ("openai", "gpt-4o-mini", 9)
     assert event.billed_attempts == [BilledAttempt(provider="together_ai", served_model=MODEL, prompt_tokens=12)]
@@ -191,7 +173,7 @@ async def test_a_call_no_provider_answered_is_recorded_under_the_last_attempt_bi
     openai = FailingProvider("openai", ProviderError("openai", "down", status=500))
     g = fallback_gateway(FailingProvider("together_ai", timed_out()), openai, recorded)
     with pytest.raises(ProvidersFailed):
-        await g.complete(ctx(), MODEL, {"messages": []})
+        await g.complete(ctx(routes=FALLBACK), {"messages": []})
     [event] = recorded.events
     assert (event.provider, event.served_model, event.prompt_tokens, event.usage_source) == (
         "together_ai", MODEL, 12, "estimated")
@@ -201,6 +183,6 @@ async def test_a_call_no_provider_answered_is_recorded_under_the_last_attempt_bi
     g = fallback_gateway(FailingProvider("together_ai", ProviderError("together_ai", "down", status=503)),
                          FailingProvider("openai", ProviderError("openai", "down", status=500)), nothing_billed)
     with pytest.raises(ProvidersFailed):
-        await g.complete(ctx(), MODEL, {"messages": []})
+        await g.complete(ctx(routes=FALLBACK), {"messages": []})
     [event] = nothing_billed.events
     assert (event.provider, event.served_model, event.total_tokens) == ("openai", "gpt-4o-mini", 0)

@@ -1,10 +1,12 @@
 """The key store when PostgreSQL does not answer (found by the soak: every call failed with a 500 while
-the database was down): a key seen before keeps its last answer; a key never seen is 'unavailable'."""
+the database was down): a key seen before keeps its last answer; a key never seen is 'unavailable'.
+The SQL adapter turns the driver's failure into KeyStoreUnavailable; CachedKeyStore keeps the answers."""
 
 from __future__ import annotations
 
 import pytest
 
+from services.api.cached_key_store import CachedKeyStore
 from services.api.callers import KeyStoreUnavailable
 from services.api.pg_api_key_store import PgApiKeyStore
 from shared.api_keys import hash_api_key
@@ -25,7 +27,7 @@ async def test_a_known_key_keeps_working_through_an_outage_and_a_new_key_is_told
     pool = FlakyPool()
     pool.rows[hash_api_key("cw_known")] = {"id": 7, "user_id": "ann", "tier": "pro", "is_admin": False,
                                            "expires_at": None}
-    store = PgApiKeyStore(pool, cache_s=0)  # type: ignore[arg-type]
+    store = CachedKeyStore(PgApiKeyStore(pool), cache_s=0)  # type: ignore[arg-type]
     assert (await store.caller_for("cw_known")).user_id == "ann"
     pool.down = True
     assert (await store.caller_for("cw_known")).user_id == "ann"

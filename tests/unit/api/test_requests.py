@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.api.requests import AgentQuery, ChatCompletionRequest
+from services.api.http.requests import AgentQuery, ChatCompletionRequest
 
 
 def test_max_completion_tokens_wins_over_max_tokens_and_unknown_fields_pass_through():

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 import shared.events as server
-from shared.bus_permissions import inbox_prefix
+from shared.bus import inbox_prefix
 from shared.subjects import LLM_COMPLETED, LLM_REQUEST
 
 

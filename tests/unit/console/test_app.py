@@ -13,12 +13,12 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from services.console.app import ConsoleResources, create_app
+from services.console.app import OpenedConsole, create_app
 from services.console.console import Console, CreatedKey, KeyUsage, Traffic
+from services.console.settings import ConsoleSettings
 from shared.api_keys import KeyRecord, display_prefix, hash_api_key
 from shared.events import utc_now
 from shared.policy import Thresholds
-from shared.settings import Settings
 from tests.support.in_process import served
 
 ADMIN_KEY, ANN_KEY = "cw_admin-key-for-the-console-tests", "cw_ann-key-for-the-console-tests"
@@ -90,11 +90,12 @@ def console_app(store: Ledger, actions: Actions, ready: bool = True):
             raise ConnectionRefusedError("postgres is down")
 
     @asynccontextmanager
-    async def resources(settings: Settings):
-        yield ConsoleResources(Console(store, None, actions, actions, Thresholds()),  # type: ignore[arg-type]
+    async def resources(settings: ConsoleSettings):
+        yield OpenedConsole(Console(store, None, actions, actions, Thresholds()),  # type: ignore[arg-type]
                                [("postgres", postgres)])
 
-    settings = Settings(_env_file=None, console_session_secret="a-console-secret-of-the-tests")  # type: ignore[call-arg]
+    settings = ConsoleSettings(_env_file=None, costwarden_config=None,  # type: ignore[call-arg]
+                               console_session_secret="a-console-secret-of-the-tests")
     return create_app(settings, resources=resources)
 
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 from prometheus_client import REGISTRY
 
-from services.cost.ledger import RollupDelta, RollupKey, UsageRecord
 from services.cost.recorder import SPEND_LABELS, CostRecorder
+from services.cost.rollups import RollupDelta, RollupKey, UsageRecord
 from services.cost.thresholds import AlertClaim, SpendTotal
 from shared.events import Alert, LlmCompleted
 from shared.policy import Levels, Thresholds

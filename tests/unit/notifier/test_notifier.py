@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import pytest
 
 from services.notifier.notifier import DeliveryFailed, DeliveryInProgress, Notifier
+from services.notifier.routing import DEFAULT_ROUTES
 from shared.events import Alert
-from shared.policy import DEFAULT_ROUTES
 
 
 class FakeLog:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from services.notifier.routing import channels_for
+from services.notifier.routing import DEFAULT_ROUTES, Route, channels_for
 from shared.events import Alert
-from shared.policy import DEFAULT_ROUTES, Route
 
 
 def alert(i: int = 0, severity: str = "critical", source: str = "cost", text: str | None = None) -> Alert:

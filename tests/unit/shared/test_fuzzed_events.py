@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from services.cost.ledger import price_events, rollup_deltas
+from services.cost.rollups import price_events, rollup_deltas
 from shared.batch_consumer import BatchConsumer
 from shared.cost_query import CostQuery
 from shared.events import (

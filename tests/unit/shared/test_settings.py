@@ -1,4 +1,4 @@
-"""Settings from the environment and the YAML file."""
+"""Settings from the environment and the YAML file, each service reading its own part."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import Settings
+from services.api.settings import ApiSettings
+from services.limiter.settings import LimiterSettings
 
 
 def test_yaml_config_replaces_tiers(tmp_path):
@@ -22,18 +23,18 @@ tiers:
 prices:
   my-model: {input: "1.00", output: "2.00"}
 """)
-    config = Settings(costwarden_config=path).file_config()
+    config = LimiterSettings(costwarden_config=path).file_config()
     assert config.tiers["free"].requests == 5 and config.prices["my-model"]["output"] == Decimal("2.00")
     path.write_text("tiers:\n  free: {requests: 5, strict_requests: 1, tokens_per_minute: 1, daily_budget_usd: 1}\n")
     with pytest.raises(ValidationError, match="tiers missing"):
-        Settings(costwarden_config=path).file_config()
+        LimiterSettings(costwarden_config=path).file_config()
 
 
 def test_settings_read_the_original_environment_names(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
     monkeypatch.setenv("TOGETHER_API_KEY", "secret-value")
     monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.1")
-    settings = Settings()
+    settings = ApiSettings()
     assert settings.database_url == "postgresql://db/x"
     assert "secret-value" not in repr(settings)
     assert settings.trusted_proxies == ["10.0.0.0/8", "192.168.0.1"]
@@ -45,7 +46,7 @@ def test_litellm_price_file_and_fallback_from_yaml(tmp_path):
     config_file = tmp_path / "costwarden.yaml"
     config_file.write_text(f"litellm_prices_file: {prices}\nfallback_price: {{input: '1', output: '2'}}\n"
                            "prices:\n  vendor/model-x: {input: '2.5', output: '12'}\n  only-yaml: {input: '1', output: '1'}\n")
-    catalog = Settings(costwarden_config=config_file).file_config().price_catalog()
+    catalog = LimiterSettings(costwarden_config=config_file).file_config().price_catalog()
     assert catalog.price("vendor/model-x").input == Decimal("2.5")  # the YAML wins over the file
     assert catalog.cost("only-yaml", 1_000_000, 1_000_000).usd == Decimal(2)
     unknown = catalog.cost("nobody-priced-this", 1_000_000, 1_000_000)
@@ -61,11 +62,11 @@ models:
 prices:
   openai/gpt-4o: {input: "3", output: "12"}
 """)
-    config = Settings(costwarden_config=path).file_config()
+    config = LimiterSettings(costwarden_config=path).file_config()
     assert config.models["plain"].served_by() == [("together_ai", "vendor/plain"), ("openai", "gpt-4o")]
     assert (config.models["plain"].max_tokens, config.models["capped"].max_tokens) == (None, 256)
     catalog = config.price_catalog()
     assert catalog.price("gpt-4o", "openai").input == Decimal("3") and catalog.price("gpt-4o").input == Decimal("2.50")
     path.write_text("models:\n  empty: []\n")
     with pytest.raises(ValidationError, match="routes"):
-        Settings(costwarden_config=path).file_config()
+        LimiterSettings(costwarden_config=path).file_config()

@@ -1,5 +1,6 @@
-"""Key administration in Postgres, one implementation for the CLI and the admin API (/admin/keys):
-every change writes an audit row (who, what, when) in the same transaction."""
+"""Key administration in Postgres (`api_keys`, `api_key_audit`): every change writes an audit row (who,
+what, when) in the same transaction. The functions work on one connection (the CLI, `make run`);
+PgKeyAdmin is the admin API's KeyAdmin port over a pool."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ async def list_keys(conn: asyncpg.Connection, user_id: str | None = None, tier: 
 
 
 class PgKeyAdmin:
-    """The admin API's KeyAdmin port, over the functions above."""
+    """The KeyAdmin port (services/keys/key_admin.py), over the functions above."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

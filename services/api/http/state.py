@@ -1,32 +1,34 @@
-"""What the gateway's routes share, built once by the composition root (app.py) and typed, so that a
-route, or a test, can be given any implementation of each port."""
+"""What the gateway's routes share, built once by the composition root (services/api/app.py) and
+typed, so that a route, or a test, can be given any implementation of each port."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
 
+from services.api.admission import Admission
 from services.api.breaker import CircuitBreaker
-from services.api.callers import ApiKeyStore, KeyAdmin
 from services.api.gateway import Gateway
-from services.api.nats_cost_queries import CostQueries
-from shared.settings import FileConfig, Settings
+from services.api.settings import ApiConfig, ApiSettings
+from services.keys.key_admin import KeyAdmin
+from shared.cost_query import CostQueries
+from shared.probes import ReadinessCheck
 
 
 @dataclass
 class ApiState:
-    settings: Settings
-    config: FileConfig
+    settings: ApiSettings
+    config: ApiConfig
     trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    admission: Admission
     gateway: Gateway
-    keys: ApiKeyStore
     key_admin: KeyAdmin
     cost_queries: CostQueries
     breakers: Mapping[str, CircuitBreaker]
-    readiness: Sequence[tuple[str, Callable[[], Awaitable[object]]]]
+    readiness: Sequence[ReadinessCheck]
 
 
 def api_state(request: Request) -> ApiState:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.api.admission import admit, call_context, complete
-from services.api.api_state import ApiState, api_state
-from services.api.http_edge import caller_of, completion_tokens, public_model, read_body
-from services.api.requests import AgentQuery, AgentRequest, LongFormRequest, request_body_doc
+from services.api.http.edge import admit, call_context, caller_of, completion_tokens, public_model, read_body
+from services.api.http.requests import AgentQuery, AgentRequest, LongFormRequest, request_body_doc
+from services.api.http.state import ApiState, api_state
 from shared.events import Policy
 from shared.policy import completion_limit
 
@@ -21,16 +20,17 @@ async def agent_call(request: Request, state: ApiState, body: AgentRequest, text
                      policy: Policy, default_max_tokens: int | None) -> JSONResponse:
     """`default_max_tokens`: what the endpoint generates when the caller names no limit (None: the model's
     or the operator's default)."""
-    caller = await caller_of(request, state.keys)
+    caller = await caller_of(request, state.admission)
     model = body.model or state.config.default_model
-    config = public_model(state.gateway, model)
+    config = public_model(state.admission, model)
     default = default_max_tokens or completion_limit(config, state.settings.default_max_tokens)
     max_tokens = completion_tokens(body.max_tokens, "max_tokens", config, default,
                                    state.settings.reservation_cap_tokens)
     payload = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
-    ctx = await call_context(request, state, caller, endpoint, policy, body.session_id, payload, max_tokens)
-    headers = await admit(state, ctx, model)
-    call = await complete(state, ctx, model, payload)
+    ctx = await call_context(request, state, caller, model, config, endpoint, policy, body.session_id, payload,
+                             max_tokens)
+    headers = await admit(state, ctx)
+    call = await state.gateway.complete(ctx, payload)
     answer = call.body or {}
     choice = (answer.get("choices") or [{}])[0]
     return JSONResponse({

@@ -1,5 +1,5 @@
 """The admin API for keys: create (the key shown once), list, read (with the user's spend) and revoke.
-Admin keys only; every change is an audit row (who, what, when), through the same code as the CLI."""
+Admin keys only; every change is an audit row (who, what, when), through services/keys/ as the CLI's."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.api.api_state import ApiState, api_state
-from services.api.callers import Caller, parse_lifetime
-from services.api.http_edge import ApiError, caller_of, read_body
-from services.api.nats_cost_queries import CostServiceUnavailable
-from services.api.requests import AdminKeyCreate, request_body_doc
+from services.api.callers import Caller
+from services.api.http.edge import caller_of, read_body
+from services.api.http.errors import ApiError
+from services.api.http.requests import AdminKeyCreate, request_body_doc
+from services.api.http.state import ApiState, api_state
+from services.keys.key_admin import parse_lifetime
 from shared.api_keys import KeyRecord
-from shared.cost_query import CostQuery, CurrentCost
+from shared.cost_query import CostQuery, CostServiceUnavailable, CurrentCost
 
 router = APIRouter(tags=["admin"])
 
@@ -23,7 +24,7 @@ CREATE_EXAMPLE = {"user_id": "alice", "tier": "pro", "alias": "alice's laptop", 
 
 
 async def admin_caller(request: Request, state: ApiState) -> Caller:
-    caller = await caller_of(request, state.keys)
+    caller = await caller_of(request, state.admission)
     if caller.anonymous:
         raise ApiError(401, "the admin API needs an admin API key", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -54,7 +55,7 @@ async def create_key(request: Request) -> JSONResponse:
     state = api_state(request)
     caller = await admin_caller(request, state)
     body = await read_body(request, AdminKeyCreate, state.settings.max_body_bytes)
-    tiers = sorted(name for name in state.config.tiers if name != "anonymous")
+    tiers = state.config.key_tiers
     if body.tier not in tiers:
         raise ApiError(400, f"tier must be one of {', '.join(tiers)}", code="invalid_value", param="tier")
     try:
@@ -93,7 +94,7 @@ async def get_key(key_id: str, request: Request) -> dict[str, Any]:
 async def spend_of(state: ApiState, query: CostQuery) -> dict[str, str | None]:
     """Today's and this month's spend; nulls while the cost service does not answer (the key is still shown)."""
     try:
-        answer = await state.cost_queries.ask(query)
+        answer = await state.cost_queries.answer(query)
     except CostServiceUnavailable:
         answer = None
     spend = answer if isinstance(answer, CurrentCost) else None

@@ -8,11 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from services.api.admission import admit, call_context, complete
-from services.api.api_state import api_state
-from services.api.http_edge import caller_of, completion_tokens, provider_failure, public_model, read_body
-from services.api.providers import ProvidersFailed
-from services.api.requests import ChatCompletionRequest, request_body_doc
+from services.api.http.edge import admit, call_context, caller_of, completion_tokens, public_model, read_body
+from services.api.http.requests import ChatCompletionRequest, request_body_doc
+from services.api.http.state import api_state
 from shared.policy import completion_limit
 
 router = APIRouter()
@@ -36,9 +34,9 @@ class RelayResponse(StreamingResponse):
     "max_tokens": 16}, streams=True))
 async def chat_completions(request: Request) -> Response:
     state = api_state(request)
-    caller = await caller_of(request, state.keys)
+    caller = await caller_of(request, state.admission)
     chat = await read_body(request, ChatCompletionRequest, state.settings.max_body_bytes)
-    model = public_model(state.gateway, chat.model)
+    model = public_model(state.admission, chat.model)
     param = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
     choices = chat.n or 1
     max_tokens = completion_tokens(chat.completion_limit, param, model,
@@ -47,22 +45,16 @@ async def chat_completions(request: Request) -> Response:
     payload = chat.model_dump(exclude_none=True)
     if chat.completion_limit is None:  # the provider may generate no more than the limiter reserved
         payload["max_tokens"] = max_tokens
-    ctx = await call_context(request, state, caller, "/v1/chat/completions", "standard", None, payload, max_tokens,
-                             choices)
-    headers = await admit(state, ctx, chat.model)
+    ctx = await call_context(request, state, caller, chat.model, model, "/v1/chat/completions", "standard", None,
+                             payload, max_tokens, choices)
+    headers = await admit(state, ctx)
     if not chat.stream:
-        call = await complete(state, ctx, chat.model, payload)
+        call = await state.gateway.complete(ctx, payload)
         return Response(call.raw, media_type="application/json",
                         headers={**headers, "X-Costwarden-Provider": call.provider})
-    try:
-        call, started = await state.gateway.open_stream(ctx, chat.model, payload)
-    except ProvidersFailed as exc:
-        raise provider_failure(exc, ctx) from None
-    forward_usage = bool((chat.stream_options or {}).get("include_usage"))
-    return RelayResponse(
-        state.gateway.relay(ctx, chat.model, call, started, forward_usage), media_type="text/event-stream",
-        headers={**headers, "X-Costwarden-Provider": call.provider, "Cache-Control": "no-cache"},
-    )
+    relay = await state.gateway.open_stream(ctx, payload, bool((chat.stream_options or {}).get("include_usage")))
+    return RelayResponse(relay, media_type="text/event-stream",
+                         headers={**headers, "X-Costwarden-Provider": relay.provider, "Cache-Control": "no-cache"})
 
 
 @router.get("/v1/models")

@@ -9,16 +9,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from services.api.api_state import ApiState, api_state
-from services.api.http_edge import ApiError, caller_of, validation_error
-from services.api.nats_cost_queries import CostQueryRefused, CostServiceUnavailable
-from shared.cost_query import CostQuery
+from services.api.http.edge import caller_of
+from services.api.http.errors import ApiError, validation_error
+from services.api.http.state import ApiState, api_state
+from shared.cost_query import CostQuery, CostQueryRefused, CostServiceUnavailable
 
 router = APIRouter()
 
 
 async def answer(request: Request, state: ApiState, fields: dict[str, Any]) -> JSONResponse:
-    caller = await caller_of(request, state.keys)
+    caller = await caller_of(request, state.admission)
     if caller.anonymous:
         raise ApiError(401, "cost queries need an API key", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -32,7 +32,7 @@ async def answer(request: Request, state: ApiState, fields: dict[str, Any]) -> J
     except ValidationError as exc:
         raise validation_error(exc) from None
     try:
-        result = await state.cost_queries.ask(query)
+        result = await state.cost_queries.answer(query)
     except CostServiceUnavailable as exc:
         raise ApiError(503, str(exc), type_="service_unavailable", code="cost_unavailable") from None
     except CostQueryRefused as exc:

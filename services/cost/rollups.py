@@ -1,4 +1,6 @@
-"""Pricing completions and folding them into rollups. Pure domain code: no I/O, Decimal only."""
+"""Pricing completions (shared/pricing.py) into usage records, and folding them into the spend rollups
+(per UTC hour, day and month, by dimension). Pure domain code: no I/O, Decimal only; the ledger in
+Postgres is pg_usage_ledger.py."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from shared.events import LlmCompleted
 from shared.pricing import PriceCatalog
@@ -50,7 +53,14 @@ def price_events(events: Iterable[LlmCompleted], catalog: PriceCatalog) -> list[
     return list(records.values())
 
 
-RollupKey = tuple[str, datetime, str, str]  # period, bucket, dimension, key
+class RollupKey(NamedTuple):
+    """One row of `llm_cost_rollups`: the period (hour, day, month) starting at `bucket`, and one value
+    (`key`) of a dimension (all, model, served_model, endpoint, user, key, tag)."""
+
+    period: str
+    bucket: datetime
+    dimension: str
+    key: str
 
 
 @dataclass
@@ -110,5 +120,5 @@ def rollup_deltas(records: Sequence[UsageRecord]) -> list[tuple[RollupKey, Rollu
         for period in PERIODS:
             bucket = bucket_start(period, hour)
             for (dimension_name, key), delta in per_dimension.items():
-                deltas[(period, bucket, dimension_name, key)].merge(delta)
+                deltas[RollupKey(period, bucket, dimension_name, key)].merge(delta)
     return sorted(deltas.items(), key=lambda item: item[0])

@@ -1,5 +1,6 @@
 """Who may do what on the bus: one NATS identity per role, each allowed exactly the subjects its work
-needs. `costwarden nats-config` turns this table into a nats-server authorization block.
+needs. `costwarden nats-config` turns this table into a nats-server authorization block
+(nats_identities.py).
 
 Every role reads replies only under its own inbox prefix (`_INBOX_<role>`), so no role can read
 another's replies; the two responders (limiter, cost) answer through `allow_responses`, which lets
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.backup_requests import WORKER_DURABLE
+from shared.bus import inbox_prefix
 from shared.subjects import (
     ALERTS,
     BACKUP_COMPLETED,
@@ -28,10 +31,6 @@ from shared.subjects import (
 )
 
 ROLES = ("api", "limiter", "cost", "notifier", "health", "backup", "console", "upstream", "admin")
-
-
-def inbox_prefix(role: str) -> str:
-    return f"_INBOX_{role}"
 
 
 @dataclass(frozen=True)
@@ -86,20 +85,20 @@ PERMISSIONS: dict[str, Permissions] = {
     "backup": Permissions(
         publish=(SCHEDULE_BACKUP, BACKUP_COMPLETED, "alert.backup.*",
                  *stream_lookup(SCHEDULE_BACKUP, BACKUP_REQUESTED, ALERTS),
-                 *durable(SCHEDULE_BACKUP, "backup-schedule"), *durable(BACKUP_REQUESTED, "backup-requests"),
+                 *durable(SCHEDULE_BACKUP, "backup-schedule"), *durable(BACKUP_REQUESTED, WORKER_DURABLE),
                  *dead_letters(SCHEDULE_BACKUP, BACKUP_REQUESTED)),
         subscribe=own_inbox("backup")),
     "console": Permissions(
         publish=(BACKUP_REQUESTED, *stream_lookup(BACKUP_REQUESTED, dead_letter_subject(LLM_COMPLETED)),
-                 f"$JS.API.CONSUMER.INFO.{stream_of(BACKUP_REQUESTED)}.backup-requests"),
+                 f"$JS.API.CONSUMER.INFO.{stream_of(BACKUP_REQUESTED)}.{WORKER_DURABLE}"),
         subscribe=own_inbox("console")),
     "upstream": Permissions(publish=(LLM_REQUEST, LLM_COMPLETED), subscribe=own_inbox("upstream")),
     "admin": Permissions(publish=(">",), subscribe=(">",)),
 }
 
 
-def streams_of(role: str) -> list[str]:
-    """The streams a role uses: those it is allowed to look up."""
+def streams_looked_up(role: str) -> list[str]:
+    """The streams a role may look up (each service binds those of shared/subjects.py's STREAMS_BOUND)."""
     lookups = [subject.removeprefix("$JS.API.STREAM.INFO.") for subject in PERMISSIONS[role].publish
                if subject.startswith("$JS.API.STREAM.INFO.")]
     if "*" in lookups:

@@ -1,5 +1,5 @@
 """NKEY identities for the bus: one seed per role, and the nats-server authorization block that grants
-each role's public key exactly its permissions (shared/bus_permissions.py).
+each role's public key exactly its permissions (bus_permissions.py).
 
 NKEYs rather than passwords: the server holds only public keys, and a client proves it holds its seed
 by signing the server's challenge, so no secret crosses the wire or sits in the server's config.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nkeys
 
-from shared.bus_permissions import PERMISSIONS, ROLES
+from services.deploy.bus_permissions import PERMISSIONS, ROLES
 
 AUTH_FILE = "auth.conf"
 

@@ -7,32 +7,17 @@ write a new migration instead of editing an old one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from shared.migrations import MIGRATIONS_DIR, load_migrations
+
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 LOCK_KEY = 0x636F_7374_7761  # "costwa"
-
-
-@dataclass(frozen=True)
-class Migration:
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    return [Migration(path.name, path.read_text()) for path in sorted(directory.glob("*.sql"))]
 
 
 class MigrationError(RuntimeError):
@@ -91,13 +76,3 @@ async def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) 
     finally:
         await conn.close()
     return applied_now
-
-
-async def pending_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")} if exists else set()
-    finally:
-        await conn.close()
-    return [m.name for m in load_migrations(directory) if m.name not in done]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.cost.ledger import price_events, rollup_deltas
+from services.cost.rollups import price_events, rollup_deltas
 from shared.events import BilledAttempt, LlmCompleted
 from shared.pricing import PriceCatalog
 

@@ -1,0 +1,124 @@
+"""The relay of a streamed answer: the provider's Server-Sent Events passed on chunk by chunk, counted
+as they go, and the call recorded however the stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from typing import Any
+
+from services.api.calls import BilledTo, CallContext, CompletionPublisher, completed_event
+from services.api.providers import ProviderCall, ProviderStreamBroken
+from services.api.usage import StreamTally, TokenCounter
+from shared.events import LlmCompleted
+
+log = logging.getLogger(__name__)
+
+PROVIDER_STREAM_ERRORS = (ProviderStreamBroken, ValueError)  # a broken connection, a chunk that is not JSON
+
+
+def sse_error(message: str, code: str) -> bytes:
+    """An error inside an event stream, in OpenAI's shape (the openai SDK raises it as an APIError)."""
+    body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+class BackgroundTasks:
+    """Work that must finish even if the task that asked for it is cancelled (a client's disconnect
+    cancels the task that relays, and anything it awaited after that would be cancelled too)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def run(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class StreamRelay:
+    """The body of a streamed answer.
+
+    `llm.completed` is published before the closing `[DONE]` when the stream completes; otherwise (the
+    client went away, the provider broke the stream) at once, with the usage counted from what was
+    relayed. `aclose()` ends it however far it got, even if it never started; the upstream is closed,
+    and an unfinished call recorded, in `background`."""
+
+    def __init__(self, call: ProviderCall, ctx: CallContext, started: float, counter: TokenCounter,
+                 publisher: CompletionPublisher, background: BackgroundTasks, forward_usage_chunk: bool) -> None:
+        self.call = call
+        self.ctx = ctx
+        self.started = started
+        self.counter = counter
+        self.publisher = publisher
+        self.background = background
+        self.forward_usage_chunk = forward_usage_chunk
+        self.tally = StreamTally()
+        self._events = self._relay()
+        self._finished = False
+
+    @property
+    def provider(self) -> str:
+        return self.call.provider
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+        self._finish("client disconnected before the stream began")
+
+    def _finish(self, error: str | None) -> None:
+        if not self._finished:
+            self._finished = True
+            self.background.run(self._close_and_publish(self._event(error) if error is not None else None))
+
+    async def _close_and_publish(self, event: LlmCompleted | None) -> None:
+        try:
+            await self.call.close()
+        finally:
+            if event is not None:
+                await self.publisher.publish(event)
+
+    def _event(self, error: str | None) -> LlmCompleted:
+        """The call's record: the provider's usage if it arrived, else what was relayed, counted."""
+        usage = self.tally.usage(self.counter, self.ctx.prompt_tokens, self.ctx.max_tokens)
+        return completed_event(self.ctx, BilledTo.answer(self.call, self.ctx.prompt_tokens), self.started, usage,
+                               error)
+
+    async def _relay(self) -> AsyncGenerator[bytes, None]:
+        error: str | None = "client disconnected before the stream ended"
+        try:
+            async for line in self.call.lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                self.tally.add(chunk)
+                if self.tally.reported is not None and not chunk.get("choices") and not self.forward_usage_chunk:
+                    continue
+                yield f"data: {data}\n\n".encode()
+            else:
+                if not self.tally.finished:  # a stream may omit [DONE], but not the end of its answer
+                    error = f"{self.call.provider} ended the stream before the answer was finished"
+                    yield sse_error(error, "provider_stream_incomplete")
+                    return
+            await self.publisher.publish(self._event(None))
+            error = None
+            yield b"data: [DONE]\n\n"
+        except PROVIDER_STREAM_ERRORS as exc:
+            cause = str(exc) if isinstance(exc, ProviderStreamBroken) else type(exc).__name__
+            error = f"{self.call.provider} stream interrupted: {cause}"
+            log.warning("stream of request %s interrupted after %d chunks: %s", self.ctx.request_id,
+                        self.tally.chunks, cause)
+            yield sse_error(error, "provider_stream_interrupted")
+        finally:
+            self._finish(error)
