@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from services.devrun import LISTEN_PORTS_FROM, bindable, ephemeral_ports_start, free_port
 from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,26 +27,12 @@ VENV_BIN = Path(sys.prefix) / "bin"
 
 
 def free_port_pair(offset: int) -> int:
-    """A free port whose `port + offset` is free too, both below 65536 (Redis Cluster's bus port)."""
+    """A free port whose `port + offset` is free too, both below the kernel's range for outgoing
+    connections (Redis Cluster's bus port is the port + 10000)."""
     while True:
-        port = random.randint(20_000, 65_535 - offset)
-        if all(_bindable(p) for p in (port, port + offset)):
+        port = random.randint(LISTEN_PORTS_FROM, ephemeral_ports_start() - 1 - offset)
+        if all(bindable(p) for p in (port, port + offset)):
             return port
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
