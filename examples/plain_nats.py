@@ -19,6 +19,7 @@ import uuid
 
 import nats
 import nats.errors
+import nats.js.errors
 
 
 async def main() -> None:
@@ -50,7 +51,7 @@ async def main() -> None:
             ack = await js.publish("llm.completed", json.dumps(completed).encode(), timeout=2,
                                    headers={"Nats-Msg-Id": request_id})
             break
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
             await asyncio.sleep(1)  # not acknowledged: publish the same message again
     print(f"recorded {request_id} (stream {ack.stream}, sequence {ack.seq}, duplicate {ack.duplicate})")
     await nc.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -70,10 +71,35 @@ def parse_replicas(text: str | None) -> dict[str, int]:
     return counts
 
 
-def free_port() -> int:
+LISTEN_PORTS_FROM = 10_000
+
+
+def ephemeral_ports_start() -> int:
+    """Where the kernel starts picking the local ports of outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def bindable(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port to listen on, free now and chosen below the kernel's range for outgoing connections: a port
+    the kernel hands out (bind to port 0) can be taken by any process's next outgoing connection before
+    the server that was meant to listen there binds it."""
+    high = ephemeral_ports_start() - 1
+    while True:
+        port = random.randint(LISTEN_PORTS_FROM, high)
+        if bindable(port):
+            return port
 
 
 async def nats_reachable(url: str) -> bool:

@@ -7,6 +7,8 @@ import logging
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,16 @@ async def ready(client: Redis | RedisCluster) -> None:
                         type(exc).__name__)
 
 
+# A command on a cluster is tried at most this many more times, each after learning the slots again:
+# enough to follow a failover's redirections, few enough that a master that died is answered for in
+# a few timeouts rather than after redis-py's default ten retries (seconds the callers wait).
+CLUSTER_RETRIES = 2
+
+
 def redis_client(url: str, cluster: bool, timeout_s: float, max_connections: int = 64) -> Redis | RedisCluster:
     if cluster:
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=timeout_s), retries=CLUSTER_RETRIES)
         return RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                     max_connections=max_connections)
+                                     max_connections=max_connections, retry=retry)
     return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                           max_connections=max_connections)

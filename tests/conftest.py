@@ -1,5 +1,10 @@
 """Test harness: real servers only.
 
+Tiers (docs/testing.md): a test is `unit` unless marked `adapter` (one real server), `service` (a
+service as a process) or `system` (clusters, the soak, the browser, `costwarden run`); every test under
+tests/integration has one of these three, and a unit test may not ask for a server. Modules run
+longest first, by the durations of the last run, so that `-n` workers finish together.
+
 NATS: a private `nats-server -js` per test session. Redis: a private `redis-server` where the binary
 exists, else REDIS_URL. Postgres: a fresh database per session on DATABASE_URL's server. With
 COSTWARDEN_TESTCONTAINERS=1 and a reachable Docker engine, NATS, Redis and Postgres come from pinned
@@ -42,6 +47,82 @@ def _use_testcontainers() -> bool:
 
 
 USE_CONTAINERS = _use_testcontainers()
+
+SERVER_TIERS = ("system", "service", "adapter")  # heaviest first
+TIER_SECONDS = {"system": 60.0, "service": 20.0, "adapter": 5.0, "unit": 1.0}  # a module's guess, before a run
+SERVER_FIXTURES = {"nats_srv", "nats_url", "redis_url", "pg_server_url", "database_url", "fresh_database", "base_env",
+                   "limiter", "gateway", "cost_service", "nc", "db"}
+MODULE_SECONDS = "costwarden/module_seconds"
+
+# Under `-n`, each module runs on one worker (its module fixtures are set up once), except these, which
+# run one after another on one worker: the soak loads the whole machine, and the clusters' failover
+# tests measure how quickly a decision comes while a node is down.
+ONE_AT_A_TIME = ("tests/integration/test_soak.py", "tests/integration/test_redis_cluster.py",
+                 "tests/integration/test_nats_cluster.py")
+
+
+def tier_of(item: pytest.Item) -> str:
+    tiers = {mark.name for mark in item.iter_markers() if mark.name in SERVER_TIERS}
+    servers = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if len(tiers) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(sorted(tiers))}: one tier only")
+    if not tiers and "/integration/" in f"/{item.nodeid}":
+        raise pytest.UsageError(f"{item.nodeid} has no tier: mark it adapter, service or system (docs/testing.md)")
+    if not tiers and servers:
+        raise pytest.UsageError(f"{item.nodeid} uses {', '.join(sorted(servers))}: mark it adapter, service or "
+                                "system, or give it fakes (docs/testing.md)")
+    return tiers.pop() if tiers else "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the unit tests `unit` (before `-m` selects), and order the modules longest first, keeping each
+    module's tests together and in order (its fixtures are set up once)."""
+    modules: dict[str, list[pytest.Item]] = {}
+    guesses: dict[str, float] = {}
+    for item in items:
+        tier = tier_of(item)
+        if tier == "unit":
+            item.add_marker(pytest.mark.unit)
+        module = item.nodeid.split("::")[0]
+        modules.setdefault(module, []).append(item)
+        guesses[module] = max(guesses.get(module, 0.0), TIER_SECONDS[tier])
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    measured = cache.get(MODULE_SECONDS, {}) if cache else {}
+    seconds = {module: measured.get(module, guesses[module]) for module in modules}
+    one_at_a_time = sum(seconds[module] for module in modules if module in ONE_AT_A_TIME)  # one unit of work
+    order = sorted(modules, key=lambda module: -(one_at_a_time if module in ONE_AT_A_TIME else seconds[module]))
+    items[:] = [item for module in order for item in modules[module]]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "one-at-a-time" if module in ONE_AT_A_TIME else module
+
+    return ModuleScheduling(config, log)
+
+
+_module_seconds: dict[str, float] = {}  # this run's, each module's setup, call and teardown
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::")[0]
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Keep each module's seconds for the next run's order (the controller's, under xdist, which hears
+    every worker's reports)."""
+    cache = getattr(session.config, "cache", None)
+    if cache is not None and _module_seconds and not hasattr(session.config, "workerinput"):
+        cache.set(MODULE_SECONDS, {**cache.get(MODULE_SECONDS, {}), **_module_seconds})
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from services.devrun import LISTEN_PORTS_FROM, bindable, ephemeral_ports_start, free_port
 from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,26 +27,12 @@ VENV_BIN = Path(sys.prefix) / "bin"
 
 
 def free_port_pair(offset: int) -> int:
-    """A free port whose `port + offset` is free too, both below 65536 (Redis Cluster's bus port)."""
+    """A free port whose `port + offset` is free too, both below the kernel's range for outgoing
+    connections (Redis Cluster's bus port is the port + 10000)."""
     while True:
-        port = random.randint(20_000, 65_535 - offset)
-        if all(_bindable(p) for p in (port, port + offset)):
+        port = random.randint(LISTEN_PORTS_FROM, ephemeral_ports_start() - 1 - offset)
+        if all(bindable(p) for p in (port, port + offset)):
             return port
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
@@ -233,7 +220,7 @@ class ThreadedHttpServer:
     def __init__(self, app, port: int | None = None) -> None:
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off", access_log=False))
+                                                    lifespan="off", access_log=False, timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -246,7 +233,8 @@ class ThreadedHttpServer:
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        """At once: a request still in progress (a slow answer the test asked for) is cut off."""
+        self.server.should_exit = self.server.force_exit = True
         self.thread.join(10)
 
 
@@ -274,14 +262,17 @@ class PostgresServer(ProcessServer):
         subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                        check=True, capture_output=True, user=self.user)
         port = free_port()
+        self.bindir = bindir
         super().__init__("postgres", [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
                                       "-c", "listen_addresses=127.0.0.1", "-k", str(socket_dir),
                                       "-c", "fsync=off"], port)
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
     def start(self) -> None:
+        """Returns once connections are accepted: PostgreSQL opens its port while it is still starting up."""
         self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, user=self.user)
-        wait_for(lambda: port_open(self.port), self.name)
+        pg_isready = [str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        wait_for(lambda: subprocess.run(pg_isready).returncode == 0, self.name)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): connected clients are cut off, as in an outage."""

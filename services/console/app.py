@@ -4,8 +4,9 @@ its own NATS identity, wired to the use case and the pages (routes.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -52,36 +53,56 @@ def session_codec(settings: ConsoleSettings) -> SessionCodec:
     return SessionCodec(settings.console_session_secret.get_secret_value(), settings.console_session_hours * 3600)
 
 
-def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
+@dataclass
+class OpenedConsole:
+    """The use case on its open resources, and the checks of /health/ready."""
+
+    console: Console
+    readiness: Sequence[ReadinessCheck]
+
+
+# Opened at start and closed at shutdown: the real servers by default (console_resources); a test may
+# give its own OpenedConsole, to serve the pages in process.
+ConsoleResources = Callable[[ConsoleSettings], AbstractAsyncContextManager[OpenedConsole]]
+
+
+@asynccontextmanager
+async def console_resources(settings: ConsoleSettings) -> AsyncIterator[OpenedConsole]:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
+    nc = await nats.connect(**nats_options(settings, SERVICE))
+    client = httpx.AsyncClient()
+    console = Console(PgConsoleStore(pool),
+                      HttpxLiveStatus(client, settings.console_health_url, settings.console_api_url),
+                      HttpxKeyActions(client, settings.console_api_url), NatsBusActions(nc),
+                      settings.file_config().thresholds)
+
+    async def postgres() -> None:
+        await pool.fetchval("SELECT 1")
+
+    # Ready while its pages can be served: they read Postgres. Without NATS only the dead-letter
+    # count and "run a backup now" wait (the pages say so); that is no reason to take it out of service.
+    try:
+        yield OpenedConsole(console, [("postgres", postgres)])
+    finally:
+        await client.aclose()
+        with contextlib.suppress(nats.errors.Error, RuntimeError):
+            await nc.drain()
+        await pool.close()
+
+
+def create_app(settings: ConsoleSettings | None = None, resources: ConsoleResources = console_resources) -> FastAPI:
     settings = settings or ConsoleSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     codec = session_codec(settings)
-    config = settings.file_config()
+    tiers = settings.file_config().key_tiers
     readiness: list[ReadinessCheck] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
-        nc = await nats.connect(**nats_options(settings, SERVICE))
-        client = httpx.AsyncClient()
-        console = Console(PgConsoleStore(pool),
-                          HttpxLiveStatus(client, settings.console_health_url, settings.console_api_url),
-                          HttpxKeyActions(client, settings.console_api_url), NatsBusActions(nc), config.thresholds)
-        app.state.console = routes.ConsoleState(console, codec, config.key_tiers, settings.console_cookie_secure)
-
-        async def postgres() -> None:
-            await pool.fetchval("SELECT 1")
-
-        # Ready while its pages can be served: they read Postgres. Without NATS only the dead-letter
-        # count and "run a backup now" wait (the pages say so); that is no reason to take it out of service.
-        readiness.append(("postgres", postgres))
-        try:
+        async with resources(settings) as opened:
+            app.state.console = routes.ConsoleState(opened.console, codec, tiers, settings.console_cookie_secure)
+            readiness.extend(opened.readiness)
             yield
-        finally:
-            await client.aclose()
-            with contextlib.suppress(nats.errors.Error, RuntimeError):
-                await nc.drain()
-            await pool.close()
 
     # No /docs: the console is pages for people; its only API is the api's.
     app = FastAPI(title="costwarden console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -61,7 +61,7 @@ def test_prometheus_scrapes_every_service_and_loads_the_rules():
     assert targets == {service: [f"{service}:{port_of(service)}"] for service in SERVICES}
     assert config["rule_files"] == ["rules.yml"]
     promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: install Debian's prometheus package (.ci/run does)"
+    assert promtool, "promtool is missing: install Debian's prometheus package (make test does)"
     result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=ROOT / "infra" / "prometheus",
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

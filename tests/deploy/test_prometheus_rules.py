@@ -17,7 +17,7 @@ RULES_DIR = ROOT / "infra" / "prometheus"
 def promtool() -> str:
     binary = shutil.which("promtool")
     if binary is None:
-        pytest.fail("promtool is missing: install Debian's prometheus package (.ci/run does)")
+        pytest.fail("promtool is missing: install Debian's prometheus package (make test does)")
     return binary
 
 

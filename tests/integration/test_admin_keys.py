@@ -16,9 +16,8 @@ from tests.conftest import unique
 from tests.integration.helpers import auth, chat_body, new_key
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.service
 async def test_an_admin_creates_lists_reads_and_revokes_a_key(gateway, cost_service, database_url):
     admin_user = unique("admin")
     admin = await new_key(database_url, admin_user, "pro", admin=True)
@@ -62,6 +61,7 @@ async def test_an_admin_creates_lists_reads_and_revokes_a_key(gateway, cost_serv
                                                           ("revoke", f"admin-api:{admin_user}")]
 
 
+@pytest.mark.service
 @pytest.mark.parametrize(("body", "param"), [
     ({"user_id": "u", "tier": "platinum"}, "tier"), ({"user_id": "u", "tier": "anonymous"}, "tier"),
     ({"user_id": "u", "tier": "pro", "expires_in": "soon"}, "expires_in"), ({"tier": "pro"}, "user_id"),
@@ -74,6 +74,7 @@ async def test_a_wrong_request_is_a_400_naming_the_field(gateway, database_url, 
     assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
 
 
+@pytest.mark.service
 async def test_only_admin_keys_may_use_it(gateway, database_url):
     plain = await new_key(database_url, unique("plain"), "enterprise")
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
@@ -85,6 +86,7 @@ async def test_only_admin_keys_may_use_it(gateway, database_url):
             assert anonymous.status_code == 401
 
 
+@pytest.mark.adapter
 def test_the_cli_audits_its_changes_too(database_url):
     env = {**os.environ, "DATABASE_URL": database_url}
     user = unique("cli")

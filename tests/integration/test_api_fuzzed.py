@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from tests.conftest import unique
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")

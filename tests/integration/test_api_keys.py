@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import unique
 from tests.integration.helpers import auth, chat_body
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 def keys(database_url: str, *args: str) -> subprocess.CompletedProcess:

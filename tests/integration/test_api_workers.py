@@ -13,7 +13,7 @@ from tests.conftest import start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 def worker_pids(pid: int) -> list[int]:

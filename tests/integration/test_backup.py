@@ -24,8 +24,6 @@ from tests.conftest import _with_database, start_service
 from tests.servers import free_port, nats_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
-
 BUCKET = "costwarden-test-backups"
 
 
@@ -121,6 +119,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.adapter
 async def test_backup_list_restore_gives_identical_data(s3_env, source, empty_database, pg_server_url):
     database_url, pool = source
     captured = Captured()
@@ -150,6 +149,7 @@ async def test_backup_list_restore_gives_identical_data(s3_env, source, empty_da
     assert await fingerprint(empty_database) == await fingerprint(database_url)
 
 
+@pytest.mark.adapter
 async def test_a_flipped_byte_makes_restore_refuse(s3_env, source, empty_database):
     database_url, pool = source
     s3 = store(prefix="flipped")
@@ -167,6 +167,7 @@ async def test_a_flipped_byte_makes_restore_refuse(s3_env, source, empty_databas
     await conn.close()
 
 
+@pytest.mark.adapter
 async def test_a_missing_manifest_is_refused(s3_env, source, empty_database):
     database_url, pool = source
     s3 = store(prefix="nomanifest")
@@ -179,6 +180,7 @@ async def test_a_missing_manifest_is_refused(s3_env, source, empty_database):
     assert cli("restore", "--latest", "--target", empty_database, env=env).returncode == 1
 
 
+@pytest.mark.adapter
 async def test_a_dump_killed_midway_leaves_no_complete_looking_backup(s3_env, source, tmp_path):
     database_url, pool = source
     script = tmp_path / "pg_dump_dies"
@@ -197,6 +199,7 @@ async def test_a_dump_killed_midway_leaves_no_complete_looking_backup(s3_env, so
     assert captured.completed == []
 
 
+@pytest.mark.adapter
 async def test_wrong_bucket_is_a_clear_failure(s3_env, source):
     database_url, pool = source
     captured = Captured()
@@ -207,6 +210,7 @@ async def test_wrong_bucket_is_a_clear_failure(s3_env, source):
     assert "no-such-bucket" in captured.alerts[0].text or "404" in captured.alerts[0].text
 
 
+@pytest.mark.adapter
 async def test_backups_in_the_same_second_never_overwrite_each_other(s3_env, source):
     database_url, pool = source
     s3 = store(prefix="same-second")
@@ -224,6 +228,7 @@ async def test_backups_in_the_same_second_never_overwrite_each_other(s3_env, sou
         assert hashlib.sha256(stored).hexdigest() == row["sha256"] == s3.manifest(name).sha256
 
 
+@pytest.mark.adapter
 async def test_an_existing_backup_is_never_replaced(s3_env, source):
     database_url, pool = source
     s3 = store(prefix="no-overwrite")
@@ -240,6 +245,7 @@ async def test_an_existing_backup_is_never_replaced(s3_env, source):
     assert b"".join(s3.read(name)) == before
 
 
+@pytest.mark.adapter
 async def test_one_backup_at_a_time_and_one_run_per_slot(s3_env, source):
     database_url, pool = source
     s3 = store(prefix="slots")
@@ -254,6 +260,7 @@ async def test_one_backup_at_a_time_and_one_run_per_slot(s3_env, source):
     assert await pool.fetchval("SELECT count(*) FROM backup_logs WHERE slot = '2026-11-27T02:00'") == 1
 
 
+@pytest.mark.adapter
 def test_retention_keeps_the_newest_and_the_minimum(s3_env):
     s3 = store(prefix="retention")
     client = boto3.client("s3")
@@ -282,6 +289,7 @@ def test_retention_keeps_the_newest_and_the_minimum(s3_env):
     assert to_delete(only_old, now, timedelta(days=90), keep_last=1) == ["a"]
 
 
+@pytest.mark.service
 async def test_the_worker_process_runs_requests_and_dedups_schedule_ticks(s3_env, base_env, source):
     database_url, pool = source
     nats_srv, nats_url = nats_server()
@@ -316,6 +324,7 @@ async def test_the_worker_process_runs_requests_and_dedups_schedule_ticks(s3_env
         nats_srv.stop()
 
 
+@pytest.mark.service
 async def test_requests_with_no_worker_are_refused_or_queued_and_stale_ones_expire(s3_env, base_env, source):
     database_url, pool = source
     nats_srv, nats_url = nats_server()
@@ -361,6 +370,7 @@ async def test_requests_with_no_worker_are_refused_or_queued_and_stale_ones_expi
         nats_srv.stop()
 
 
+@pytest.mark.service
 async def test_two_scheduler_replicas_trigger_each_slot_once(s3_env, base_env, source):
     """Both replicas publish a tick for every slot (here every 3 seconds); each slot runs once."""
     database_url, pool = source
@@ -388,6 +398,7 @@ async def test_two_scheduler_replicas_trigger_each_slot_once(s3_env, base_env, s
     assert ticks == len(slots) or ticks == len(slots) + 1  # one tick per slot (a last one may be in flight)
 
 
+@pytest.mark.adapter
 async def test_kms_encryption_when_configured(s3_env, source):
     database_url, pool = source
     key_id = boto3.client("kms").create_key(Description="costwarden backups")["KeyMetadata"]["KeyId"]

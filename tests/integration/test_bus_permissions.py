@@ -22,8 +22,6 @@ from tests.servers import s3_server
 from tests.sinks import HttpSink
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
-
 SERVICES = ("limiter", "cost", "notifier", "health", "backup", "api")
 
 
@@ -36,6 +34,7 @@ def secured_bus(base_env):
     bus.server.stop()
 
 
+@pytest.mark.system
 async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bus, base_env, fresh_database, tmp_path):
     url, identities, _ = secured_bus
     slack = HttpSink()
@@ -95,6 +94,7 @@ async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bu
         s3.stop()
 
 
+@pytest.mark.service
 async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secured_bus, base_env):
     url, identities, _ = secured_bus
     limiter = start_service("limiter", {**base_env, "NATS_URL": url,
@@ -114,6 +114,7 @@ async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secu
         limiter.stop()
 
 
+@pytest.mark.adapter
 @pytest.mark.parametrize(("role", "what"), [
     ("upstream", "publish alert.cost.critical"),
     ("upstream", "publish backup.requested"),
@@ -150,6 +151,7 @@ async def test_an_identity_is_refused_what_it_must_not_do(secured_bus, role, wha
         await admin.close()
 
 
+@pytest.mark.adapter
 async def test_a_client_without_an_identity_cannot_connect(secured_bus):
     url = secured_bus.url
 

@@ -11,7 +11,7 @@ from services.console.nats_bus_actions import NatsBusActions
 from tests.servers import create_streams, nats_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 
 async def test_dead_letters_are_counted_and_no_worker_means_no_request():

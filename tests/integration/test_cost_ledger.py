@@ -17,7 +17,7 @@ from shared.policy import Levels, Thresholds
 from shared.pricing import DEFAULT_PRICES, PriceCatalog
 from tests.conftest import unique
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 WINDOW = datetime(2026, 3, 10, 14, 5, tzinfo=UTC)
 

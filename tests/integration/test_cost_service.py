@@ -21,7 +21,7 @@ from tests.integration.helpers import CHEAP_MODEL, auth, chat_body, new_key, str
 from tests.servers import PostgresServer, nats_server, postgres_binaries
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 def completed(i: int, prefix: str, **extra) -> LlmCompleted:

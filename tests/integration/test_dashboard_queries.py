@@ -17,7 +17,7 @@ from shared.policy import Thresholds
 from shared.pricing import PriceCatalog
 from tests.servers import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 DOC = ROOT / "docs" / "LLM_MONITORING_DASHBOARD.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", DOC.read_text(), flags=re.S)

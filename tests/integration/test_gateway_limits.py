@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import unique, unique_ip
 from tests.integration.helpers import auth, chat_body, from_ip, new_key
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 TIER_LIMITS = {"free": 10, "pro": 100, "enterprise": 1000}
 

@@ -15,7 +15,7 @@ from tests.integration.helpers import CHEAP_MODEL, auth, chat_body, new_key, str
 from tests.servers import ThreadedHttpServer, free_port
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 async def completed_events(nc, request_ids: set[str]) -> list[dict]:

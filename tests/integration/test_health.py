@@ -22,7 +22,7 @@ from tests.integration.helpers import stream_messages
 from tests.servers import PostgresServer, ThreadedHttpServer, nats_server, postgres_binaries, redis_server
 from tests.support.polling import eventually
 
-pytestmark = [pytest.mark.integration,
+pytestmark = [pytest.mark.service,
               pytest.mark.skipif(postgres_binaries() is None, reason="needs PostgreSQL server binaries")]
 
 # The response shape of draft-inadarei-api-health-check.

@@ -20,8 +20,6 @@ from shared.pricing import PriceCatalog
 from tests.conftest import start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, stream_messages
 
-pytestmark = pytest.mark.integration
-
 
 class RecordedViolations:
     def __init__(self) -> None:
@@ -37,6 +35,7 @@ def ask(user: str, tier: str = "pro", **fields) -> bytes:
     return request.model_dump_json().encode()
 
 
+@pytest.mark.service
 async def test_three_replicas_and_500_concurrent_callers_never_exceed_the_limit(base_env, limiter, nc):
     replicas = [limiter] + [start_service("limiter", base_env, "LIMITER_PORT") for _ in range(2)]
     try:
@@ -55,6 +54,7 @@ async def test_three_replicas_and_500_concurrent_callers_never_exceed_the_limit(
             replica.stop()
 
 
+@pytest.mark.service
 async def test_a_replica_told_to_stop_mid_stream_answers_every_request_it_took(base_env, limiter, nc):
     second = start_service("limiter", base_env, "LIMITER_PORT")
     user = unique("drain")
@@ -78,6 +78,7 @@ async def test_a_replica_told_to_stop_mid_stream_answers_every_request_it_took(b
     assert all(LimitDecision.model_validate_json(r.data).allowed for r in replies)
 
 
+@pytest.mark.service
 async def test_the_limiter_answers_again_after_nats_restarts(base_env):
     import nats
 
@@ -137,6 +138,7 @@ async def redis(redis_url):
     await client.aclose()
 
 
+@pytest.mark.adapter
 async def test_tokens_are_reserved_at_worst_case_and_settled_to_actual_use(redis):
     limiter = Limiter(tight_policy(tokens_per_minute=1000), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     user = unique()
@@ -155,6 +157,7 @@ async def test_tokens_are_reserved_at_worst_case_and_settled_to_actual_use(redis
     assert (await limiter.decide(second)).allowed  # 100 used + 700 reserved <= 1000
 
 
+@pytest.mark.adapter
 async def test_daily_dollar_budget_counts_reservations_and_refunds_on_settlement(redis):
     # An unpriced model is reserved at the fallback rate ($30 per 1M output tokens): 5000 tokens = $0.15.
     limiter = Limiter(tight_policy(tokens_per_minute=10**9, budget="0.40"), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
@@ -172,6 +175,7 @@ async def test_daily_dollar_budget_counts_reservations_and_refunds_on_settlement
     assert (await limiter.decide(third)).allowed
 
 
+@pytest.mark.adapter
 async def test_a_denied_request_consumes_nothing(redis):
     limiter = Limiter(tight_policy(tokens_per_minute=500), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     user = unique()
@@ -180,6 +184,7 @@ async def test_a_denied_request_consumes_nothing(redis):
     assert decision.allowed and decision.remaining == 99
 
 
+@pytest.mark.adapter
 async def test_asking_twice_with_one_request_id_counts_once(redis):
     limiter = Limiter(tight_policy(), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     req = request(unique(), max_tokens=10)
@@ -188,6 +193,7 @@ async def test_asking_twice_with_one_request_id_counts_once(redis):
     assert first.remaining == again.remaining == 99
 
 
+@pytest.mark.service
 async def test_llm_completed_on_the_bus_settles_the_reservation(limiter, nc, redis):
     """End to end: the limiter's durable consumer of llm.completed releases the unused reservation."""
     user = unique("free")
@@ -213,6 +219,7 @@ async def test_llm_completed_on_the_bus_settles_the_reservation(limiter, nc, red
     assert reply.allowed
 
 
+@pytest.mark.adapter
 @pytest.mark.parametrize("mode", ["closed", "open"])
 async def test_redis_unreachable_fails_in_the_configured_mode(mode):
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.2, socket_connect_timeout=0.2)
@@ -224,6 +231,7 @@ async def test_redis_unreachable_fails_in_the_configured_mode(mode):
     assert "Rate limiter storage unavailable" in decision.reason
 
 
+@pytest.mark.service
 @pytest.mark.parametrize("mode", ["closed", "open"])
 async def test_gateway_when_the_limiter_redis_is_down(base_env, mode):
     """A limiter whose Redis is stopped answers per its mode; the gateway turns closed into a 503."""
@@ -260,6 +268,7 @@ async def test_gateway_when_the_limiter_redis_is_down(base_env, mode):
         assert "limiter storage unreachable (ConnectionError); failing open" in limiter.logs()
 
 
+@pytest.mark.service
 @pytest.mark.parametrize("mode", ["closed", "open"])
 async def test_gateway_when_no_limiter_answers(base_env, mode):
     import httpx
@@ -281,6 +290,7 @@ async def test_gateway_when_no_limiter_answers(base_env, mode):
         assert response.status_code == 200
 
 
+@pytest.mark.service
 async def test_malformed_requests_go_to_the_dead_letter_subject_and_the_limiter_keeps_answering(limiter, nc):
     js = nc.jetstream()
     bad = await nc.request("llm.request", b'{"request_id": "x", "tier": 7', timeout=5)

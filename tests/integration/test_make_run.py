@@ -22,7 +22,7 @@ from tests.integration.system import run_env
 from tests.servers import port_open, redis_server
 from tests.support.polling import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 FASTSTREAM_PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # FastStream's own format

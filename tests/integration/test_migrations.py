@@ -11,7 +11,7 @@ from services.deploy.migrate import MigrationError, apply_migrations
 from shared.migrations import pending_migrations
 from tests.conftest import _with_database
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from tests.integration.helpers import auth, chat_body, new_key
 from tests.servers import nats_cluster, s3_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from tests.servers import nats_server
 from tests.sinks import HttpSink, SmtpSink
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 SLACK_SECRET_PATH = "/services/T000/B000/slack-url-s3cret"
 WEBHOOK_SECRET = "signing-s3cret"

@@ -24,7 +24,7 @@ from tests.integration.system import costwarden_run
 from tests.servers import ROOT, ProcessServer, free_port, s3_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 RULES = ROOT / "infra" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "costwarden.json"
@@ -87,7 +87,7 @@ def system(fresh_database, redis_url, s3, tmp_path):
 def prometheus_scraping(ports: dict[str, int]) -> tuple[ProcessServer, str]:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("prometheus is missing: install Debian's prometheus package (.ci/run does)")
+        pytest.fail("prometheus is missing: install Debian's prometheus package (make test does)")
     data = Path(tempfile.mkdtemp(prefix="prometheus-"))
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

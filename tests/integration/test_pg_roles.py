@@ -36,7 +36,7 @@ from shared.policy import Thresholds
 from shared.pricing import PriceCatalog
 from tests.conftest import unique
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 
 def as_login(database_url: str, login: str) -> str:

@@ -24,7 +24,7 @@ from tests.conftest import start_service, unique
 from tests.servers import ProcessServer, free_port, nats_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")

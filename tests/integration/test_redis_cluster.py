@@ -26,7 +26,7 @@ from tests.conftest import start_service, unique
 from tests.servers import nats_server, redis_cluster
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 def masters_by_slot_range(port: int) -> list[tuple[int, int, int]]:

@@ -23,7 +23,7 @@ from tests.integration.system import costwarden_run, run_env
 from tests.servers import port_open, s3_server
 from tests.support.polling import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 REPLICATED = ("limiter", "cost", "notifier", "health", "backup", "console")
 CALLERS = 4  # each with its own key, one call after another

@@ -25,7 +25,7 @@ from tests.integration.test_usage_accounting import ledger_row, settled_counters
 from tests.servers import ThreadedHttpServer, nats_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 LLAMA_70B = "meta-llama/Llama-3-70b-chat-hf"  # Together.ai first ($0.90/$0.90), gpt-4o as fallback
 CAPPED = "capped-model"  # the config gives it a ceiling of 16 tokens

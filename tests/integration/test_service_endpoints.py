@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 async def test_the_asyncapi_document_is_served_as_json(cost_service):

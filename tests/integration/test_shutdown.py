@@ -10,11 +10,12 @@ import httpx
 import pytest
 
 from services.simulator.app import create_app as create_simulator
-from tests.conftest import set_faults, start_service, unique
+from tests.conftest import set_faults, sim_stats, start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key, stream_messages
 from tests.servers import ThreadedHttpServer
+from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 
 async def test_sigterm_lets_an_in_flight_call_finish(base_env, limiter, database_url, nc):
@@ -25,7 +26,7 @@ async def test_sigterm_lets_an_in_flight_call_finish(base_env, limiter, database
     try:
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
             call = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body(), headers=auth(key)))
-            await asyncio.sleep(0.5)
+            assert await eventually(lambda: sim_stats(slow)["completions"] == 1)  # the call is under way
             api.process.send_signal(signal.SIGTERM)
             response = await call
         code = await asyncio.to_thread(api.process.wait, 30)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.servers import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 @pytest.mark.timeout(600)

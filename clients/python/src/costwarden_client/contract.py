@@ -20,6 +20,7 @@ UPSTREAM_INBOX_PREFIX = "_INBOX_upstream"
 MAX_TOKENS_PER_CALL = 1_000_000_000
 MAX_LATENCY_MS = 2_147_483_647
 MAX_TAGS = 32
+MAX_ERROR_CHARS = 2000
 MAX_BILLED_ATTEMPTS = 16
 MAX_CHOICES = 128
 TagName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -128,7 +129,7 @@ class LlmCompleted(Event):
         description="Other attempts of this call that a provider billed without answering.")
     endpoint: str = Field(max_length=256)
     success: bool
-    error: str | None = Field(default=None, max_length=2000)
+    error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
     latency_ms: int = Field(ge=0, le=MAX_LATENCY_MS)
     tags: dict[TagName, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
     api_key_id: int | None = Field(

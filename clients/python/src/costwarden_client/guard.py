@@ -25,7 +25,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import nats
 import nats.errors
@@ -36,6 +36,7 @@ from pydantic import Field, TypeAdapter
 from costwarden_client.contract import (
     LLM_COMPLETED,
     LLM_REQUEST,
+    MAX_ERROR_CHARS,
     MAX_TAGS,
     UPSTREAM_INBOX_PREFIX,
     BilledAttempt,
@@ -48,23 +49,22 @@ from costwarden_client.contract import (
     new_id,
     utc_now,
 )
+from costwarden_client.openai_wrap import Caller, GuardedAsyncOpenAI, SdkRequest
 from costwarden_client.tokens import TokenCounter, Usage, chat_prompt_tokens, default_counter
-
-if TYPE_CHECKING:
-    from costwarden_client.openai_wrap import GuardedAsyncOpenAI
 
 log = logging.getLogger("costwarden_client")
 
 FailureMode = Literal["closed", "open"]
 DEFAULT_SERVERS = "nats://127.0.0.1:4222"
-MAX_ERROR_CHARS = 2000
 # What may clear up when the publish is tried again: no ack in time, no stream answering yet (a cluster
 # electing a leader), the connection being re-established.
-RETRYABLE = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
-             nats.js.errors.ServiceUnavailableError, nats.js.errors.ServerError,
-             nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
-             nats.errors.StaleConnectionError)
-TAGS: TypeAdapter[dict[str, str]] = TypeAdapter(Annotated[dict[TagName, TagValue], Field(max_length=MAX_TAGS)])
+RETRYABLE_PUBLISH_ERRORS = (
+    nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError, nats.js.errors.ServerError, nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError)
+# Tags are checked when the call is opened: a bad one found only by `record` would fail after the provider
+# was called, leaving the reservation to expire.
+VALID_TAGS: TypeAdapter[dict[str, str]] = TypeAdapter(Annotated[dict[TagName, TagValue], Field(max_length=MAX_TAGS)])
 
 
 class CostwardenError(Exception):
@@ -117,11 +117,11 @@ class RecordFailed(CostwardenError):
     """`llm.completed` was not acknowledged within the guard's `record_patience_s`."""
 
 
-def describe(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """What a record says of the exception that ended its call."""
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:MAX_ERROR_CHARS]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class Guard:
@@ -142,7 +142,7 @@ class Guard:
         self.record_patience_s = record_patience_s
         self._count_tokens = count_tokens
         self._owns_connection = owns_connection
-        self._records: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, servers: str | Sequence[str] | None = None, *, nkey_seed_file: str | None = None,
@@ -183,7 +183,7 @@ class Guard:
         request = LimitRequest(request_id=request_id or new_id(), user_id=user_id,
                                client_ip=client_ip, tier=tier, endpoint=endpoint, policy=policy, model=model,
                                prompt_tokens_estimate=prompt_tokens, max_tokens=max_tokens, choices=choices)
-        return Call(self, request, provider, TAGS.validate_python(dict(tags or {})), session_id)
+        return Call(self, request, provider, VALID_TAGS.validate_python(dict(tags or {})), session_id)
 
     async def admit(self, request: LimitRequest) -> LimitDecision:
         """The limiter's decision; raises `RateLimited` (or `LimiterUnavailable`) when it is no."""
@@ -218,18 +218,34 @@ class Guard:
                              limited_by="unavailable")
 
     async def publish(self, event: LlmCompleted) -> None:
-        """Publish `llm.completed` with its request id as Nats-Msg-Id, again and again until JetStream
-        acknowledges it (a re-publication the stream already holds is acknowledged as a duplicate)."""
+        """Publish `llm.completed` until JetStream acknowledges it. Cancelling the caller does not stop
+        that: the rest is handed to a task of the guard's, which `close()` waits for."""
+        deadline = asyncio.get_running_loop().time() + self.record_patience_s
+        try:
+            await self._publish_until_acknowledged(event, deadline)
+        except asyncio.CancelledError:
+            self.in_background(self._publish_unattended(event, deadline))
+            raise
+
+    async def _publish_unattended(self, event: LlmCompleted, deadline: float) -> None:
+        """The rest of a publication whose caller was cancelled; nobody waits for it, so a failure is logged."""
+        try:
+            await self._publish_until_acknowledged(event, deadline)
+        except RecordFailed:
+            log.exception("llm.completed for %s is lost (its caller was cancelled)", event.request_id)
+
+    async def _publish_until_acknowledged(self, event: LlmCompleted, deadline: float) -> None:
+        """Publish with the request id as Nats-Msg-Id, again and again until JetStream acknowledges it (a
+        re-publication the stream already holds is acknowledged as a duplicate) or `deadline` passes."""
         payload = event.model_dump_json().encode()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.record_patience_s
         backoff_s = 0.1
         while True:
             try:
                 await self.js.publish(LLM_COMPLETED, payload, timeout=self.ack_timeout_s,
                                       headers={"Nats-Msg-Id": event.request_id})
                 return
-            except RETRYABLE as exc:
+            except RETRYABLE_PUBLISH_ERRORS as exc:
                 if loop.time() + backoff_s > deadline:
                     raise RecordFailed(f"llm.completed for {event.request_id} not acknowledged within "
                                        f"{self.record_patience_s:g}s ({type(exc).__name__})") from exc
@@ -238,16 +254,11 @@ class Guard:
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 2.0)
 
-    async def publish_unattended(self, event: LlmCompleted) -> None:
-        """Publish in a task of its own, which cancelling the caller (again) cannot cut short; wait for it
-        unless the caller is cancelled."""
-        await asyncio.shield(self.in_background(self.publish(event)))
-
     def in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` in a task that `close()` waits for."""
         task = asyncio.get_running_loop().create_task(work)
-        self._records.add(task)
-        task.add_done_callback(self._records.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return task
 
     def wrap(self, client: Any, *, tier: str, user_id: str | None = None, provider: str = "openai",
@@ -255,16 +266,18 @@ class Guard:
              session_id: str | None = None, policy: Policy = "standard") -> GuardedAsyncOpenAI:
         """`client` (an `openai.AsyncOpenAI`) whose `chat.completions.create` and `embeddings.create`,
         plain or streamed, are guarded calls for this caller; everything else is the client's own."""
-        from costwarden_client.openai_wrap import Caller, GuardedAsyncOpenAI
-
         caller = Caller(tier=tier, user_id=user_id, provider=provider, client_ip=client_ip,
                         tags=dict(tags or {}), session_id=session_id, policy=policy)
-        return GuardedAsyncOpenAI(client, self, caller)
+
+        async def admit(request: SdkRequest) -> Call:
+            return await self.call(**caller.call_arguments(request)).admit()
+
+        return GuardedAsyncOpenAI(client, admit, self.count_tokens, self.in_background)
 
     async def close(self) -> None:
         """Wait for the records still being published, then close the connection if the guard opened it."""
-        if self._records:
-            await asyncio.gather(*self._records, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._owns_connection and not self.nc.is_closed:
             await self.nc.drain()
 
@@ -308,15 +321,16 @@ class Call:
                      success: bool = True, error: str | None = None,
                      billed_attempts: Sequence[BilledAttempt] = ()) -> None:
         """Publish what the call used (a `Usage`, or a provider's usage object or dict), once; returns
-        when JetStream has it. `served_model`: the provider's own id of the model that answered, when it
-        differs from the model asked for."""
+        when JetStream has it. Cancelling the caller does not stop the publication (`Guard.close()` waits
+        for it). `served_model`: the provider's own id of the model that answered, when it differs from
+        the model asked for."""
         if self.event is not None:
             raise RuntimeError(f"call {self.request_id} is recorded already")
-        self.event = self._event(Usage.of(usage), served_model, provider, success, error, billed_attempts)
+        self.event = self._completed_event(Usage.of(usage), served_model, provider, success, error, billed_attempts)
         await self.guard.publish(self.event)
 
-    def _event(self, usage: Usage, served_model: str | None, provider: str | None, success: bool,
-               error: str | None, billed_attempts: Sequence[BilledAttempt]) -> LlmCompleted:
+    def _completed_event(self, usage: Usage, served_model: str | None, provider: str | None, success: bool,
+                         error: str | None, billed_attempts: Sequence[BilledAttempt]) -> LlmCompleted:
         request = self.request
         return LlmCompleted(
             id=request.request_id, request_id=request.request_id, user_id=request.user_id,
@@ -336,11 +350,11 @@ class Call:
         if self.event is not None or self.decision is None:
             return
         if error is None:
-            error = describe(exc) if exc is not None else "the guarded block ended without recording the call"
+            error = error_text(exc) if exc is not None else "the guarded block ended without recording the call"
         usage = usage or Usage(self.prompt_tokens, 0, source="estimated")
-        self.event = self._event(usage, None, None, False, error, ())
+        self.event = self._completed_event(usage, None, None, False, error, ())
         try:
-            await self.guard.publish_unattended(self.event)
+            await self.guard.publish(self.event)
         except RecordFailed:
             if exc is None:
                 raise

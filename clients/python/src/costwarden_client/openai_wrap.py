@@ -10,18 +10,22 @@ call and record it after, plain or streamed, with no other change to the caller'
 - A call that fails with the provider's error answer (an HTTP status) is recorded with no tokens: the
   provider bills nothing for it. A call that fails otherwise (a timeout, a broken connection) may have
   reached the provider: its prompt is billed.
+
+The wrappers know their guard only by what they use of it: a function that asks costwarden for one SDK
+request and returns the admitted call (`AdmittedCall`: a `Call`; `SyncAdmittedCall`: a `SyncCall`), and
+its token counter. `Guard.wrap` and `SyncGuard.wrap` hand them these, so the guards build the wrappers
+and the wrappers never import the guards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from costwarden_client.contract import Policy
-from costwarden_client.guard import Call, Guard, describe
+from costwarden_client.contract import LlmCompleted, Policy
 from costwarden_client.tokens import (
     StreamTally,
     TokenCounter,
@@ -32,12 +36,33 @@ from costwarden_client.tokens import (
     usage_of_answer,
 )
 
-if TYPE_CHECKING:
-    from costwarden_client.sync import SyncCall, SyncGuard
-
 CHAT_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 STREAM_CLOSED_EARLY = "the stream was closed before its end"
+
+
+class AdmittedCall(Protocol):
+    """What the async wrappers use of a call the limiter admitted (`Call`)."""
+
+    @property
+    def event(self) -> LlmCompleted | None: ...
+
+    async def record(self, usage: Usage) -> None: ...
+
+    async def finish(self, exc: BaseException | None = None, usage: Usage | None = None,
+                     error: str | None = None) -> None: ...
+
+
+class SyncAdmittedCall(Protocol):
+    """What the synchronous wrappers use of a call the limiter admitted (`SyncCall`)."""
+
+    @property
+    def event(self) -> LlmCompleted | None: ...
+
+    def record(self, usage: Usage) -> None: ...
+
+    def finish(self, exc: BaseException | None = None, usage: Usage | None = None,
+               error: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,21 +77,23 @@ class Caller:
     session_id: str | None = None
     policy: Policy = "standard"
 
-    def call_arguments(self, plan: Plan) -> dict[str, Any]:
+    def call_arguments(self, request: SdkRequest) -> dict[str, Any]:
+        """The arguments of `Guard.call` (and `SyncGuard.call`) for `request` made for this caller."""
         return {"tier": self.tier, "user_id": self.user_id, "provider": self.provider, "client_ip": self.client_ip,
-                "tags": self.tags, "session_id": self.session_id, "policy": self.policy, "model": plan.model,
-                "max_tokens": plan.max_tokens, "prompt_tokens": plan.prompt_tokens, "choices": plan.choices,
-                "endpoint": plan.endpoint}
+                "tags": self.tags, "session_id": self.session_id, "policy": self.policy, "model": request.model,
+                "max_tokens": request.max_tokens, "prompt_tokens": request.prompt_tokens,
+                "choices": request.choices, "endpoint": request.endpoint}
 
 
-def _int(value: Any) -> int | None:
+def _given_int(value: Any) -> int | None:
     """An int argument, or None for an absent one (the SDK's NOT_GIVEN and omit sentinels included)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One SDK call seen by the guard: what it asks of the limiter, and the arguments it is sent with."""
+class SdkRequest:
+    """One `create` of the SDK as the guard sees it: what it asks of the limiter, and the arguments it is
+    sent with."""
 
     endpoint: str
     model: str
@@ -78,7 +105,7 @@ class Plan:
     caller_wants_usage: bool = True
 
     @classmethod
-    def chat(cls, arguments: Mapping[str, Any], count: TokenCounter) -> Plan:
+    def chat(cls, arguments: Mapping[str, Any], count: TokenCounter) -> SdkRequest:
         stream = attr(arguments, "stream") is True
         options = arguments.get("stream_options")
         wants_usage = attr(options, "include_usage") is True
@@ -90,14 +117,20 @@ class Plan:
                    chat_prompt_tokens(count, arguments.get("messages") or (),
                                       tools if isinstance(tools, list) else None,
                                       functions if isinstance(functions, list) else None),
-                   sent, _int(arguments.get("max_completion_tokens")) or _int(arguments.get("max_tokens")),
-                   _int(arguments.get("n")) or 1, stream, wants_usage)
+                   sent, _given_int(arguments.get("max_completion_tokens")) or _given_int(arguments.get("max_tokens")),
+                   _given_int(arguments.get("n")) or 1, stream, wants_usage)
 
     @classmethod
-    def embeddings(cls, arguments: Mapping[str, Any], count: TokenCounter) -> Plan:
+    def embeddings(cls, arguments: Mapping[str, Any], count: TokenCounter) -> SdkRequest:
         # An embedding generates nothing: 1 is the least completion the contract takes.
         return cls(EMBEDDINGS_ENDPOINT, str(arguments["model"]),
                    embedding_input_tokens(count, arguments.get("input")), dict(arguments), max_tokens=1)
+
+
+ReadRequest = Callable[[Mapping[str, Any], TokenCounter], SdkRequest]
+Admit = Callable[[SdkRequest], Awaitable[AdmittedCall]]
+SyncAdmit = Callable[[SdkRequest], SyncAdmittedCall]
+InBackground = Callable[[Coroutine[Any, Any, None]], object]
 
 
 def failure_usage(exc: BaseException, prompt_tokens: int) -> Usage:
@@ -106,11 +139,6 @@ def failure_usage(exc: BaseException, prompt_tokens: int) -> Usage:
     if isinstance(getattr(exc, "status_code", None), int):
         return Usage(0, 0)
     return Usage(prompt_tokens, 0, source="estimated")
-
-
-def embeddings_usage(answer: Any, plan: Plan) -> Usage:
-    reported = attr(answer, "usage")
-    return Usage.of(reported) if reported is not None else Usage(plan.prompt_tokens, 0, source="estimated")
 
 
 class _Delegate:
@@ -125,64 +153,71 @@ class _Delegate:
         return getattr(self._wrapped, name)
 
 
+class _TalliedStream(_Delegate):
+    """What a guarded stream, async or not, keeps of the chunks it passes on."""
+
+    def __init__(self, stream: Any, request: SdkRequest, count: TokenCounter) -> None:
+        super().__init__(stream)
+        self._request = request
+        self._count = count
+        self._tally = StreamTally()
+
+    def _shown(self, chunk: Any) -> bool:
+        """Tally `chunk`; False for the usage chunk that the caller did not ask for."""
+        return not self._tally.add(chunk) or self._request.caller_wants_usage
+
+    def _usage(self) -> Usage:
+        return self._tally.usage(self._count, self._request.prompt_tokens, self._request.max_tokens)
+
+
 # -- async ---------------------------------------------------------------------------------------------
 
 
 class GuardedAsyncOpenAI(_Delegate):
-    def __init__(self, client: Any, guard: Guard, caller: Caller) -> None:
+    """An `openai.AsyncOpenAI` whose chat completions and embeddings are guarded (`Guard.wrap`)."""
+
+    def __init__(self, client: Any, admit: Admit, count: TokenCounter, in_background: InBackground) -> None:
+        """`in_background` runs the record of a stream dropped unclosed in a task its guard waits for."""
         super().__init__(client)
         self.chat = _Delegate(client.chat)
-        self.chat.completions = _AsyncCompletions(client.chat.completions, guard, caller)  # type: ignore[attr-defined]
-        self.embeddings = _AsyncEmbeddings(client.embeddings, guard, caller)
+        self.chat.completions = _AsyncGuardedCreate(  # type: ignore[attr-defined]
+            client.chat.completions, SdkRequest.chat, admit, count, in_background)
+        self.embeddings = _AsyncGuardedCreate(client.embeddings, SdkRequest.embeddings, admit, count, in_background)
 
 
-class _AsyncGuarded(_Delegate):
-    def __init__(self, resource: Any, guard: Guard, caller: Caller) -> None:
+class _AsyncGuardedCreate(_Delegate):
+    """An SDK resource (`chat.completions`, `embeddings`) whose `create` is a guarded call."""
+
+    def __init__(self, resource: Any, read: ReadRequest, admit: Admit, count: TokenCounter,
+                 in_background: InBackground) -> None:
         super().__init__(resource)
-        self._guard = guard
-        self._caller = caller
+        self._read = read
+        self._admit = admit
+        self._count = count
+        self._in_background = in_background
 
-    async def _admitted(self, plan: Plan) -> Call:
-        return await self._guard.call(**self._caller.call_arguments(plan)).admit()
-
-    async def _send(self, call: Call, arguments: dict[str, Any]) -> Any:
+    async def create(self, **arguments: Any) -> Any:
+        request = self._read(arguments, self._count)
+        call = await self._admit(request)
         try:
-            return await self._wrapped.create(**arguments)
+            answer = await self._wrapped.create(**request.arguments)
         except BaseException as exc:
-            await call.finish(exc, failure_usage(exc, call.prompt_tokens))
+            await call.finish(exc, failure_usage(exc, request.prompt_tokens))
             raise
-
-
-class _AsyncCompletions(_AsyncGuarded):
-    async def create(self, **arguments: Any) -> Any:
-        count = self._guard.count_tokens
-        plan = Plan.chat(arguments, count)
-        call = await self._admitted(plan)
-        answer = await self._send(call, plan.arguments)
-        if plan.stream:
-            return GuardedAsyncStream(answer, call, plan, count)
-        await call.record(usage_of_answer(count, answer, plan.prompt_tokens, plan.max_tokens))
+        if request.stream:
+            return GuardedAsyncStream(answer, call, request, self._count, self._in_background)
+        await call.record(usage_of_answer(self._count, answer, request.prompt_tokens, request.max_tokens))
         return answer
 
 
-class _AsyncEmbeddings(_AsyncGuarded):
-    async def create(self, **arguments: Any) -> Any:
-        plan = Plan.embeddings(arguments, self._guard.count_tokens)
-        call = await self._admitted(plan)
-        answer = await self._send(call, plan.arguments)
-        await call.record(embeddings_usage(answer, plan))
-        return answer
-
-
-class GuardedAsyncStream(_Delegate):
+class GuardedAsyncStream(_TalliedStream):
     """The SDK's stream, chunk for chunk, recorded when it ends, breaks, or is closed or dropped."""
 
-    def __init__(self, stream: Any, call: Call, plan: Plan, count: TokenCounter) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: Any, call: AdmittedCall, request: SdkRequest, count: TokenCounter,
+                 in_background: InBackground) -> None:
+        super().__init__(stream, request, count)
         self._call = call
-        self._plan = plan
-        self._count = count
-        self._tally = StreamTally()
+        self._in_background = in_background
         self._loop = asyncio.get_running_loop()
         self._chunks = self._relay()
 
@@ -193,33 +228,23 @@ class GuardedAsyncStream(_Delegate):
         return await self._chunks.__anext__()
 
     async def _relay(self) -> AsyncGenerator[Any, None]:
-        error: str | None = STREAM_CLOSED_EARLY
         try:
             async for chunk in self._wrapped:
-                if self._tally.add(chunk) and not self._plan.caller_wants_usage:
-                    continue
-                yield chunk
-            error = None
-        except GeneratorExit:
+                if self._shown(chunk):
+                    yield chunk
+        except BaseException as exc:  # GeneratorExit: closed, or dropped, before its end
+            await self._fail(None if isinstance(exc, GeneratorExit) else exc)
             raise
-        except BaseException as exc:
-            error = describe(exc)
-            raise
-        finally:
-            await self._finish(error)
+        await self._call.record(self._usage())
 
-    async def _finish(self, error: str | None) -> None:
-        if self._call.event is not None:
-            return
-        usage = self._tally.usage(self._count, self._plan.prompt_tokens, self._plan.max_tokens)
-        if error is None:
-            await self._call.record(usage)
-        else:
-            await self._call.finish(usage=usage, error=error)
+    async def _fail(self, exc: BaseException | None = None) -> None:
+        """Record the stream, unless it is, as failed: with `exc`, or as closed before its end."""
+        if self._call.event is None:
+            await self._call.finish(exc, self._usage(), STREAM_CLOSED_EARLY if exc is None else None)
 
     async def close(self) -> None:
         await self._chunks.aclose()
-        await self._finish(STREAM_CLOSED_EARLY)  # a stream never iterated has no generator to finish it
+        await self._fail()  # a stream never iterated has no generator to record it
         await self._wrapped.close()
 
     async def __aenter__(self) -> GuardedAsyncStream:
@@ -230,67 +255,52 @@ class GuardedAsyncStream(_Delegate):
 
     def __del__(self) -> None:
         if self._call.event is None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._call.guard.in_background, self._finish(STREAM_CLOSED_EARLY))
+            self._loop.call_soon_threadsafe(self._in_background, self._fail())
 
 
 # -- sync ----------------------------------------------------------------------------------------------
 
 
 class GuardedOpenAI(_Delegate):
-    def __init__(self, client: Any, guard: SyncGuard, caller: Caller) -> None:
+    """An `openai.OpenAI` whose chat completions and embeddings are guarded (`SyncGuard.wrap`)."""
+
+    def __init__(self, client: Any, admit: SyncAdmit, count: TokenCounter) -> None:
         super().__init__(client)
         self.chat = _Delegate(client.chat)
-        self.chat.completions = _SyncCompletions(client.chat.completions, guard, caller)  # type: ignore[attr-defined]
-        self.embeddings = _SyncEmbeddings(client.embeddings, guard, caller)
+        self.chat.completions = _SyncGuardedCreate(  # type: ignore[attr-defined]
+            client.chat.completions, SdkRequest.chat, admit, count)
+        self.embeddings = _SyncGuardedCreate(client.embeddings, SdkRequest.embeddings, admit, count)
 
 
-class _SyncGuarded(_Delegate):
-    def __init__(self, resource: Any, guard: SyncGuard, caller: Caller) -> None:
+class _SyncGuardedCreate(_Delegate):
+    """The synchronous twin of _AsyncGuardedCreate."""
+
+    def __init__(self, resource: Any, read: ReadRequest, admit: SyncAdmit, count: TokenCounter) -> None:
         super().__init__(resource)
-        self._guard = guard
-        self._caller = caller
+        self._read = read
+        self._admit = admit
+        self._count = count
 
-    def _admitted(self, plan: Plan) -> SyncCall:
-        return self._guard.call(**self._caller.call_arguments(plan)).admit()
-
-    def _send(self, call: SyncCall, arguments: dict[str, Any]) -> Any:
+    def create(self, **arguments: Any) -> Any:
+        request = self._read(arguments, self._count)
+        call = self._admit(request)
         try:
-            return self._wrapped.create(**arguments)
+            answer = self._wrapped.create(**request.arguments)
         except BaseException as exc:
-            call.finish(exc, failure_usage(exc, call.prompt_tokens))
+            call.finish(exc, failure_usage(exc, request.prompt_tokens))
             raise
-
-
-class _SyncCompletions(_SyncGuarded):
-    def create(self, **arguments: Any) -> Any:
-        count = self._guard.count_tokens
-        plan = Plan.chat(arguments, count)
-        call = self._admitted(plan)
-        answer = self._send(call, plan.arguments)
-        if plan.stream:
-            return GuardedStream(answer, call, plan, count)
-        call.record(usage_of_answer(count, answer, plan.prompt_tokens, plan.max_tokens))
+        if request.stream:
+            return GuardedStream(answer, call, request, self._count)
+        call.record(usage_of_answer(self._count, answer, request.prompt_tokens, request.max_tokens))
         return answer
 
 
-class _SyncEmbeddings(_SyncGuarded):
-    def create(self, **arguments: Any) -> Any:
-        plan = Plan.embeddings(arguments, self._guard.count_tokens)
-        call = self._admitted(plan)
-        answer = self._send(call, plan.arguments)
-        call.record(embeddings_usage(answer, plan))
-        return answer
-
-
-class GuardedStream(_Delegate):
+class GuardedStream(_TalliedStream):
     """The synchronous twin of GuardedAsyncStream."""
 
-    def __init__(self, stream: Any, call: SyncCall, plan: Plan, count: TokenCounter) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: Any, call: SyncAdmittedCall, request: SdkRequest, count: TokenCounter) -> None:
+        super().__init__(stream, request, count)
         self._call = call
-        self._plan = plan
-        self._count = count
-        self._tally = StreamTally()
         self._chunks = self._relay()
 
     def __iter__(self) -> GuardedStream:
@@ -300,33 +310,23 @@ class GuardedStream(_Delegate):
         return next(self._chunks)
 
     def _relay(self) -> Generator[Any, None, None]:
-        error: str | None = STREAM_CLOSED_EARLY
         try:
             for chunk in self._wrapped:
-                if self._tally.add(chunk) and not self._plan.caller_wants_usage:
-                    continue
-                yield chunk
-            error = None
-        except GeneratorExit:
+                if self._shown(chunk):
+                    yield chunk
+        except BaseException as exc:  # GeneratorExit: closed, or dropped, before its end
+            self._fail(None if isinstance(exc, GeneratorExit) else exc)
             raise
-        except BaseException as exc:
-            error = describe(exc)
-            raise
-        finally:
-            self._finish(error)
+        self._call.record(self._usage())
 
-    def _finish(self, error: str | None) -> None:
-        if self._call.event is not None:
-            return
-        usage = self._tally.usage(self._count, self._plan.prompt_tokens, self._plan.max_tokens)
-        if error is None:
-            self._call.record(usage)
-        else:
-            self._call.finish(usage=usage, error=error)
+    def _fail(self, exc: BaseException | None = None) -> None:
+        """Record the stream, unless it is, as failed: with `exc`, or as closed before its end."""
+        if self._call.event is None:
+            self._call.finish(exc, self._usage(), STREAM_CLOSED_EARLY if exc is None else None)
 
     def close(self) -> None:
         self._chunks.close()
-        self._finish(STREAM_CLOSED_EARLY)
+        self._fail()
         self._wrapped.close()
 
     def __enter__(self) -> GuardedStream:
@@ -338,4 +338,4 @@ class GuardedStream(_Delegate):
     def __del__(self) -> None:
         if self._call.event is None:
             with contextlib.suppress(RuntimeError):  # the guard is closed, or this is its own thread
-                self._finish(STREAM_CLOSED_EARLY)
+                self._fail()

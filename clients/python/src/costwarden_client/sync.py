@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from costwarden_client.contract import BilledAttempt, LimitDecision, LlmCompleted, Policy
 from costwarden_client.guard import Call, Guard
-from costwarden_client.openai_wrap import Caller, GuardedOpenAI
+from costwarden_client.openai_wrap import Caller, GuardedOpenAI, SdkRequest
 from costwarden_client.tokens import TokenCounter, Usage
 
 T = TypeVar("T")
@@ -71,7 +71,11 @@ class SyncGuard:
         streamed, are guarded calls for this caller."""
         caller = Caller(tier=tier, user_id=user_id, provider=provider, client_ip=client_ip,
                         tags=dict(tags or {}), session_id=session_id, policy=policy)
-        return GuardedOpenAI(client, self, caller)
+
+        def admit(request: SdkRequest) -> SyncCall:
+            return self.call(**caller.call_arguments(request)).admit()
+
+        return GuardedOpenAI(client, admit, self.count_tokens)
 
     def close(self) -> None:
         if self._loop.is_closed():

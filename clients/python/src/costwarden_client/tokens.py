@@ -174,7 +174,8 @@ class StreamTally:
 
 
 def usage_of_answer(count: TokenCounter, answer: Any, prompt_estimate: int, max_tokens: int | None) -> Usage:
-    """The provider's usage of a plain chat answer, or, when it sent none, the count of prompt and answer."""
+    """The provider's usage of a plain answer (chat, or embeddings: no choices, no completion), or, when it
+    sent none, the prompt estimate and the answer counted."""
     reported = attr(answer, "usage")
     if reported is not None:
         return Usage.of(reported)
