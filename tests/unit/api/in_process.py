@@ -97,15 +97,18 @@ class KeyTable:
         return record
 
     async def create(self, user_id: str, tier: str, actor: str, is_admin: bool, alias: str | None,
-                     expires_in: timedelta | None) -> tuple[KeyRecord, str]:
+                     expires_in: timedelta | None, team_id: str | None = None) -> tuple[KeyRecord, str]:
+        if team_id is not None:
+            raise ValueError(f"user {user_id} is in no team: add them to team {team_id} first")
         key = new_api_key()
         record = self._insert(key, user_id, tier, is_admin, alias, expires_in)
         self.audit.append((record.id, "create", actor))
         return record, key
 
-    async def list(self, user_id: str | None, tier: str | None, revoked: bool | None) -> list[KeyRecord]:
+    async def list(self, user_id: str | None, tier: str | None, revoked: bool | None,
+                   team_id: str | None = None) -> list[KeyRecord]:
         return [r for r in self.records.values() if user_id in (None, r.user_id) and tier in (None, r.tier)
-                and revoked in (None, r.revoked_at is not None)]
+                and revoked in (None, r.revoked_at is not None) and team_id in (None, r.team_id)]
 
     async def get(self, key_id: int) -> KeyRecord | None:
         return self.records.get(key_id)
@@ -177,7 +180,7 @@ def in_process_api(ports: FakePorts, config: ApiSettings | None = None) -> FastA
         gateway = Gateway(ProviderRouter(ports.providers, breakers, max_retries=0), ports.published, Words())
         yield ApiState(settings=settings, config=file_config, trusted_proxies=parse_networks(settings.trusted_proxies),
                        admission=admission, gateway=gateway, key_admin=ports.keys, cost_queries=ports.spend,
-                       breakers=breakers, readiness=[])
+                       breakers=breakers, readiness=[], teams=None)  # type: ignore[arg-type]  # no team route here
         await gateway.drain()
 
     return create_app(config or settings(), resources=resources)
