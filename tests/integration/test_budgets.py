@@ -28,7 +28,7 @@ from tests.servers import nats_server
 from tests.sinks import HttpSink
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.service
 
 # Generous tiers: here the keys', users' and teams' own limits decide.
 TIER = {"requests": 100_000, "window_s": 3600, "strict_requests": 100, "tokens_per_minute": 10**9,

@@ -23,7 +23,7 @@ from shared.pricing import PriceCatalog
 from tests.conftest import unique
 from tests.integration.helpers import CHEAP_MODEL
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 # CHEAP_MODEL may fall back to gpt-4o-mini ($0.60 per 1M output): 1000 tokens reserve $0.0006.
 RESERVED_NANO = 600_000

@@ -15,7 +15,7 @@ from services.teams.team_admin import Conflict, NotFound, Refused, TeamAdmin
 from shared.limits import Budget, ScopeLimits
 from tests.conftest import unique
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.adapter
 
 
 @pytest.fixture
