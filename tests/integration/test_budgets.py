@@ -143,7 +143,7 @@ async def test_a_team_budget_shared_by_three_keys_of_three_users_holds_across_th
 
     admitted = [a.headers["x-request-id"] for a in answers if a.status_code == 200]
     rows = await recorded(db, admitted)
-    assert {r["team_id"] for r in rows} == {team} and {r["api_key_id"] for r in rows} == {k["id"] for k in keys}
+    assert {r["team_id"] for r in rows} == {team} and {r["api_key_id"] for r in rows} <= {k["id"] for k in keys}
     spent = sum((r["cost"] for r in rows), Decimal(0))
     assert spent <= Decimal("0.002")  # a grant reserved its worst case: nothing in flight can take it past
     counter = "cw:{team:" + team + "}:L:t:" + team + ":b:day@UTC"
