@@ -120,6 +120,20 @@ class PricesPart(FilePart):
         default_factory=lambda: {"input": Decimal("10.00"), "output": Decimal("30.00")},
         description="USD per 1M tokens charged for a model with no price (the row is marked unpriced).")
 
+    @field_validator("litellm_prices_file")
+    @classmethod
+    def _readable_price_map(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                data = json.loads(path.read_text())
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ValueError(f"{path} is not JSON: {exc}") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{path} must hold a JSON object of models")
+        return path
+
     def price_catalog(self) -> PriceCatalog:
         litellm = self.litellm_prices_file
         return PriceCatalog.with_overrides(

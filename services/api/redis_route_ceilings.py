@@ -68,8 +68,9 @@ class RedisRouteCeilings:
     limit answers 429, which fails over as any 429): said once in the log when it starts and once when
     it ends, and counted per call by the router."""
 
-    def __init__(self, redis: Redis | RedisCluster) -> None:
+    def __init__(self, redis: Redis | RedisCluster, retry_after_failure_s: float = RETRY_AFTER_FAILURE_S) -> None:
         self._admit = redis.register_script(ADMIT)
+        self.retry_after_failure_s = retry_after_failure_s
         self._retry_at = 0.0
         self._failing = False
 
@@ -86,7 +87,7 @@ class RedisRouteCeilings:
             if not self._failing:
                 log.warning("Redis unreachable (%s): deployments' rpm/tpm ceilings go unchecked until it answers",
                             type(exc).__name__)
-            self._failing, self._retry_at = True, time.monotonic() + RETRY_AFTER_FAILURE_S
+            self._failing, self._retry_at = True, time.monotonic() + self.retry_after_failure_s
             raise CeilingsUnavailable(type(exc).__name__) from exc
         if self._failing:
             self._failing = False

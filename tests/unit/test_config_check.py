@@ -145,3 +145,21 @@ def test_the_command_and_a_service_refuse_a_mistake_with_the_same_message(tmp_pa
                "(known: openai, together_ai)")
     assert command.returncode == 1 and message in command.stderr.splitlines()
     assert service.returncode == 2 and service.stderr.splitlines() == ["invalid configuration, not starting:", message]
+
+
+def test_the_gateway_refuses_to_start_without_a_declared_providers_key(tmp_path):
+    path = write(tmp_path, "providers:\n  groq: {kind: openai, base_url: 'https://api.groq.com/openai/v1', "
+                           "api_key_env: CW_TEST_UNSET_KEY}\n")
+    env = {key: value for key, value in os.environ.items() if key != "CW_TEST_UNSET_KEY"}
+    gateway = subprocess.run([sys.executable, "-m", "services.api"], env={**env, "COSTWARDEN_CONFIG": str(path)},
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert gateway.returncode == 2 and gateway.stderr.splitlines() == [
+        "invalid configuration, not starting:",
+        f"{path}:2:81: error: providers.groq.api_key_env: CW_TEST_UNSET_KEY is not set: the key of provider 'groq' "
+        "is read from it"]
+
+
+def test_a_price_map_that_cannot_be_read_is_named(tmp_path):
+    path = write(tmp_path, "litellm_prices_file: /nonexistent/prices.json\n")
+    assert check(path) == ([f"{path}:1:22: error: litellm_prices_file: cannot read /nonexistent/prices.json: "
+                            "No such file or directory"], 1)
