@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from services.api.cached_key_store import CachedKeyStore
 from services.api.callers import ANONYMOUS, Caller
 from services.api.calls import CallContext
-from services.api.usage import TokenCounter, embedding_input_tokens, prompt_chars, prompt_tokens
+from services.api.usage import TokenCounter, embedding_tokens, prompt_chars, prompt_tokens
 from shared.events import LimitDecision, LimitRequest
 from shared.policy import ModelConfig, ModelServes
 
@@ -92,17 +92,13 @@ class Admission:
             raise WrongEndpoint(config.serves)
         return config
 
-    def _count(self, payload: Mapping[str, Any], serves: ModelServes) -> int:
-        if serves == "embeddings":
-            return embedding_input_tokens(self.counter, payload.get("input"))
-        return prompt_tokens(self.counter, payload)
-
     async def prompt_tokens(self, payload: Mapping[str, Any], serves: ModelServes = "chat") -> int:
         """The prompt's tokens (an embeddings call's: its input's): what the limiter reserves on, and what
         is billed if the provider sends no usage."""
+        count = embedding_tokens if serves == "embeddings" else prompt_tokens
         if prompt_chars(payload) > COUNT_IN_THREAD_CHARS:
-            return await asyncio.to_thread(self._count, payload, serves)
-        return self._count(payload, serves)
+            return await asyncio.to_thread(count, self.counter, payload)
+        return count(self.counter, payload)
 
     async def decide(self, ctx: CallContext) -> LimitOutcome:
         return await self.limiter.ask(LimitRequest(

@@ -190,9 +190,8 @@ class AiohttpProviderClient:
                                 retry_after_s=retry_after_s(response.headers.get("retry-after")))
         return response, raw
 
-    async def _answer(self, operation: str, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        url, body = self._request(operation, model, payload)
-        _, raw = await self._send(url, body, stream=False)
+    def _parsed(self, raw: bytes) -> tuple[dict[str, Any], bytes]:
+        """The answer parsed (to read its usage) and as relayed (Anthropic's: as OpenAI's)."""
         try:
             answer = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -206,11 +205,13 @@ class AiohttpProviderClient:
         return answer, raw
 
     async def complete(self, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """The answer parsed (to read its usage) and as received (relayed to the caller as it is)."""
-        return await self._answer("chat", model, payload)
+        """The answer parsed (to read its usage) and as relayed to the caller."""
+        url, body = self._request("chat", model, payload)
+        return self._parsed((await self._send(url, body, stream=False))[1])
 
     async def embed(self, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        return await self._answer("embeddings", model, payload)
+        url, body = self._request("embeddings", model, payload)
+        return self._parsed((await self._send(url, body, stream=False))[1])
 
     async def open_stream(self, model: str, payload: Mapping[str, Any]) -> AiohttpProviderStream:
         url, body = self._request("chat", model, payload)

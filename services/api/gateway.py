@@ -7,14 +7,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import Counter
-
 from services.api.calls import BilledTo, CallContext, CallFailed, CompletionPublisher, completed_event
 from services.api.providers import Operation, ProviderCall, ProviderRouter, ProvidersFailed
 from services.api.streams import BackgroundTasks, StreamRelay
 from services.api.usage import TokenCounter, usage_of_answer
-
-PROVIDER_CALLS = Counter("costwarden_api_provider_calls_total", "Provider calls by outcome", ["provider", "outcome"])
 
 
 class Gateway:
@@ -32,11 +28,9 @@ class Gateway:
             call = await self.router.call(ctx.model, ctx.routes, payload, operation, ctx.strategy,
                                           ctx.worst_case_tokens)
         except ProvidersFailed as exc:
-            PROVIDER_CALLS.labels("none", "failed").inc()
             billed_to, usage = BilledTo.failure(exc.attempts, ctx.prompt_tokens)
             await self.publisher.publish(completed_event(ctx, billed_to, started, usage, str(exc)))
             raise CallFailed(ctx.request_id, exc) from None
-        PROVIDER_CALLS.labels(call.provider, "ok").inc()
         return call, started
 
     async def complete(self, ctx: CallContext, payload: Mapping[str, Any], operation: Operation = "chat"

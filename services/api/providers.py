@@ -148,10 +148,10 @@ class Deployment:
     rpm: int | None = None
     tpm: int | None = None
     in_flight: int = 0
+    has_ceiling: bool = field(init=False)
 
-    @property
-    def has_ceiling(self) -> bool:
-        return self.rpm is not None or self.tpm is not None
+    def __post_init__(self) -> None:
+        self.has_ceiling = self.rpm is not None or self.tpm is not None
 
 
 @dataclass
@@ -279,7 +279,7 @@ class ProviderRouter:
         included, is kept in `attempts` of the ProvidersFailed raised when none answers."""
         attempts: list[ProviderError] = []
         skipped: list[Skip] = []
-        for route in route_order(routes, strategy, self.in_flight):
+        for route in routes if strategy == "fallback" else route_order(routes, strategy, self.in_flight):
             deployment = self.deployments.get(route.provider)
             if deployment is None:
                 continue

@@ -105,8 +105,9 @@ def prompt_tokens(counter: TokenCounter, payload: Mapping[str, Any]) -> int:
     return total
 
 
-def embedding_input_tokens(counter: TokenCounter, raw: Any) -> int:
-    """Tokens of an embeddings input: a string, strings, a token array or token arrays."""
+def embedding_tokens(counter: TokenCounter, payload: Mapping[str, Any]) -> int:
+    """Tokens of an embeddings request's input: a string, strings, a token array or token arrays."""
+    raw = payload.get("input")
     if isinstance(raw, str):
         return counter.count(raw)
     items = list(raw or ())
