@@ -5,7 +5,7 @@ OpenAI's shape; Azure's deployment URL, api-version and api-key."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,25 +16,10 @@ from starlette.routing import Route
 
 from services.api.providers import ProviderError, ProviderStreamBroken
 from services.api.usage import StreamTally, provider_usage
-from services.simulator.app import create_app
 from tests.servers import ThreadedHttpServer
 from tests.unit.api.test_aiohttp_provider_client import client_of
 
 CLAUDE = "claude-3-5-haiku-20241022"
-
-
-@pytest.fixture(scope="module")
-def anthropic_sim() -> Iterator[ThreadedHttpServer]:
-    server = ThreadedHttpServer(create_app("anthropic", "anthropic")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def azure_sim() -> Iterator[ThreadedHttpServer]:
-    server = ThreadedHttpServer(create_app("azure", "azure")).start()
-    yield server
-    server.stop()
 
 
 def last_request(server: ThreadedHttpServer) -> dict:
