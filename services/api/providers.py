@@ -94,10 +94,12 @@ class ProvidersFailed(Exception):
 
     @property
     def retry_after_s(self) -> float | None:
-        """When every route was cooling down (none was tried): how long until the first is back."""
-        if self.attempts or not self.skipped:
+        """When every route is cooling down (skipped, or its provider's last answer asked for time with
+        Retry-After): how long until the first is back."""
+        waits = [skip.wait_s for skip in self.skipped] + [error.retry_after_s for error in self.errors]
+        if not waits or None in waits:
             return None
-        return min(skip.wait_s for skip in self.skipped)
+        return min(wait for wait in waits if wait is not None)
 
 
 class ProviderStream(Protocol):

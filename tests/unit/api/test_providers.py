@@ -142,6 +142,18 @@ async def test_a_provider_asking_for_time_is_held_that_long_and_the_call_fails_o
     assert 39 < breaker.remaining_s() <= 40
 
 
+async def test_when_the_last_route_asks_for_time_the_call_waits_that_long():
+    together = ScriptedProvider("together_ai", [ProviderError("together_ai", "slow down", status=429, retry_after_s=7)])
+    openai = ScriptedProvider("openai", down("openai", 1))
+    with pytest.raises(ProvidersFailed) as failed:
+        await router_of(together).call("m", ROUTES[:1], {})
+    assert failed.value.retry_after_s == 7
+    with pytest.raises(ProvidersFailed) as failed:  # a failure that asks for nothing is not a wait
+        await router_of(ScriptedProvider("together_ai", [ProviderError("together_ai", "x", status=429,
+                                                                       retry_after_s=7)]), openai).call("m", ROUTES, {})
+    assert failed.value.retry_after_s is None
+
+
 async def test_a_deployment_over_its_ceiling_is_skipped_and_the_next_route_serves():
     together, openai = ScriptedProvider("together_ai"), ScriptedProvider("openai")
     minutes = Minutes()
