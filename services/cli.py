@@ -120,17 +120,21 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _redis_acl(args: argparse.Namespace) -> int:
-    """Print a Redis ACL file: `limiter` with its commands on `cw:*` keys, `health` that can only ping,
-    the default user off. New random passwords; the file holds only their SHA-256, and each user's
-    REDIS_URL (with its password) goes to stderr, once."""
+    """Print a Redis ACL file: `limiter` with its commands on `cw:*` keys, `api` with its commands on
+    `cwapi:*` keys (the deployments' rpm/tpm counters), `health` that can only ping, the default user
+    off. New random passwords; the file holds only their SHA-256, and each user's REDIS_URL (with its
+    password) goes to stderr, once."""
     import hashlib
     import secrets
     from urllib.parse import urlsplit
 
-    from services.limiter.redis_limiter_store import KEY_PATTERN, acl_commands
+    from services.api import redis_route_ceilings as api_redis
+    from services.limiter import redis_limiter_store as limiter_redis
     from shared.redis_client import CLIENT_COMMANDS, acl_user
 
-    users = {"limiter": (acl_commands(), KEY_PATTERN), "health": (["ping", *CLIENT_COMMANDS], None)}
+    users = {"limiter": (limiter_redis.acl_commands(), limiter_redis.KEY_PATTERN),
+             "api": (api_redis.acl_commands(), api_redis.KEY_PATTERN),
+             "health": (["ping", *CLIENT_COMMANDS], None)}
     server = urlsplit(DeploySettings().redis_url)
     lines = ["user default off resetkeys resetchannels -@all"]  # an ACL file has no comments
     for name, (commands, keys) in users.items():
@@ -140,6 +144,22 @@ async def _redis_acl(args: argparse.Namespace) -> int:
               f"{server.path or '/0'}", file=sys.stderr)
     print("\n".join(lines))
     return 0
+
+
+async def _config_check(args: argparse.Namespace) -> int:
+    from services.config_check import check
+
+    path = Path(args.file) if args.file else DeploySettings().costwarden_config
+    if path is None:
+        print("no file named and COSTWARDEN_CONFIG is not set: every service runs on its defaults")
+        return 0
+    lines, errors = check(path)
+    for line in lines:
+        print(line, file=sys.stderr if errors else sys.stdout)
+    warnings = len(lines) - errors
+    print(f"{path}: {errors} error(s), {warnings} warning(s)" if errors else
+          f"{path}: valid{f', {warnings} warning(s)' if warnings else ''}")
+    return 1 if errors else 0
 
 
 async def _nats_config(args: argparse.Namespace) -> int:
@@ -293,8 +313,14 @@ def parser() -> argparse.ArgumentParser:
                                       "nats-server authorization that grants each only what it needs")
     nats_config.add_argument("--out", required=True, help="directory for auth.conf and the <role>.nk seeds")
     nats_config.set_defaults(handler=_nats_config)
-    commands.add_parser("redis-acl", help="print a Redis ACL file with least-privilege users for the limiter and "
-                        "the health check (their REDIS_URLs go to stderr)").set_defaults(handler=_redis_acl)
+    commands.add_parser("redis-acl", help="print a Redis ACL file with least-privilege users for the limiter, the "
+                        "api and the health check (their REDIS_URLs go to stderr)").set_defaults(handler=_redis_acl)
+    config = commands.add_parser("config", help="the YAML file (COSTWARDEN_CONFIG)").add_subparsers(
+        dest="config_command", required=True)
+    config_check = config.add_parser("check", help="validate it as every service reads it: each mistake with its "
+                                     "file position and field; exit status 1 on an error")
+    config_check.add_argument("file", nargs="?", help="the file (default: COSTWARDEN_CONFIG)")
+    config_check.set_defaults(handler=_config_check)
     run_all = commands.add_parser("run", help="run every service locally (make run)")
     run_all.add_argument("--replicas", help="processes per service, e.g. limiter=3,cost=2,notifier=2 "
                          "(default one each; the api scales with API_WORKERS)")

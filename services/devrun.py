@@ -465,10 +465,25 @@ async def main(replicas: dict[str, int]) -> int:
     return 0
 
 
+def check_config(path: Path | None) -> None:
+    """The YAML file as `costwarden config check` sees it: its warnings printed, and nothing started
+    when it has an error (each service would refuse to start on it, over and over)."""
+    if path is None:
+        return
+    from services.config_check import check
+
+    lines, errors = check(path)
+    for line in lines:
+        print(line, file=sys.stderr)
+    if errors:
+        raise SystemExit(f"not starting: {path} has {errors} error(s)")
+
+
 def run(replicas: str | None = None) -> int:
     try:
         counts = parse_replicas(replicas)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    check_config(Settings().costwarden_config)
     RUN_DIR.mkdir(exist_ok=True)
     return asyncio.run(main(counts))

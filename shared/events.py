@@ -150,6 +150,10 @@ class LlmCompleted(Event):
     prompt_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
     completion_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
     cached_prompt_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
+    cache_write_prompt_tokens: int = Field(
+        default=0, ge=0, le=MAX_TOKENS_PER_CALL,
+        description="Prompt tokens the provider wrote to its prompt cache (Anthropic's cache creation tokens), "
+                    "part of `prompt_tokens`; priced at the model's cache-write price where it has one.")
     billed_attempts: list[BilledAttempt] = Field(
         default_factory=list, max_length=MAX_BILLED_ATTEMPTS,
         description="Other attempts of this call that a provider billed without answering.")

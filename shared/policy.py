@@ -1,13 +1,15 @@
-"""Policy values an operator tunes: tiers and their limits, the model map, spend thresholds, alert routes,
+"""Policy values an operator tunes: tiers and their limits, the providers and the model map, spend thresholds,
 with the defaults of docs/design.md. Pure value types (settings.py fills them from the environment and the
 YAML file), so that the rules that use them import no configuration machinery."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TierLimits(BaseModel):
@@ -30,22 +32,73 @@ DEFAULT_TIERS: dict[str, TierLimits] = {
 }
 
 
-class ModelRoute(BaseModel):
-    """Where one public model name is served: provider and the provider's own model id."""
+ProviderKind = Literal["openai", "azure", "anthropic"]
+RouteStrategy = Literal["fallback", "weighted", "least_busy"]
+ModelServes = Literal["chat", "embeddings"]
+# A provider's name is a label of metrics, part of Redis keys and the first half of a price key.
+PROVIDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The providers that exist without being declared: today's TOGETHER_* and OPENAI_* settings.
+IMPLICIT_PROVIDERS = ("together_ai", "openai")
 
-    provider: Literal["together_ai", "openai"]
-    model: str
+
+class ProviderConfig(BaseModel):
+    """One provider endpoint (a deployment): how to reach it, the name of the environment variable
+    holding its key (never the key), and the ceilings it is held to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ProviderKind = Field(
+        description="openai: any OpenAI-compatible server; azure: Azure OpenAI's deployment URLs; anthropic: the "
+                    "Messages API.")
+    base_url: str = Field(
+        min_length=1, description="What the vendor's own SDK takes: https://api.openai.com/v1, "
+                                  "https://NAME.openai.azure.com, https://api.anthropic.com.")
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable that holds the key; absent: calls carry no key (a local server).")
+    api_version: str | None = Field(default=None, min_length=1, description="azure only: the api-version.")
+    timeout_s: float | None = Field(default=None, gt=0, description="Absent: PROVIDER_TIMEOUT_S.")
+    connect_timeout_s: float | None = Field(default=None, gt=0, description="Absent: PROVIDER_CONNECT_TIMEOUT_S.")
+    max_retries: int | None = Field(default=None, ge=0, description="Absent: PROVIDER_MAX_RETRIES.")
+    rpm: int | None = Field(default=None, gt=0, description="Requests a minute this deployment takes, across "
+                                                           "every gateway replica.")
+    tpm: int | None = Field(default=None, gt=0, description="Tokens a minute (prompt and completion limit), across "
+                                                           "every gateway replica.")
+
+    @model_validator(mode="after")
+    def _version_for_azure(self) -> ProviderConfig:
+        if self.api_version is not None and self.kind != "azure":
+            raise ValueError("api_version applies to azure providers only")
+        return self
+
+
+class ModelRoute(BaseModel):
+    """Where one public model name is served: a provider (by its name) and the provider's own model id
+    (for azure, the deployment name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=256)
+    weight: float = Field(default=1.0, gt=0, description="The route's share of calls under the weighted strategy.")
 
 
 class ModelConfig(BaseModel):
-    """A public model: its routes, tried in order, and the most one of its calls may generate. In the
-    YAML file a model may be given as its list of routes alone."""
+    """A public model: its routes, how a call picks among them, the most one of its calls may generate,
+    and the kind of call it serves. In the YAML file a model may be given as its list of routes alone."""
+
+    model_config = ConfigDict(extra="forbid")
 
     routes: list[ModelRoute] = Field(min_length=1)
+    strategy: RouteStrategy = Field(
+        default="fallback",
+        description="fallback: the routes in order; weighted: spread by weight, the others as fallbacks; least_busy: "
+                    "the route with the fewest calls in flight on this replica first.")
     max_tokens: int | None = Field(
         default=None, gt=0,
         description="The model's completion ceiling: a call asking for more is refused, a call asking for no "
                     "limit is sent with this one (else DEFAULT_MAX_TOKENS).")
+    serves: ModelServes = Field(default="chat", description="chat: /v1/chat/completions; embeddings: /v1/embeddings.")
 
     @model_validator(mode="before")
     @classmethod
@@ -57,8 +110,34 @@ class ModelConfig(BaseModel):
         return [(route.provider, route.model) for route in self.routes]
 
 
-def _model(*routes: tuple[str, str]) -> ModelConfig:
-    return ModelConfig(routes=[ModelRoute.model_validate({"provider": p, "model": m}) for p, m in routes])
+Location = tuple[str | int, ...]
+
+
+def routing_problems(providers: Mapping[str, ProviderConfig], models: Mapping[str, ModelConfig]
+                     ) -> list[tuple[Location, str]]:
+    """What the model map gets wrong about the providers, each with where it is: a route to a provider
+    nobody declared, an embeddings model routed to a kind that has no embeddings, a provider name that
+    cannot be a label."""
+    problems: list[tuple[Location, str]] = []
+    known = {*IMPLICIT_PROVIDERS, *providers}
+    for name in providers:
+        if not re.match(PROVIDER_NAME, name):
+            problems.append((("providers", name), f"provider name {name!r} must be letters, digits, '_', '.' or '-' "
+                                                  "(at most 64, starting with a letter or digit)"))
+    for public, model in models.items():
+        for index, route in enumerate(model.routes):
+            where = ("models", public, "routes", index, "provider")
+            if route.provider not in known:
+                problems.append((where, f"unknown provider {route.provider!r} (known: {', '.join(sorted(known))})"))
+            elif model.serves == "embeddings" and route.provider in providers \
+                    and providers[route.provider].kind == "anthropic":
+                problems.append((where, f"provider {route.provider!r} is of kind anthropic, which serves no "
+                                        "embeddings"))
+    return problems
+
+
+def _model(*routes: tuple[str, str], serves: ModelServes = "chat") -> ModelConfig:
+    return ModelConfig(routes=[ModelRoute(provider=p, model=m) for p, m in routes], serves=serves)
 
 
 DEFAULT_MODELS: dict[str, ModelConfig] = {
@@ -69,6 +148,8 @@ DEFAULT_MODELS: dict[str, ModelConfig] = {
                                                       ("openai", "gpt-4o")),
     "gpt-4o": _model(("openai", "gpt-4o")),
     "gpt-4o-mini": _model(("openai", "gpt-4o-mini")),
+    "BAAI/bge-large-en-v1.5": _model(("together_ai", "BAAI/bge-large-en-v1.5"), serves="embeddings"),
+    "text-embedding-3-small": _model(("openai", "text-embedding-3-small"), serves="embeddings"),
 }
 
 

@@ -21,22 +21,26 @@ PER_MILLION = Decimal(1_000_000)
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """USD per 1M tokens."""
+    """USD per 1M tokens: prompt tokens read from the provider's cache at `cached_input`, those written
+    to it (Anthropic's cache creation) at `cache_write_input`; either absent: at `input`."""
 
     input: Decimal
     output: Decimal
     cached_input: Decimal | None = None
+    cache_write_input: Decimal | None = None
 
     @property
     def dearest(self) -> Decimal:
         return max(self.input, self.output)
 
 
-def _p(input_: str, output: str, cached: str | None = None) -> ModelPrice:
-    return ModelPrice(Decimal(input_), Decimal(output), Decimal(cached) if cached else None)
+def _p(input_: str, output: str, cached: str | None = None, cache_write: str | None = None) -> ModelPrice:
+    return ModelPrice(Decimal(input_), Decimal(output), Decimal(cached) if cached else None,
+                      Decimal(cache_write) if cache_write else None)
 
 
-# Public list prices per 1M tokens for the models the gateway maps (Together.ai and OpenAI).
+# Public list prices per 1M tokens for the models the gateway maps by default and the common ones of
+# each kind of provider (Together.ai, OpenAI and Azure OpenAI's models, Anthropic's, embeddings).
 DEFAULT_PRICES: dict[str, ModelPrice] = {
     "meta-llama/Llama-3-70b-chat-hf": _p("0.90", "0.90"),
     "meta-llama/Llama-3-8b-chat-hf": _p("0.20", "0.20"),
@@ -46,6 +50,12 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-4o-mini": _p("0.15", "0.60", "0.075"),
     "gpt-4.1": _p("2.00", "8.00", "0.50"),
     "gpt-4.1-mini": _p("0.40", "1.60", "0.10"),
+    "claude-opus-4-1-20250805": _p("15.00", "75.00", "1.50", "18.75"),
+    "claude-sonnet-4-20250514": _p("3.00", "15.00", "0.30", "3.75"),
+    "claude-3-5-haiku-20241022": _p("0.80", "4.00", "0.08", "1.00"),
+    "text-embedding-3-small": _p("0.02", "0"),
+    "text-embedding-3-large": _p("0.13", "0"),
+    "BAAI/bge-large-en-v1.5": _p("0.02", "0"),
 }
 
 DEFAULT_FALLBACK_PRICE = _p("10.00", "30.00")
@@ -74,9 +84,12 @@ class PriceCatalog:
                        fallback: ModelPrice = DEFAULT_FALLBACK_PRICE) -> PriceCatalog:
         """The operator's overrides, then LiteLLM's price map (parsed by parse_litellm_prices), then the
         built-in prices."""
+        def optional(entry: Mapping[str, Decimal], name: str) -> Decimal | None:
+            return Decimal(entry[name]) if entry.get(name) is not None else None
+
         operator = {
-            model: ModelPrice(Decimal(entry["input"]), Decimal(entry["output"]),
-                              Decimal(entry["cached_input"]) if entry.get("cached_input") is not None else None)
+            model: ModelPrice(Decimal(entry["input"]), Decimal(entry["output"]), optional(entry, "cached_input"),
+                              optional(entry, "cache_write_input"))
             for model, entry in overrides.items()
         }
         return cls([operator, litellm_prices or {}, DEFAULT_PRICES], fallback)
@@ -90,13 +103,16 @@ class PriceCatalog:
         return None
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0,
-             provider: str | None = None) -> Cost:
+             provider: str | None = None, cache_write_prompt_tokens: int = 0) -> Cost:
+        """`prompt_tokens` counts every prompt token, those read from and written to the cache included."""
         known = self.price(model, provider)
         price = known or self.fallback
         cached = min(cached_prompt_tokens, prompt_tokens) if price.cached_input is not None else 0
+        written = min(cache_write_prompt_tokens, prompt_tokens - cached) if price.cache_write_input is not None else 0
         usd = (
-            (prompt_tokens - cached) * price.input
+            (prompt_tokens - cached - written) * price.input
             + cached * (price.cached_input or Decimal(0))
+            + written * (price.cache_write_input or Decimal(0))
             + completion_tokens * price.output
         ) / PER_MILLION
         return Cost(usd=usd, priced=known is not None, unpriced=() if known else (price_key(provider, model),))
@@ -106,7 +122,7 @@ class PriceCatalog:
         price of its provider's model, plus each other attempt its provider billed, at that attempt's
         model. The one pricing of a call: the cost service records it, the limiter settles to it."""
         parts = [self.cost(event.answered_by, event.prompt_tokens, event.completion_tokens,
-                           event.cached_prompt_tokens, event.provider)]
+                           event.cached_prompt_tokens, event.provider, event.cache_write_prompt_tokens)]
         parts += [self.cost(a.served_model, a.prompt_tokens, 0, provider=a.provider) for a in event.billed_attempts]
         return Cost(usd=sum((part.usd for part in parts), Decimal(0)), priced=all(part.priced for part in parts),
                     unpriced=tuple(name for part in parts for name in part.unpriced))
@@ -125,11 +141,12 @@ def parse_litellm_prices(data: Mapping[str, object]) -> dict[str, ModelPrice]:
     for model, entry in data.items():
         if not isinstance(entry, dict) or "input_cost_per_token" not in entry:
             continue
-        cached = entry.get("cache_read_input_token_cost")
+        cached, written = entry.get("cache_read_input_token_cost"), entry.get("cache_creation_input_token_cost")
         prices[model] = ModelPrice(
             Decimal(str(entry["input_cost_per_token"])) * PER_MILLION,
             Decimal(str(entry.get("output_cost_per_token", 0))) * PER_MILLION,
             Decimal(str(cached)) * PER_MILLION if cached is not None else None,
+            Decimal(str(written)) * PER_MILLION if written is not None else None,
         )
     return prices
 

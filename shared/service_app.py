@@ -9,9 +9,10 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from faststream.nats import NatsBroker
 from prometheus_client import Histogram
 
 from shared.asyncapi import asyncapi_document
+from shared.config_file import ConfigError
 from shared.probes import (
     CHECK_TIMEOUT_S,
     MULTIPROCESS_DIR_VAR,
@@ -130,14 +132,24 @@ def lifecycle_app(service: ServiceLifecycle, name: str, readiness: Sequence[Read
     return app
 
 
-def serve(factory: str, port: int, host: str = "127.0.0.1", workers: int = 1) -> None:
+def serve(factory: str, port: int, host: str = "127.0.0.1", workers: int = 1,
+          config: Callable[[], object] | None = None) -> None:
     """Run an ASGI app factory ("module:function") under uvicorn; SIGTERM drains in-flight work.
 
-    uvicorn's own X-Forwarded-For handling is off: the gateway decides which proxies it trusts. With
-    several workers, their metrics are kept in files that every worker's /metrics adds up
-    (prometheus_client's multiprocess mode), so that any worker answers for all of them.
+    `config` reads the service's part of the YAML file first: on a mistake the service does not start,
+    and says where the mistake is (exit status 2). uvicorn's own X-Forwarded-For handling is off: the
+    gateway decides which proxies it trusts. With several workers, their metrics are kept in files that
+    every worker's /metrics adds up (prometheus_client's multiprocess mode), so that any worker answers
+    for all of them.
     """
     import uvicorn
+
+    if config is not None:
+        try:
+            config()
+        except ConfigError as exc:
+            print(f"invalid configuration, not starting:\n{exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     if workers > 1 and not os.environ.get(MULTIPROCESS_DIR_VAR):
         os.environ[MULTIPROCESS_DIR_VAR] = tempfile.mkdtemp(prefix="costwarden-metrics-")

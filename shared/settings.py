@@ -9,15 +9,26 @@ service validates only the keys it reads.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal, TypeGuard, TypeVar
 
-import yaml
+from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS, ModelConfig, Thresholds, TierLimits
+from shared.config_file import ConfigDocument, Problem
+from shared.policy import (
+    DEFAULT_MODELS,
+    DEFAULT_TIERS,
+    ModelConfig,
+    ProviderConfig,
+    Thresholds,
+    TierLimits,
+    routing_problems,
+)
 from shared.pricing import ModelPrice, PriceCatalog, parse_litellm_prices
 
 Part = TypeVar("Part", bound=BaseModel)
@@ -46,10 +57,19 @@ class ServiceSettings(BaseSettings):
         return [server.strip() for server in self.nats_url.split(",") if server.strip()]
 
     def file_part(self, part: type[Part]) -> Part:
-        """The part of the YAML file that `part` declares (its defaults when no file is named)."""
+        """The part of the YAML file that `part` declares (its defaults when no file is named); a
+        ConfigError naming the position and field of each mistake (shared/config_file.py)."""
         if self.costwarden_config is None:
             return part()
-        return part.model_validate(yaml.safe_load(self.costwarden_config.read_text()) or {})
+        return ConfigDocument.read(self.costwarden_config).part(part)
+
+
+def environment_value(name: str) -> str | None:
+    """A variable as the settings read it: from the environment, else the `.env` file; empty is unset."""
+    value = os.environ.get(name)
+    if value is None and Path(".env").is_file():
+        value = dotenv_values(".env").get(name)
+    return value or None
 
 
 class RedisSettings(ServiceSettings):
@@ -76,9 +96,14 @@ class CallLimitSettings(ServiceSettings):
 
 
 class FilePart(BaseModel):
-    """A service's part of the YAML file: the keys it reads; it ignores the others."""
+    """A service's part of the YAML file: the keys it reads; it ignores the others. `problems` are the
+    mistakes one field's validation cannot see (a route to a provider declared nowhere), each with
+    where it is."""
 
     model_config = ConfigDict(extra="ignore")
+
+    def problems(self) -> list[Problem]:
+        return []
 
 
 class PricesPart(FilePart):
@@ -94,6 +119,20 @@ class PricesPart(FilePart):
     fallback_price: dict[str, Decimal] = Field(
         default_factory=lambda: {"input": Decimal("10.00"), "output": Decimal("30.00")},
         description="USD per 1M tokens charged for a model with no price (the row is marked unpriced).")
+
+    @field_validator("litellm_prices_file")
+    @classmethod
+    def _readable_price_map(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                data = json.loads(path.read_text())
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ValueError(f"{path} is not JSON: {exc}") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{path} must hold a JSON object of models")
+        return path
 
     def price_catalog(self) -> PriceCatalog:
         litellm = self.litellm_prices_file
@@ -123,9 +162,35 @@ class TiersPart(FilePart):
 
 
 class ModelsPart(FilePart):
-    """The public models and their routes (served by the api, reserved for by the limiter)."""
+    """The providers, and the public models with their routes (served by the api, reserved for by the
+    limiter). `providers` adds to (or replaces by name) the two implicit ones, `together_ai` and
+    `openai`, which the TOGETHER_* and OPENAI_* settings describe."""
 
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+
+    def problems(self) -> list[Problem]:
+        return [*super().problems(),
+                *(Problem(where, message) for where, message in routing_problems(self.providers, self.models))]
+
+
+def missing_keys(providers: Mapping[str, ProviderConfig]) -> list[Problem]:
+    """A declared provider whose key variable is not set (read where the provider is called)."""
+    return [Problem(("providers", name, "api_key_env"), f"{provider.api_key_env} is not set: the key of provider "
+                                                        f"{name!r} is read from it")
+            for name, provider in providers.items()
+            if provider.api_key_env and environment_value(provider.api_key_env) is None]
+
+
+def unpriced_routes(models: Mapping[str, ModelConfig], catalog: PriceCatalog) -> list[Problem]:
+    """A warning for each route whose model has no price: its calls are billed at the fallback price."""
+    fallback = catalog.fallback
+    return [Problem(("models", public, "routes", index, "model"),
+                    f"no price for {route.provider}/{route.model}: billed at the fallback price "
+                    f"(${fallback.input} input, ${fallback.output} output per 1M tokens); add it to prices:",
+                    "warning")
+            for public, model in models.items() for index, route in enumerate(model.routes)
+            if catalog.price(route.model, route.provider) is None]
 
 
 class ThresholdsPart(FilePart):

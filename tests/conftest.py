@@ -201,6 +201,22 @@ def providers() -> Iterator[dict[str, ThreadedHttpServer]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def anthropic_sim() -> Iterator[ThreadedHttpServer]:
+    """The simulator in its Anthropic mode (the Messages API), on loopback."""
+    server = ThreadedHttpServer(create_simulator("anthropic", "anthropic")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_sim() -> Iterator[ThreadedHttpServer]:
+    """The simulator in its Azure OpenAI mode (deployment URLs, api-key, api-version), on loopback."""
+    server = ThreadedHttpServer(create_simulator("azure", "azure")).start()
+    yield server
+    server.stop()
+
+
 def set_faults(server: ThreadedHttpServer, **faults) -> None:
     httpx.post(f"{server.url}/_sim/faults", json=faults).raise_for_status()
 

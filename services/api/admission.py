@@ -16,9 +16,9 @@ from typing import Any, Protocol
 from services.api.cached_key_store import CachedKeyStore
 from services.api.callers import ANONYMOUS, Caller
 from services.api.calls import CallContext
-from services.api.usage import TokenCounter, prompt_chars, prompt_tokens
+from services.api.usage import TokenCounter, embedding_tokens, prompt_chars, prompt_tokens
 from shared.events import LimitDecision, LimitRequest
-from shared.policy import ModelConfig
+from shared.policy import ModelConfig, ModelServes
 
 # Above this many characters a prompt is counted in a thread, so that one huge prompt does not stall
 # every other call on the event loop.
@@ -27,6 +27,10 @@ COUNT_IN_THREAD_CHARS = 20_000
 
 class UnknownModel(Exception):
     """The gateway does not serve this public model."""
+
+
+class WrongEndpoint(Exception):
+    """The public model serves another kind of call (an embeddings model asked to chat, or the reverse)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +89,23 @@ class Admission:
         expired key, KeyStoreUnavailable when a key never seen cannot be checked now."""
         return ANONYMOUS if key is None else await self.keys.caller_for(key)
 
-    def model(self, name: str) -> ModelConfig:
-        """A public model's routes and ceiling; UnknownModel when the gateway does not serve it."""
+    def model(self, name: str, serves: ModelServes = "chat") -> ModelConfig:
+        """A public model's routes and ceiling; UnknownModel when the gateway does not serve it,
+        WrongEndpoint when it serves another kind of call."""
         config = self.models.get(name)
         if config is None:
             raise UnknownModel(name)
+        if config.serves != serves:
+            raise WrongEndpoint(config.serves)
         return config
 
-    async def prompt_tokens(self, payload: Mapping[str, Any]) -> int:
-        """The prompt's tokens: what the limiter reserves on, and what is billed if the provider sends
-        no usage."""
+    async def prompt_tokens(self, payload: Mapping[str, Any], serves: ModelServes = "chat") -> int:
+        """The prompt's tokens (an embeddings call's: its input's): what the limiter reserves on, and what
+        is billed if the provider sends no usage."""
+        count = embedding_tokens if serves == "embeddings" else prompt_tokens
         if prompt_chars(payload) > COUNT_IN_THREAD_CHARS:
-            return await asyncio.to_thread(prompt_tokens, self.counter, payload)
-        return prompt_tokens(self.counter, payload)
+            return await asyncio.to_thread(count, self.counter, payload)
+        return count(self.counter, payload)
 
     async def decide(self, ctx: CallContext) -> LimitOutcome:
         return await self.limiter.ask(LimitRequest(

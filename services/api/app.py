@@ -1,7 +1,8 @@
-"""Composition root of the api gateway (FastAPI): settings, NATS, Postgres, providers and the token
-counter wired to the admission and gateway use cases and the routes (http/), in the app's lifespan.
+"""Composition root of the api gateway (FastAPI): settings, NATS, Postgres, Redis, providers and the
+token counter wired to the admission and gateway use cases and the routes (http/), in the app's
+lifespan.
 
-OpenAI-compatible /v1/chat/completions and /v1/models, the original /api/agent/* endpoints, the cost
+OpenAI-compatible /v1/chat/completions, /v1/embeddings and /v1/models, the original /api/agent/* endpoints, the cost
 endpoints, the admin API for keys, the bus's AsyncAPI document (/asyncapi.json), and the probes
 (/health/live, /health/ready with each provider's breaker, /metrics).
 
@@ -29,7 +30,7 @@ from services.api.breaker import BreakerState, CircuitBreaker
 from services.api.cached_key_store import CachedKeyStore
 from services.api.callers import parse_networks
 from services.api.gateway import Gateway
-from services.api.http import admin, agent, asyncapi, chat, costs
+from services.api.http import admin, agent, asyncapi, chat, costs, embeddings
 from services.api.http.errors import install_error_handlers
 from services.api.http.state import ApiState
 from services.api.jetstream_completion_publisher import JetStreamCompletionPublisher
@@ -37,8 +38,9 @@ from services.api.nats_cost_queries import NatsCostQueries
 from services.api.nats_limiter_client import NatsLimiterClient
 from services.api.nats_limits_announcer import NatsLimitsAnnouncer
 from services.api.pg_api_key_store import PgApiKeyStore
-from services.api.providers import ProviderClient, ProviderRouter
-from services.api.settings import ApiSettings
+from services.api.providers import Deployment, ProviderRouter
+from services.api.redis_route_ceilings import RedisRouteCeilings
+from services.api.settings import ApiConfig, ApiSettings
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from services.keys.pg_key_admin import PgKeyAdmin
 from services.teams.pg_team_admin import PgTeamAdmin
@@ -46,8 +48,8 @@ from services.teams.team_admin import TeamAdmin
 from shared.bus import nats_options
 from shared.logs import configure_logging
 from shared.probes import probes_router, readiness_document
+from shared.redis_client import redis_client
 from shared.service_app import RequestMetrics, settle_heap
-from shared.settings import is_set
 from shared.subjects import bind_streams, streams_bound_by
 
 SERVICE = "api"
@@ -60,15 +62,14 @@ BREAKER_OPEN = Gauge("costwarden_api_provider_breaker_open",
                      multiprocess_mode="livemax")
 
 
-def provider_clients(settings: ApiSettings) -> dict[str, ProviderClient]:
-    """One client per provider that has a key: a provider without one is not tried."""
-    clients: dict[str, ProviderClient] = {}
-    for name, base_url, key in (("together_ai", settings.together_base_url, settings.together_api_key),
-                                ("openai", settings.openai_base_url, settings.openai_api_key)):
-        if is_set(key):
-            clients[name] = AiohttpProviderClient(name, base_url, key, settings.provider_timeout_s,
-                                                  settings.provider_connect_timeout_s)
-    return clients
+def deployments(settings: ApiSettings, config: ApiConfig) -> dict[str, Deployment]:
+    """Each provider the gateway may call (services/api/settings.py says which) with its client and its
+    breaker; a provider without a key is not among them, and never tried."""
+    return {name: Deployment(AiohttpProviderClient(endpoint),
+                             CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
+                                            on_change=breaker_gauge(name)),
+                             endpoint.max_retries, endpoint.rpm, endpoint.tpm)
+            for name, endpoint in settings.provider_endpoints(config).items()}
 
 
 def breaker_gauge(provider: str) -> Callable[[BreakerState], None]:
@@ -84,16 +85,17 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
     js = nc.jetstream()
     await bind_streams(js, streams_bound_by(SERVICE))
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
-    clients = provider_clients(settings)
-    breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
-                                     on_change=breaker_gauge(name))
-                for name in clients}
+    # The api's Redis client (REDIS_URL, its own ACL user `api`, keys under `cwapi:`): asked only for
+    # deployments that declare rpm/tpm ceilings. The connection is made on first use.
+    redis = redis_client(settings.redis_url, settings.redis_cluster, settings.api_redis_timeout_s)
+    providers = deployments(settings, config)
+    ceilings = RedisRouteCeilings(redis) if any(d.has_ceiling for d in providers.values()) else None
+    router = ProviderRouter(providers, ceilings)
     counter = await asyncio.to_thread(TiktokenTokenCounter.cl100k)
     admission = Admission(CachedKeyStore(PgApiKeyStore(pool), settings.api_key_cache_s),
                           NatsLimiterClient(nc, settings.limiter_request_timeout_s, settings.limiter_failure_mode),
                           counter, config.models)
-    gateway = Gateway(ProviderRouter(clients, breakers, settings.provider_max_retries),
-                      JetStreamCompletionPublisher(nc, js), counter)
+    gateway = Gateway(router, JetStreamCompletionPublisher(nc, js), counter)
 
     async def nats_connected() -> None:
         if not nc.is_connected:
@@ -105,7 +107,7 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
     try:
         yield ApiState(settings=settings, config=config, trusted_proxies=parse_networks(settings.trusted_proxies),
                        admission=admission, gateway=gateway, key_admin=PgKeyAdmin(pool),
-                       cost_queries=NatsCostQueries(nc, settings.cost_query_timeout_s), breakers=breakers,
+                       cost_queries=NatsCostQueries(nc, settings.cost_query_timeout_s), breakers=router.breakers,
                        readiness=[("nats", nats_connected), ("postgres", postgres)],
                        teams=TeamAdmin(PgTeamAdmin(pool), NatsLimitsAnnouncer(nc).announce))
     finally:
@@ -116,6 +118,7 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
             with contextlib.suppress(RuntimeError):
                 await nc.close()
         await pool.close()
+        await redis.aclose()
 
 
 def create_app(settings: ApiSettings | None = None, resources: ApiResources = api_resources) -> FastAPI:
@@ -140,7 +143,7 @@ def create_app(settings: ApiSettings | None = None, resources: ApiResources = ap
     app = FastAPI(title="costwarden api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, histogram=REQUEST_SECONDS)
-    for router in (chat.router, agent.router, costs.router, admin.router, asyncapi.router,
+    for router in (chat.router, embeddings.router, agent.router, costs.router, admin.router, asyncapi.router,
                    probes_router(SERVICE, ready)):
         app.include_router(router)
     return app

@@ -14,7 +14,7 @@ from services.api.callers import Caller
 from services.api.providers import ProviderCall, ProviderError, ProvidersFailed
 from services.api.usage import NO_USAGE, Usage, billed_attempts, billed_prompt
 from shared.events import BilledAttempt, LlmCompleted, Policy
-from shared.policy import ModelRoute
+from shared.policy import ModelRoute, RouteStrategy
 
 ESTIMATED = Counter("costwarden_api_estimated_usage_total",
                     "Calls whose usage the gateway counted because the provider sent none", ["model"])
@@ -22,7 +22,8 @@ ESTIMATED = Counter("costwarden_api_estimated_usage_total",
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """`model` is the public model the caller asked for, `routes` where it is served (tried in order)."""
+    """`model` is the public model the caller asked for, `routes` where it is served and `strategy` the
+    order they are tried in."""
 
     request_id: str
     caller: Caller
@@ -37,6 +38,12 @@ class CallContext:
     session_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     team_id: str | None = None  # the team the limiter counted the call for
+    strategy: RouteStrategy = "fallback"
+
+    @property
+    def worst_case_tokens(self) -> int:
+        """The prompt and everything its choices may generate: what a deployment's tpm ceiling counts."""
+        return self.prompt_tokens + self.choices * (self.max_tokens or 0)
 
 
 class CallFailed(ProvidersFailed):
@@ -92,7 +99,8 @@ def completed_event(ctx: CallContext, billed_to: BilledTo, started: float, usage
         client_ip=ctx.client_ip, tier=ctx.caller.tier, provider=billed_to.provider, model=ctx.model,
         served_model=billed_to.served_model, billed_attempts=billed_to.others,
         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-        cached_prompt_tokens=usage.cached_prompt_tokens, usage_source=usage.source,
+        cached_prompt_tokens=usage.cached_prompt_tokens, cache_write_prompt_tokens=usage.cache_write_prompt_tokens,
+        usage_source=usage.source,
         endpoint=ctx.endpoint, success=error is None, error=error,
         latency_ms=int((time.perf_counter() - started) * 1000), tags=dict(ctx.tags), api_key_id=ctx.caller.key_id,
         team_id=ctx.team_id,

@@ -1,5 +1,5 @@
 """The gateway's use case once a call is admitted, apart from HTTP: call a provider (through the model's
-routes) and record what happened on `llm.completed`, for a plain answer or a stream."""
+routes) and record what happened on `llm.completed`, for a plain answer, a stream or embeddings."""
 
 from __future__ import annotations
 
@@ -7,14 +7,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import Counter
-
 from services.api.calls import BilledTo, CallContext, CallFailed, CompletionPublisher, completed_event
-from services.api.providers import ProviderCall, ProviderRouter, ProvidersFailed
+from services.api.providers import Operation, ProviderCall, ProviderRouter, ProvidersFailed
 from services.api.streams import BackgroundTasks, StreamRelay
 from services.api.usage import TokenCounter, usage_of_answer
-
-PROVIDER_CALLS = Counter("costwarden_api_provider_calls_total", "Provider calls by outcome", ["provider", "outcome"])
 
 
 class Gateway:
@@ -24,21 +20,23 @@ class Gateway:
         self.counter = counter
         self.background = BackgroundTasks()
 
-    async def _call(self, ctx: CallContext, payload: Mapping[str, Any], stream: bool) -> tuple[ProviderCall, float]:
+    async def _call(self, ctx: CallContext, payload: Mapping[str, Any], operation: Operation
+                    ) -> tuple[ProviderCall, float]:
         """The provider's answer; CallFailed (recorded first) when none answers."""
         started = time.perf_counter()
         try:
-            call = await self.router.call(ctx.routes, payload, stream=stream)
+            call = await self.router.call(ctx.model, ctx.routes, payload, operation, ctx.strategy,
+                                          ctx.worst_case_tokens)
         except ProvidersFailed as exc:
-            PROVIDER_CALLS.labels("none", "failed").inc()
             billed_to, usage = BilledTo.failure(exc.attempts, ctx.prompt_tokens)
             await self.publisher.publish(completed_event(ctx, billed_to, started, usage, str(exc)))
             raise CallFailed(ctx.request_id, exc) from None
-        PROVIDER_CALLS.labels(call.provider, "ok").inc()
         return call, started
 
-    async def complete(self, ctx: CallContext, payload: Mapping[str, Any]) -> ProviderCall:
-        call, started = await self._call(ctx, payload, stream=False)
+    async def complete(self, ctx: CallContext, payload: Mapping[str, Any], operation: Operation = "chat"
+                       ) -> ProviderCall:
+        """A plain answer (`operation` chat) or embeddings, relayed whole."""
+        call, started = await self._call(ctx, payload, operation)
         usage = usage_of_answer(self.counter, call.body, ctx.prompt_tokens, ctx.max_tokens)
         await self.publisher.publish(completed_event(ctx, BilledTo.answer(call, ctx.prompt_tokens), started, usage,
                                                      None))
@@ -50,7 +48,7 @@ class Gateway:
         The provider is asked for its usage in the stream; the caller gets that chunk only if it asked."""
         stream_payload = {**payload, "stream": True,
                           "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
-        call, started = await self._call(ctx, stream_payload, stream=True)
+        call, started = await self._call(ctx, stream_payload, "stream")
         return StreamRelay(call, ctx, started, self.counter, self.publisher, self.background, forward_usage_chunk)
 
     async def drain(self, publish_timeout_s: float = 10.0) -> None:

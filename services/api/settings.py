@@ -1,21 +1,58 @@
-"""What the api reads: its environment variables and its part of the YAML file (the models it serves,
-the model a call without one gets, the tiers an API key may have)."""
+"""What the api reads: its environment variables and its part of the YAML file (the providers and the
+models it serves, the model a call without one gets, the tiers an API key may have)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import CallLimitSettings, ModelsPart, ProviderSettings, TiersPart
+from shared.config_file import Problem
+from shared.policy import ProviderConfig, ProviderKind
+from shared.settings import (
+    CallLimitSettings,
+    ModelsPart,
+    ProviderSettings,
+    RedisSettings,
+    TiersPart,
+    environment_value,
+    is_set,
+    missing_keys,
+)
+
+AZURE_API_VERSION = "2024-10-21"
 
 
 class ApiConfig(ModelsPart, TiersPart):
     default_model: str = "meta-llama/Llama-3-70b-chat-hf"
 
+    def problems(self) -> list[Problem]:
+        return [*super().problems(), *missing_keys(self.providers)]
 
-class ApiSettings(ProviderSettings, CallLimitSettings):
+
+@dataclass(frozen=True)
+class ProviderEndpoint:
+    """One provider as the gateway calls it: its configuration with the defaults filled in and its key."""
+
+    name: str
+    kind: ProviderKind
+    base_url: str
+    api_key: SecretStr | None
+    timeout_s: float
+    connect_timeout_s: float
+    max_retries: int
+    api_version: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @property
+    def has_ceiling(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+class ApiSettings(ProviderSettings, CallLimitSettings, RedisSettings):
     api_port: int = 3000
     api_workers: int = Field(default=1, ge=1, description="uvicorn worker processes of the api service.")
 
@@ -24,6 +61,9 @@ class ApiSettings(ProviderSettings, CallLimitSettings):
     provider_max_retries: int = 2
     breaker_failure_threshold: int = 5
     breaker_cooldown_s: float = 30.0
+    api_redis_timeout_s: float = Field(
+        default=0.25, gt=0, description="The api's Redis calls (the deployments' rpm/tpm counters): slower is a "
+                                        "failure, and the ceiling goes unchecked.")
 
     limiter_request_timeout_s: float = 0.5
     cost_query_timeout_s: float = 10.0
@@ -41,3 +81,25 @@ class ApiSettings(ProviderSettings, CallLimitSettings):
 
     def file_config(self) -> ApiConfig:
         return self.file_part(ApiConfig)
+
+    def provider_endpoints(self, config: ApiConfig) -> dict[str, ProviderEndpoint]:
+        """Every provider the gateway may call: the declared ones, and `together_ai` and `openai` from
+        their TOGETHER_* and OPENAI_* settings unless declared (each only with a key: without one it is
+        never tried, as before providers were configurable)."""
+        implicit = {"together_ai": (self.together_base_url, self.together_api_key),
+                    "openai": (self.openai_base_url, self.openai_api_key)}
+        endpoints = {name: self._endpoint(name, ProviderConfig(kind="openai", base_url=base_url), key)
+                     for name, (base_url, key) in implicit.items() if name not in config.providers and is_set(key)}
+        for name, provider in config.providers.items():
+            key = environment_value(provider.api_key_env) if provider.api_key_env else None
+            endpoints[name] = self._endpoint(name, provider, SecretStr(key) if key else None)
+        return endpoints
+
+    def _endpoint(self, name: str, provider: ProviderConfig, key: SecretStr | None) -> ProviderEndpoint:
+        return ProviderEndpoint(
+            name=name, kind=provider.kind, base_url=provider.base_url, api_key=key,
+            timeout_s=provider.timeout_s or self.provider_timeout_s,
+            connect_timeout_s=provider.connect_timeout_s or self.provider_connect_timeout_s,
+            max_retries=self.provider_max_retries if provider.max_retries is None else provider.max_retries,
+            api_version=(provider.api_version or AZURE_API_VERSION) if provider.kind == "azure" else None,
+            rpm=provider.rpm, tpm=provider.tpm)

@@ -26,23 +26,32 @@ class TokenCounter(Protocol):
 
 @dataclass(frozen=True)
 class Usage:
+    """`prompt_tokens` counts every prompt token, those read from (`cached_prompt_tokens`) and written to
+    (`cache_write_prompt_tokens`) the provider's prompt cache included."""
+
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
     source: UsageSource = "provider"
+    cache_write_prompt_tokens: int = 0
 
 
 NO_USAGE = Usage(0, 0)
 
 
 def provider_usage(body: Mapping[str, Any] | None) -> Usage | None:
-    """The provider's OpenAI-style usage object, or None when it sent none."""
+    """The provider's OpenAI-style usage object, or None when it sent none. Tokens written to a prompt
+    cache are read from `prompt_tokens_details.cache_creation_tokens` (how the gateway reports
+    Anthropic's) or LiteLLM's `cache_creation_input_tokens`."""
     usage = (body or {}).get("usage")
     if not isinstance(usage, Mapping) or "prompt_tokens" not in usage:
         return None
-    details = usage.get("prompt_tokens_details") or {}
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, Mapping):
+        details = {}
+    written = details.get("cache_creation_tokens") or usage.get("cache_creation_input_tokens")
     return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                 int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0)
+                 int(details.get("cached_tokens") or 0), cache_write_prompt_tokens=int(written or 0))
 
 
 def _content_text(content: Any) -> str:
@@ -96,8 +105,22 @@ def prompt_tokens(counter: TokenCounter, payload: Mapping[str, Any]) -> int:
     return total
 
 
+def embedding_tokens(counter: TokenCounter, payload: Mapping[str, Any]) -> int:
+    """Tokens of an embeddings request's input: a string, strings, a token array or token arrays."""
+    raw = payload.get("input")
+    if isinstance(raw, str):
+        return counter.count(raw)
+    items = list(raw or ())
+    if items and all(isinstance(item, int) for item in items):
+        return len(items)
+    return sum(counter.count(item) if isinstance(item, str) else len(list(item)) for item in items)
+
+
 def prompt_chars(payload: Mapping[str, Any]) -> int:
     """A cheap size of the prompt, to decide whether counting it is worth a thread."""
+    raw = payload.get("input")
+    if raw is not None:
+        return len(raw) if isinstance(raw, str) else sum(len(item) for item in raw if isinstance(item, str | list))
     return sum(len(_content_text(m.get("content"))) for m in payload.get("messages") or () if isinstance(m, Mapping))
 
 

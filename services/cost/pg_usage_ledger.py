@@ -27,7 +27,8 @@ RETURNING request_id
 
 USAGE_COLUMNS = ["request_id", "user_id", "session_id", "ip_address", "tier", "provider", "model", "served_model",
                  "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost", "priced", "endpoint", "success",
-                 "error_message", "latency_ms", "tags", "usage_source", "api_key_id", "team_id", "created_at"]
+                 "error_message", "latency_ms", "tags", "usage_source", "api_key_id", "team_id", "created_at",
+                 "cache_write_prompt_tokens"]
 
 UPSERT_ROLLUPS = """
 INSERT INTO llm_cost_rollups AS r (period, bucket, dimension, key, requests, successes, prompt_tokens,
@@ -91,7 +92,7 @@ class PgLedgerTransaction:
                 (r.request_id, e.user_id, e.session_id, e.client_ip, e.tier, e.provider, e.model, e.answered_by,
                  e.total_prompt_tokens, e.completion_tokens, e.cached_prompt_tokens, r.cost, r.priced, e.endpoint,
                  e.success, e.error, e.latency_ms, json.dumps(e.tags), e.usage_source, e.api_key_id, e.team_id,
-                 e.occurred_at)
+                 e.occurred_at, e.cache_write_prompt_tokens)
                 for r in fresh for e in (r.event,)
             ])
         return fresh

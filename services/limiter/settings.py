@@ -3,11 +3,13 @@ enforces, the models and prices it reserves and settles at)."""
 
 from __future__ import annotations
 
-from shared.settings import CallLimitSettings, ModelsPart, PricesPart, RedisSettings, TiersPart
+from shared.config_file import Problem
+from shared.settings import CallLimitSettings, ModelsPart, PricesPart, RedisSettings, TiersPart, unpriced_routes
 
 
 class LimiterConfig(TiersPart, ModelsPart, PricesPart):
-    pass
+    def problems(self) -> list[Problem]:
+        return [*super().problems(), *unpriced_routes(self.models, self.price_catalog())]
 
 
 class LimiterSettings(RedisSettings, CallLimitSettings):

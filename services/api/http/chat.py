@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: POST /v1/chat/completions (plain and streamed) and GET /v1/models."""
+"""OpenAI-compatible routes: POST /v1/chat/completions (plain and streamed) and GET /v1/models
+(POST /v1/embeddings is in embeddings.py)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,11 @@ async def chat_completions(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
+    """The public models of the configuration; `serves` says which endpoint takes each (chat or
+    embeddings), `owned_by` names its first route's provider."""
     state = api_state(request)
     return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": model.routes[0].provider}
+        {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": model.routes[0].provider,
+         "serves": model.serves}
         for name, model in state.config.models.items()
     ]}

@@ -13,14 +13,14 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from services.api.admission import Admission, Denied, Granted, ModelRefused, Unavailable, UnknownModel
+from services.api.admission import Admission, Denied, Granted, ModelRefused, Unavailable, UnknownModel, WrongEndpoint
 from services.api.callers import Caller, InvalidCredentials, KeyStoreUnavailable, bearer_token, client_ip
 from services.api.calls import CallContext
 from services.api.http.errors import ApiError, RateLimited, validation_error
 from services.api.http.state import ApiState
 from services.api.ratelimit_headers import ratelimit_headers, too_many_requests
 from shared.events import Policy
-from shared.policy import ModelConfig
+from shared.policy import ModelConfig, ModelServes
 
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
@@ -61,12 +61,19 @@ async def caller_of(request: Request, admission: Admission) -> Caller:
                        headers={"Retry-After": "5"}) from None
 
 
-def public_model(admission: Admission, name: str) -> ModelConfig:
+ENDPOINTS: dict[ModelServes, str] = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
+
+
+def public_model(admission: Admission, name: str, serves: ModelServes = "chat") -> ModelConfig:
     try:
-        return admission.model(name)
+        return admission.model(name, serves)
     except UnknownModel:
         raise ApiError(404, f"The model '{name}' does not exist or is not served by this gateway",
                        param="model", code="model_not_found") from None
+    except WrongEndpoint as exc:
+        other: ModelServes = exc.args[0]
+        raise ApiError(400, f"The model '{name}' serves {other}: call it on {ENDPOINTS[other]}", param="model",
+                       code="model_not_supported") from None
 
 
 def completion_tokens(requested: int | None, param: str, model: ModelConfig, default: int, cap: int,
@@ -109,9 +116,9 @@ async def call_context(request: Request, state: ApiState, caller: Caller, model:
     return CallContext(
         request_id=uuid.uuid4().hex, caller=caller,
         client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), state.trusted_proxies),
-        endpoint=endpoint, model=model, routes=config.routes,
-        prompt_tokens=await state.admission.prompt_tokens(payload), max_tokens=max_tokens, choices=choices,
-        policy=policy, session_id=session_id or request.headers.get("x-session-id"), tags=tags,
+        endpoint=endpoint, model=model, routes=config.routes, strategy=config.strategy,
+        prompt_tokens=await state.admission.prompt_tokens(payload, config.serves), max_tokens=max_tokens,
+        choices=choices, policy=policy, session_id=session_id or request.headers.get("x-session-id"), tags=tags,
     )
 
 

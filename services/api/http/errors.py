@@ -1,7 +1,8 @@
 """How every failure becomes an answer: in OpenAI's error format ({"error": {message, type, param,
-code}}), except the 429, which keeps the original system's body (http/edge.py `admit` raises it).
-A call no provider answered becomes its 502 (504 when every provider timed out) here, once, whichever
-route made it; so do routing errors (404, 405)."""
+code}}), except the limiter's 429, which keeps the original system's body (http/edge.py `admit` raises
+it). A call no provider answered becomes its 502 (504 when every provider timed out, 429 with
+Retry-After when every route was cooling down) here, once, whichever route made it; so do routing
+errors (404, 405)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.calls import CallFailed
+from services.api.providers import wait_header
 
 
 class ApiError(Exception):
@@ -57,9 +59,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def provider_failure(exc: CallFailed) -> ApiError:
-    """502 (or 504 when every provider timed out), naming each provider; the call is recorded under its
-    request id, which the error carries too."""
+    """502 (or 504 when every provider timed out), naming each provider; 429 when no route could be
+    tried (every one cooling down: its circuit open, over its rpm/tpm ceiling), with Retry-After the
+    shortest time until one is back. The call is recorded under its request id, which the error
+    carries too."""
     headers = {"X-Request-Id": exc.request_id}
+    if exc.retry_after_s is not None:
+        return ApiError(429, f"every route of this model is cooling down: {exc}", type_="rate_limit_error",
+                        code="routes_cooling_down", headers={**headers, "Retry-After": wait_header(exc.retry_after_s)})
     if exc.timed_out:
         return ApiError(504, f"LLM provider timed out: {exc}", type_="upstream_timeout", code="provider_timeout",
                         headers=headers)

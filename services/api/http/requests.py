@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.events import MAX_CHOICES
 
 MAX_TEXT_CHARS = 400_000
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own bound on one embeddings call
 
 
 class ChatMessage(BaseModel):
@@ -35,6 +36,28 @@ class ChatCompletionRequest(BaseModel):
     @property
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request; fields the gateway does not read pass through to the provider."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A string, an array of strings, an array of tokens or an array of token arrays.")
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[Any]) -> str | list[Any]:
+        if not value or (isinstance(value, list) and any(isinstance(item, str | list) and not item for item in value)):
+            raise ValueError("input must not be empty, nor hold an empty string or token array")
+        if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS and not isinstance(value[0], int):
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs in one call")
+        return value
 
 
 class AgentRequest(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from services.api.breaker import CircuitBreaker
+from services.api.providers import Deployment, ProviderClient, ProviderRouter, RouteCeilings
 from shared.events import LlmCompleted
 
 
@@ -22,3 +24,12 @@ class Recorded:
         self.events.append(event)
 
     async def drain(self, timeout_s: float) -> None: ...
+
+
+def router_of(*clients: ProviderClient, max_retries: int = 0, ceilings: RouteCeilings | None = None,
+              limits: dict[str, tuple[int | None, int | None]] | None = None) -> ProviderRouter:
+    """A router over these clients, each its own deployment with a fresh breaker (5 failures, 30 s) and
+    `limits` (provider -> (rpm, tpm)); retries without waiting."""
+    limits = limits or {}
+    return ProviderRouter({c.name: Deployment(c, CircuitBreaker(5, 30), max_retries, *limits.get(c.name, (None, None)))
+                           for c in clients}, ceilings, retry_initial_s=0.001, retry_max_s=0.002)

@@ -17,17 +17,15 @@ from fastapi import FastAPI
 
 from services.api.admission import Admission, Granted, LimitOutcome
 from services.api.app import create_app
-from services.api.breaker import CircuitBreaker
 from services.api.cached_key_store import CachedKeyStore, StoredKey
 from services.api.callers import Caller, KeyStoreUnavailable, parse_networks
 from services.api.gateway import Gateway
 from services.api.http.state import ApiState
-from services.api.providers import ProviderRouter
 from services.api.settings import ApiSettings
 from shared.api_keys import KeyRecord, display_prefix, hash_api_key, new_api_key
 from shared.cost_query import Analytics, CostQuery, CostServiceUnavailable, CurrentCost
 from shared.events import LimitDecision, LimitRequest, utc_now
-from tests.unit.api.fakes import Recorded, Words
+from tests.unit.api.fakes import Recorded, Words, router_of
 
 Decide = Callable[[LimitRequest], LimitOutcome]
 
@@ -56,15 +54,18 @@ class AnsweringProvider:
         self.name = name
         self.calls: list[Mapping[str, Any]] = []
 
-    async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        self.calls.append(payload)
-        answer = {"id": "cmpl-1", "object": "chat.completion", "model": payload["model"],
+    async def complete(self, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        self.calls.append({**payload, "model": model})
+        answer = {"id": "cmpl-1", "object": "chat.completion", "model": model,
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
                                "finish_reason": "stop"}],
                   "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
         return answer, json.dumps(answer).encode()
 
-    async def open_stream(self, payload: Mapping[str, Any]) -> Any:
+    async def embed(self, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        raise NotImplementedError("no embeddings in process: tests/integration embed through real servers")
+
+    async def open_stream(self, model: str, payload: Mapping[str, Any]) -> Any:
         raise NotImplementedError("no streams in process: tests/integration streams through real servers")
 
     async def aclose(self) -> None: ...
@@ -173,14 +174,13 @@ def in_process_api(ports: FakePorts, config: ApiSettings | None = None) -> FastA
     @asynccontextmanager
     async def resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
         file_config = settings.file_config()
-        breakers = {name: CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
-                    for name in ports.providers}
+        router = router_of(*ports.providers.values())
         admission = Admission(CachedKeyStore(ports.keys, settings.api_key_cache_s), ports.limiter, Words(),
                               file_config.models)
-        gateway = Gateway(ProviderRouter(ports.providers, breakers, max_retries=0), ports.published, Words())
+        gateway = Gateway(router, ports.published, Words())
         yield ApiState(settings=settings, config=file_config, trusted_proxies=parse_networks(settings.trusted_proxies),
                        admission=admission, gateway=gateway, key_admin=ports.keys, cost_queries=ports.spend,
-                       breakers=breakers, readiness=[], teams=None)  # type: ignore[arg-type]  # no team route here
+                       breakers=router.breakers, readiness=[], teams=None)  # type: ignore[arg-type]  # no team route
         await gateway.drain()
 
     return create_app(config or settings(), resources=resources)

@@ -15,15 +15,14 @@ from fastapi.testclient import TestClient
 
 from services.api import app as api_app
 from services.api.admission import Admission, Denied, Granted, LimitOutcome, ModelRefused, Unavailable, Unchecked
-from services.api.breaker import CircuitBreaker
 from services.api.cached_key_store import CachedKeyStore, StoredKey
 from services.api.gateway import Gateway
 from services.api.http.state import ApiState
 from services.api.nats_limiter_client import outcome_of
-from services.api.providers import ProviderError, ProviderRouter
+from services.api.providers import ProviderError
 from services.api.settings import ApiConfig, ApiSettings
 from shared.events import LimitDecision, LimitRequest
-from tests.unit.api.fakes import Recorded, Words
+from tests.unit.api.fakes import Recorded, Words, router_of
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"
 ANSWER = {"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
@@ -59,12 +58,12 @@ class FakeProvider:
     def __init__(self, fails: bool = False) -> None:
         self.fails = fails
 
-    async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    async def complete(self, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         if self.fails:
             raise ProviderError("together_ai", "down", status=503)
         return ANSWER, json.dumps(ANSWER).encode()
 
-    async def open_stream(self, payload: Mapping[str, Any]) -> Any:
+    async def open_stream(self, model: str, payload: Mapping[str, Any]) -> Any:
         raise NotImplementedError
 
     async def aclose(self) -> None: ...
@@ -77,12 +76,12 @@ def client(limiter: FakeLimiter, recorded: Recorded, provider: FakeProvider | No
 
     @asynccontextmanager
     async def fakes(settings: ApiSettings) -> AsyncIterator[ApiState]:
-        breakers = {"together_ai": CircuitBreaker(5, 30)}
-        gateway = Gateway(ProviderRouter({"together_ai": provider}, breakers, 0), recorded, Words())
+        router = router_of(provider)
+        gateway = Gateway(router, recorded, Words())
         yield ApiState(settings=settings, config=config, trusted_proxies=[],
                        admission=Admission(CachedKeyStore(NoKeys(), 30), limiter, Words(), config.models),
                        gateway=gateway, key_admin=None, cost_queries=None,  # type: ignore[arg-type]
-                       breakers=breakers, readiness=[], teams=None)  # type: ignore[arg-type]
+                       breakers=router.breakers, readiness=[], teams=None)  # type: ignore[arg-type]
         await gateway.drain()
 
     with pytest.MonkeyPatch.context() as patch:

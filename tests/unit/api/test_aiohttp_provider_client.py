@@ -16,6 +16,8 @@ from starlette.routing import Route
 
 from services.api.aiohttp_provider_client import AiohttpProviderClient
 from services.api.providers import ProviderError, ProviderStreamBroken
+from services.api.settings import ProviderEndpoint
+from shared.policy import ProviderKind
 from tests.servers import ThreadedHttpServer
 
 ANSWER = {"id": "c", "object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
@@ -32,9 +34,12 @@ def cookie_setting_provider(seen: list[str | None]) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
 
 
-def client_of(server: ThreadedHttpServer, timeout_s: float = 5) -> AiohttpProviderClient:
-    return AiohttpProviderClient("together_ai", f"{server.url}/v1", SecretStr("k"), timeout_s=timeout_s,
-                                 connect_timeout_s=2)
+def client_of(server: ThreadedHttpServer, timeout_s: float = 5, kind: ProviderKind = "openai",
+              base_path: str = "/v1", name: str = "together_ai", api_version: str | None = None
+              ) -> AiohttpProviderClient:
+    return AiohttpProviderClient(ProviderEndpoint(name, kind, f"{server.url}{base_path}", SecretStr("k"),
+                                                  timeout_s=timeout_s, connect_timeout_s=2, max_retries=0,
+                                                  api_version=api_version))
 
 
 async def test_a_cookie_a_provider_sets_is_never_sent_back():
@@ -43,9 +48,9 @@ async def test_a_cookie_a_provider_sets_is_never_sent_back():
     client = client_of(server)
     try:
         for _ in range(3):
-            body, _ = await client.complete({"model": "m", "messages": []})
+            body, _ = await client.complete("m", {"messages": []})
             assert body["usage"]["prompt_tokens"] == 1
-        stream = await client.open_stream({"model": "m", "messages": [], "stream": True})
+        stream = await client.open_stream("m", {"messages": [], "stream": True})
         await stream.aclose()
     finally:
         await client.aclose()
@@ -69,7 +74,7 @@ def provider_streaming(chunks: list[bytes], stall_s: float = 0) -> Starlette:
 async def lines_of(server: ThreadedHttpServer, timeout_s: float = 5) -> list[str]:
     client = client_of(server, timeout_s)
     try:
-        stream = await client.open_stream({"model": "m", "messages": [], "stream": True})
+        stream = await client.open_stream("m", {"messages": [], "stream": True})
         try:
             return [line async for line in stream.lines()]
         finally:
@@ -100,9 +105,9 @@ async def test_an_error_answer_is_raised_with_the_providers_message():
     client = client_of(server)
     try:
         with pytest.raises(ProviderError) as plain:
-            await client.complete({"model": "m", "messages": []})
+            await client.complete("m", {"messages": []})
         with pytest.raises(ProviderError) as streamed:
-            await client.open_stream({"model": "m", "messages": [], "stream": True})
+            await client.open_stream("m", {"messages": [], "stream": True})
     finally:
         await client.aclose()
         server.stop()

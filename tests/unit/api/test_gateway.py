@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 
-from services.api.breaker import CircuitBreaker
 from services.api.callers import Caller
 from services.api.calls import CallContext
 from services.api.gateway import Gateway
-from services.api.providers import ProviderError, ProviderRouter, ProvidersFailed, ProviderStreamBroken
+from services.api.providers import ProviderError, ProvidersFailed, ProviderStreamBroken
 from shared.events import BilledAttempt
 from shared.policy import ModelRoute
-from tests.unit.api.fakes import Recorded, Words
+from tests.unit.api.fakes import Recorded, Words, router_of
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"
 
@@ -45,11 +44,11 @@ class FakeProvider:
     def __init__(self, answer: dict[str, Any] | None = None, stream: FakeStream | None = None) -> None:
         self.answer, self.stream = answer, stream
 
-    async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    async def complete(self, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         assert self.answer is not None
         return self.answer, json.dumps(self.answer).encode()
 
-    async def open_stream(self, payload: Mapping[str, Any]) -> FakeStream:
+    async def open_stream(self, model: str, payload: Mapping[str, Any]) -> FakeStream:
         assert self.stream is not None
         return self.stream
 
@@ -61,8 +60,7 @@ FALLBACK = [ModelRoute(provider="together_ai", model=MODEL), ModelRoute(provider
 
 
 def gateway(provider: FakeProvider, recorded: Recorded) -> Gateway:
-    router = ProviderRouter({"together_ai": provider}, {"together_ai": CircuitBreaker(5, 30)}, max_retries=0)
-    return Gateway(router, recorded, Words())
+    return Gateway(router_of(provider), recorded, Words())
 
 
 def ctx(max_tokens: int | None = 50, routes: list[ModelRoute] = ROUTE) -> CallContext:
@@ -131,7 +129,7 @@ class FailingProvider(FakeProvider):
         super().__init__()
         self.name, self.failures = name, list(failures)
 
-    async def complete(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    async def complete(self, model: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         raise self.failures.pop(0)
 
 
@@ -140,9 +138,7 @@ ANSWER = {"choices": [{"index": 0, "message": {"content": "hi"}}], "usage": {"pr
 
 def fallback_gateway(together: FakeProvider, openai: FakeProvider, recorded: Recorded) -> Gateway:
     openai.name = "openai"
-    router = ProviderRouter({"together_ai": together, "openai": openai},
-                            {name: CircuitBreaker(5, 30) for name in ("together_ai", "openai")}, max_retries=0)
-    return Gateway(router, recorded, Words())
+    return Gateway(router_of(together, openai), recorded, Words())
 
 
 def timed_out() -> ProviderError:

@@ -44,6 +44,11 @@ def test_without_tiktoken_text_is_estimated_never_zero():
     assert chat_prompt_tokens(estimate_tokens, [{"role": "user", "content": "x" * 40}]) == 3 + 3 + 1 + 10
 
 
+@pytest.mark.parametrize("raw", ["hello world", ["hello world", "hi"], [1, 2, 3], [[1, 2], [3]]])
+def test_an_embeddings_input_counts_as_the_gateway_counts_it(raw):
+    assert embedding_input_tokens(default_counter(), raw) == gateway.embedding_tokens(GATEWAY, {"input": raw})
+
+
 def test_embedding_inputs_count_text_and_token_arrays():
     count = default_counter()
     assert embedding_input_tokens(count, "hello world") == 2

@@ -84,3 +84,25 @@ def test_the_reservation_rate_is_the_dearest_route_at_its_dearer_direction():
     catalog = PriceCatalog.with_overrides({})
     assert catalog.dearest_rate([("together_ai", "meta-llama/Llama-3-70b-chat-hf"), ("openai", "gpt-4o")]) == 10
     assert catalog.dearest_rate([("together_ai", "nobody-priced-this")]) == Decimal("30")  # the fallback's output
+
+
+def test_prompt_cache_reads_and_writes_have_their_own_prices():
+    catalog = PriceCatalog.with_overrides({"my-claude": {"input": Decimal("3"), "output": Decimal("15"),
+                                                         "cached_input": Decimal("0.30"),
+                                                         "cache_write_input": Decimal("3.75")}})
+    # 1,000 prompt tokens: 600 read from the cache, 300 written to it, 100 plain; 200 completion tokens
+    cost = catalog.cost("my-claude", 1000, 200, cached_prompt_tokens=600, cache_write_prompt_tokens=300)
+    assert cost.usd == Decimal("0.004605")  # 0.0003 + 0.00018 + 0.001125 + 0.003
+    event = LlmCompleted(request_id="r", provider="anthropic", model="claude", served_model="my-claude",
+                         prompt_tokens=1000, completion_tokens=200, cached_prompt_tokens=600,
+                         cache_write_prompt_tokens=300, endpoint="/v1/chat/completions", success=True, latency_ms=5)
+    assert catalog.cost_of(event).usd == Decimal("0.004605")
+    # a model without a cache-write price bills the written tokens at its input price
+    assert catalog.cost("gpt-4o", 1000, 0, cache_write_prompt_tokens=300).usd == Decimal("0.0025")
+
+
+def test_litellm_cache_creation_prices_are_read():
+    [price] = parse_litellm_prices({"claude-x": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+                                                 "cache_read_input_token_cost": 3e-07,
+                                                 "cache_creation_input_token_cost": 3.75e-06}}).values()
+    assert (price.cached_input, price.cache_write_input) == (Decimal("0.3"), Decimal("3.75"))

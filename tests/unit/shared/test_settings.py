@@ -6,10 +6,10 @@ import json
 from decimal import Decimal
 
 import pytest
-from pydantic import ValidationError
 
 from services.api.settings import ApiSettings
 from services.limiter.settings import LimiterSettings
+from shared.config_file import ConfigError
 
 
 def test_yaml_config_replaces_tiers(tmp_path):
@@ -26,7 +26,7 @@ prices:
     config = LimiterSettings(costwarden_config=path).file_config()
     assert config.tiers["free"].requests == 5 and config.prices["my-model"]["output"] == Decimal("2.00")
     path.write_text("tiers:\n  free: {requests: 5, strict_requests: 1, tokens_per_minute: 1, daily_budget_usd: 1}\n")
-    with pytest.raises(ValidationError, match="tiers missing"):
+    with pytest.raises(ConfigError, match="tiers missing"):
         LimiterSettings(costwarden_config=path).file_config()
 
 
@@ -68,5 +68,5 @@ prices:
     catalog = config.price_catalog()
     assert catalog.price("gpt-4o", "openai").input == Decimal("3") and catalog.price("gpt-4o").input == Decimal("2.50")
     path.write_text("models:\n  empty: []\n")
-    with pytest.raises(ValidationError, match="routes"):
+    with pytest.raises(ConfigError, match="routes"):
         LimiterSettings(costwarden_config=path).file_config()
