@@ -255,6 +255,19 @@ async def test_a_model_outside_the_allow_list_is_refused_with_403_before_anythin
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "models"
 
 
+async def test_the_allow_list_holds_for_embeddings_as_for_chat(stack, admin, database_url):
+    user = unique("gil")
+    key = await new_key(database_url, user, "pro")
+    await applied(await put_limits(admin, "users", user, {"models": ["text-embedding-3-small"]}))
+    async with httpx.AsyncClient(base_url=stack["api"].url, timeout=30, headers=auth(key)) as client:
+        refused = await client.post("/v1/embeddings", json={"model": "BAAI/bge-large-en-v1.5", "input": "hello"})
+        allowed = await client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "hello"})
+        chat = await client.post("/v1/chat/completions", json=body())
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    assert allowed.status_code == 200 and allowed.json()["data"][0]["embedding"]
+    assert chat.status_code == 403 and chat.json()["error"]["code"] == "model_not_allowed"
+
+
 async def test_a_user_who_joins_a_team_keeps_what_they_spent_in_the_period(stack, admin, db, database_url):
     user = unique("fay")
     key = await new_key(database_url, user, "pro")
