@@ -23,7 +23,7 @@ def test_without_a_configuration_every_kind_is_simulated_beside_the_built_in_mod
     kinds = to_simulate({})
     assert [(k.provider, k.kind, k.model) for k in kinds] == [("anthropic", "anthropic", "claude-sonnet-4"),
                                                               ("azure", "azure", "gpt-4o-azure")]
-    config = with_simulated({}, {kind: f"http://127.0.0.1:{port}" for kind, port in zip(kinds, (20001, 20002))})
+    config = with_simulated({}, {kind: f"http://127.0.0.1:{port}" for kind, port in zip(kinds, (20001, 20002), strict=True)})
     assert config["providers"] == {
         "anthropic": {"kind": "anthropic", "base_url": "http://127.0.0.1:20001", "api_key_env": SIMULATOR_KEY_ENV},
         "azure": {"kind": "azure", "base_url": "http://127.0.0.1:20002", "api_key_env": SIMULATOR_KEY_ENV}}
