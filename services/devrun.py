@@ -1,9 +1,11 @@
 """`make run`: one command that brings a working costwarden up on a developer's machine.
 
 Applies migrations, starts a private NATS (JetStream) if none answers at NATS_URL, starts the local
-LLM simulator when no TOGETHER_API_KEY is set, then runs every service as its own process and keeps it
-running: a process that exits is started again after a backoff, and a crash loop stops the run. Ctrl-C
-(or SIGTERM) stops them all, each draining its in-flight work first.
+LLM simulator playing Together.ai when no TOGETHER_API_KEY is set, and playing Anthropic and Azure
+OpenAI when the configuration declares no provider of that kind (simulated_providers.py), then runs
+every service as its own process and keeps it running: a process that exits is started again after a
+backoff, and a crash loop stops the run. Ctrl-C (or SIGTERM) stops them all, each draining its in-flight
+work first.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import nats
+import yaml
 
 from services.deploy.migrate import apply_migrations
 from services.deploy.nats_identities import seed_file, write_nats_config
 from services.deploy.settings import DeploySettings as Settings
+from services.simulated_providers import SIMULATOR_KEY_ENV, to_simulate, with_simulated
 from shared.bus import nats_options
+from shared.config_file import ConfigDocument
 from shared.events import utc_now
 from shared.logs import configure_logging
 from shared.settings import is_set
@@ -160,26 +165,28 @@ async def spawn(name: str, args: list[str], env: dict[str, str], log_file: Path 
     return process
 
 
-def summary(settings: Settings, services: dict[str, int], simulator_url: str | None,
-            identities: Path | None = None, admin_key: Path | None = None) -> str:
+def summary(settings: Settings, services: dict[str, int], simulators: Sequence[Simulator],
+            identities: Path | None = None, admin_key: Path | None = None, config: Path | None = None) -> str:
     """What a person needs once everything is up: where each service answers, and what to do next."""
     host = settings.host
     uses = {"api": "gateway: /v1/chat/completions, /api/agent/*, /api/costs/*, /openapi.json",
             "health": "/health (every dependency), /health/ready", "limiter": "/metrics",
             "cost": "/metrics, /docs/asyncapi.json", "notifier": "/metrics", "backup": "/metrics",
             "console": f"the console: sign in with {f'the admin key in {admin_key}' if admin_key else 'an API key'}"}
-    lines = ["costwarden is up:"]
     ordered = sorted(services.items(), key=lambda item: item[0] not in ("api", "console"))  # what people use first
-    lines += [f"  {name:<10} {f'http://{host}:{port}':<27} {uses[name.partition('-')[0]]}" for name, port in ordered]
-    if simulator_url:
-        lines.append(f"  {'simulator':<10} {simulator_url:<27} plays Together.ai (set TOGETHER_API_KEY to use it)")
+    rows = [(name, f"http://{host}:{port}", uses[name.partition("-")[0]]) for name, port in ordered]
+    rows += [(simulator.name, simulator.url, f"plays {simulator.plays}") for simulator in simulators]
+    width = max(10, *(len(name) for name, _, _ in rows))
+    lines = ["costwarden is up:", *(f"  {name:<{width}} {url:<27} {use}" for name, url, use in rows)]
+    if config:
+        lines.append(f"  {'config':<{width}} {str(config):<27} what every service reads (written at each run)")
     cli = str(Path(sys.prefix) / "bin" / "costwarden")
     if identities:
-        lines.append(f"  {'bus':<10} {settings.nats_servers[0]:<27} one NATS identity per service ({identities}); "
+        lines.append(f"  {'bus':<{width}} {settings.nats_servers[0]:<27} one NATS identity per service ({identities}); "
                      "bus commands need the admin one:")
         cli = f"NATS_NKEY_SEED_FILE={seed_file(identities, 'admin')} {cli}"
-    lines += [f"  admin      {cli} keys create --user alice --tier pro   (also: keys list|revoke, backup run|list,"
-              " restore, migrate)",
+    lines += [f"  {'admin':<{width}} {cli} keys create --user alice --tier pro   (also: keys list|revoke, backup "
+              "run|list, restore, migrate)",
               "  Ctrl-C stops everything."]
     return "\n".join(lines)
 
@@ -205,18 +212,62 @@ async def start_nats_if_missing(settings: Settings, env: dict[str, str], supervi
     return IDENTITIES_DIR
 
 
-async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], supervisor: Supervisor) -> str | None:
-    """The simulator's URL when the gateway is pointed at it (no TOGETHER_API_KEY), else None."""
+@dataclass(frozen=True)
+class Simulator:
+    """A simulator process make run started: where it answers and what it plays."""
+
+    name: str
+    url: str
+    plays: str
+
+
+async def start_simulator(name: str, kind: str, port: int, env: dict[str, str], supervisor: Supervisor) -> None:
+    await supervisor.start(name, [sys.executable, "-m", "services.simulator", "--port", str(port), "--name", name,
+                                  "--kind", kind], env)
+
+
+async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], supervisor: Supervisor
+                                    ) -> Simulator | None:
+    """The simulator playing Together.ai when the gateway is pointed at it (no TOGETHER_API_KEY), else None."""
     if settings.together_api_key is not None:
         return None
     port = settings.simulator_port
     base_url = f"http://127.0.0.1:{port}/v1"
     log.info("no TOGETHER_API_KEY set: the gateway calls the local LLM simulator at %s", base_url)
-    await supervisor.start("simulator", [
-        sys.executable, "-m", "services.simulator", "--port", str(port), "--name", "together_ai"], env)
+    await start_simulator("simulator", "openai", port, env, supervisor)
     await wait_until(lambda: http_up(port), "simulator")
     env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
-    return base_url
+    return Simulator("simulator", base_url, "Together.ai (set TOGETHER_API_KEY to use it)")
+
+
+GENERATED_CONFIG = RUN_DIR / "costwarden.yaml"
+
+
+async def start_simulated_kinds(settings: Settings, env: dict[str, str], supervisor: Supervisor) -> list[Simulator]:
+    """A simulator for each kind of provider the user's configuration declares none of (Anthropic, Azure
+    OpenAI), and the configuration every service then reads: .run/costwarden.yaml, the user's file (if
+    any) with a provider of each simulated kind and a public model routed to it."""
+    path = settings.costwarden_config
+    user = ConfigDocument.read(path).data if path else {}
+    kinds = to_simulate(user)
+    if not kinds:
+        return []
+    ports = {simulated: free_port() for simulated in kinds}
+    for simulated, port in ports.items():
+        await start_simulator(f"simulator-{simulated.provider}", simulated.kind, port, env, supervisor)
+    for simulated, port in ports.items():
+        await wait_until(lambda port=port: http_up(port), f"simulator-{simulated.provider}")
+    base_urls = {simulated: f"http://127.0.0.1:{port}" for simulated, port in ports.items()}
+    GENERATED_CONFIG.write_text(
+        f"# Written by costwarden run: {path or 'the built-in configuration'} with the providers it simulates.\n"
+        f"# Edit {path or 'your own file (COSTWARDEN_CONFIG)'}, not this one: it is written again at every run.\n"
+        + yaml.safe_dump(with_simulated(user, base_urls), sort_keys=False))
+    env.update({SIMULATOR_KEY_ENV: "simulator", "COSTWARDEN_CONFIG": str(GENERATED_CONFIG.resolve())})
+    log.info("the gateway calls the simulator as %s too (configuration: %s)",
+             ", ".join(f"{s.plays} ({s.model})" for s in kinds), GENERATED_CONFIG)
+    return [Simulator(f"simulator-{simulated.provider}", url,
+                      f"{simulated.plays}: provider {simulated.provider}, model {simulated.model}")
+            for simulated, url in base_urls.items()]
 
 
 ADMIN_KEY_FILE = RUN_DIR / "admin-key"
@@ -408,15 +459,16 @@ async def until_stopped_or_failed(supervisor: Supervisor, bring_up: Coroutine[An
     return supervisor.gave_up.result() if supervisor.gave_up.done() else None
 
 
-INFRASTRUCTURE = ("nats-server", "simulator")
+def infrastructure(name: str) -> bool:
+    """What the services use: nats-server and the simulators."""
+    return name == "nats-server" or name.partition("-")[0] == "simulator"
 
 
 async def stop_all(processes: Processes) -> None:
     """SIGTERM to the services, which drain their in-flight work through NATS, then to what they use
-    (nats-server, the simulator); each process has STOP_TIMEOUT_S to stop, then is killed."""
-    services = {name: p for name, p in processes.items() if name not in INFRASTRUCTURE}
-    await stop(services)
-    await stop({name: p for name, p in processes.items() if name in INFRASTRUCTURE})
+    (nats-server, the simulators); each process has STOP_TIMEOUT_S to stop, then is killed."""
+    await stop({name: p for name, p in processes.items() if not infrastructure(name)})
+    await stop({name: p for name, p in processes.items() if infrastructure(name)})
 
 
 async def stop(processes: Processes) -> None:
@@ -442,10 +494,13 @@ async def start_everything(settings: Settings, supervisor: Supervisor, replicas:
     nc = await nats.connect(**nats_options(settings, "admin"))
     await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     await nc.close()
-    simulator_url = await start_simulator_if_no_key(settings, env, supervisor)
+    together = await start_simulator_if_no_key(settings, env, supervisor)
+    kinds = await start_simulated_kinds(settings, env, supervisor)
+    simulators = [*([together] if together else []), *kinds]
     env.update(console_env(settings))
     services = await start_services(settings, env, supervisor, identities, replicas)
-    log.info("%s", summary(settings, services, simulator_url, identities, admin_key))
+    config = GENERATED_CONFIG if kinds else None
+    log.info("%s", summary(settings, services, simulators, identities, admin_key, config))
 
 
 async def main(replicas: dict[str, int]) -> int:

@@ -39,6 +39,8 @@ ModelServes = Literal["chat", "embeddings"]
 PROVIDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # The providers that exist without being declared: today's TOGETHER_* and OPENAI_* settings.
 IMPLICIT_PROVIDERS = ("together_ai", "openai")
+ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header of every call to an anthropic provider
+AZURE_API_VERSION = "2024-10-21"  # an azure provider's api-version when it declares none
 
 
 class ProviderConfig(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal, TypeGuard, TypeVar
@@ -77,6 +78,21 @@ class RedisSettings(ServiceSettings):
     redis_cluster: bool = Field(default=False, description="REDIS_URL is a seed node of a Redis Cluster.")
 
 
+@dataclass(frozen=True)
+class ReachableProvider:
+    """A provider the gateway may call: its configuration, its key and the variable the key is read
+    from (None: calls carry no key)."""
+
+    config: ProviderConfig
+    key: SecretStr | None
+    key_env: str | None
+
+    @property
+    def usable(self) -> bool:
+        """Tried by the gateway: it has its key, or needs none."""
+        return self.key_env is None or is_set(self.key)
+
+
 class ProviderSettings(ServiceSettings):
     """The LLM providers (called by the api, checked by the health service)."""
 
@@ -84,6 +100,18 @@ class ProviderSettings(ServiceSettings):
     together_base_url: str = "https://api.together.xyz/v1"
     openai_api_key: SecretStr | None = None
     openai_base_url: str = "https://api.openai.com/v1"
+
+    def providers(self, declared: Mapping[str, ProviderConfig]) -> dict[str, ReachableProvider]:
+        """The `declared` providers, and `together_ai` and `openai` from their TOGETHER_* and OPENAI_*
+        settings unless declared (a declared one of the same name replaces them), each with its key."""
+        implicit = {"together_ai": (self.together_base_url, self.together_api_key, "TOGETHER_API_KEY"),
+                    "openai": (self.openai_base_url, self.openai_api_key, "OPENAI_API_KEY")}
+        found = {name: ReachableProvider(ProviderConfig(kind="openai", base_url=base_url), key, key_env)
+                 for name, (base_url, key, key_env) in implicit.items() if name not in declared}
+        for name, provider in declared.items():
+            key = environment_value(provider.api_key_env) if provider.api_key_env else None
+            found[name] = ReachableProvider(provider, SecretStr(key) if key else None, provider.api_key_env)
+        return found
 
 
 class CallLimitSettings(ServiceSettings):

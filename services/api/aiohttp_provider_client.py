@@ -20,7 +20,6 @@ import aiohttp
 import certifi
 
 from services.api.anthropic_messages import (
-    ANTHROPIC_VERSION,
     AnthropicStreamError,
     StreamTranslator,
     UnsupportedRequest,
@@ -29,6 +28,7 @@ from services.api.anthropic_messages import (
 )
 from services.api.providers import ProviderError, ProviderStreamBroken
 from services.api.settings import ProviderEndpoint
+from shared.policy import ANTHROPIC_VERSION
 
 MAX_CONNECTIONS = 512
 KEEPALIVE_S = 15.0

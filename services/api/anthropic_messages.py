@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-ANTHROPIC_VERSION = "2023-06-01"
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                   "pause_turn": "stop", "refusal": "content_filter"}
 # Request fields both APIs have under the same name and meaning.

@@ -10,19 +10,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from shared.config_file import Problem
-from shared.policy import ProviderConfig, ProviderKind
+from shared.policy import AZURE_API_VERSION, ProviderConfig, ProviderKind
 from shared.settings import (
     CallLimitSettings,
     ModelsPart,
     ProviderSettings,
     RedisSettings,
     TiersPart,
-    environment_value,
-    is_set,
     missing_keys,
 )
-
-AZURE_API_VERSION = "2024-10-21"
 
 
 class ApiConfig(ModelsPart, TiersPart):
@@ -83,17 +79,11 @@ class ApiSettings(ProviderSettings, CallLimitSettings, RedisSettings):
         return self.file_part(ApiConfig)
 
     def provider_endpoints(self, config: ApiConfig) -> dict[str, ProviderEndpoint]:
-        """Every provider the gateway may call: the declared ones, and `together_ai` and `openai` from
-        their TOGETHER_* and OPENAI_* settings unless declared (each only with a key: without one it is
-        never tried, as before providers were configurable)."""
-        implicit = {"together_ai": (self.together_base_url, self.together_api_key),
-                    "openai": (self.openai_base_url, self.openai_api_key)}
-        endpoints = {name: self._endpoint(name, ProviderConfig(kind="openai", base_url=base_url), key)
-                     for name, (base_url, key) in implicit.items() if name not in config.providers and is_set(key)}
-        for name, provider in config.providers.items():
-            key = environment_value(provider.api_key_env) if provider.api_key_env else None
-            endpoints[name] = self._endpoint(name, provider, SecretStr(key) if key else None)
-        return endpoints
+        """Every provider the gateway may call (ProviderSettings.providers), each only when it has its key
+        or needs none: an implicit one without its key is never tried, as before providers were
+        configurable."""
+        return {name: self._endpoint(name, provider.config, provider.key)
+                for name, provider in self.providers(config.providers).items() if provider.usable}
 
     def _endpoint(self, name: str, provider: ProviderConfig, key: SecretStr | None) -> ProviderEndpoint:
         return ProviderEndpoint(

@@ -30,6 +30,9 @@ from shared.probes import probes_router
 from shared.redis_client import redis_client
 from shared.subjects import bind_streams, streams_bound_by
 
+HEALTHY_MESSAGES = {"togetherAI": "Together.ai API responding normally", "openAI": "OpenAI API available as fallback"}
+KIND_LABELS = {"openai": "OpenAI-compatible API", "azure": "Azure OpenAI API", "anthropic": "Anthropic API"}
+
 
 def probes_of(settings: HealthSettings, config: HealthConfig, nc: Nats, redis: Redis | RedisCluster,
               http: httpx.AsyncClient
@@ -39,18 +42,17 @@ def probes_of(settings: HealthSettings, config: HealthConfig, nc: Nats, redis: R
         "database": (postgres_probe(settings.database_url), timeout),
         "redis": (redis_probe(redis), timeout),
         "nats": (nats_probe(nc), timeout),
-        "togetherAI": (provider_probe(http, "Together.ai", settings.together_base_url, settings.together_api_key,
-                                      "TOGETHER_API_KEY", "Together.ai API responding normally"), timeout),
-        "openAI": (provider_probe(http, "OpenAI", settings.openai_base_url, settings.openai_api_key,
-                                  "OPENAI_API_KEY", "OpenAI API available as fallback"), timeout),
     }
+    for name, provider in settings.watched_providers(config).items():
+        message = HEALTHY_MESSAGES.get(name) or f"{KIND_LABELS[provider.config.kind]} responding normally"
+        probes[name] = (provider_probe(http, provider, message), timeout)
     for check in config.health_checks:
         probes[check.name] = (http_probe(http, check.url, check.expect_status), check.timeout_s or timeout)
     return probes
 
 
 @asynccontextmanager
-async def monitoring(settings: HealthSettings, state: HealthState) -> AsyncIterator[None]:
+async def monitoring(settings: HealthSettings, config: HealthConfig, state: HealthState) -> AsyncIterator[None]:
     """Connections to what is checked, and the polling task, for the app's lifetime."""
     nc = await nats.connect(**nats_options(settings, SERVICE))
     await bind_streams(nc.jetstream(), streams_bound_by(SERVICE))
@@ -60,7 +62,7 @@ async def monitoring(settings: HealthSettings, state: HealthState) -> AsyncItera
     async def migrations_pending() -> bool:
         return bool(await pending_migrations(settings.database_url))
 
-    state.monitor = HealthMonitor(state.board, probes_of(settings, settings.file_config(), nc, redis, http),
+    state.monitor = HealthMonitor(state.board, probes_of(settings, config, nc, redis, http),
                                   NatsAnnouncer(nc), migrations_pending)
     tasks = [asyncio.create_task(state.monitor.run(settings.health_interval_s)),
              asyncio.create_task(every(settings.health_interval_s, lambda: export_jetstream_backlog(nc.jetstream()),
@@ -78,12 +80,15 @@ async def monitoring(settings: HealthSettings, state: HealthState) -> AsyncItera
 def create_app(settings: HealthSettings | None = None) -> FastAPI:
     settings = settings or HealthSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    state = HealthState(HealthBoard(failure_threshold=settings.health_failure_threshold), time.monotonic())
+    config = settings.file_config()
+    board = HealthBoard(failure_threshold=settings.health_failure_threshold,
+                        providers=tuple(settings.watched_providers(config)))
+    state = HealthState(board, time.monotonic())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.health = state
-        async with monitoring(settings, state):
+        async with monitoring(settings, config, state):
             yield
 
     app = FastAPI(title="costwarden health", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncpg
 import httpx
 from nats.aio.client import Client as Nats
-from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.health.monitor import CheckFailed, Probe, SkippedCheck
-from shared.settings import is_set
+from shared.policy import ANTHROPIC_VERSION, AZURE_API_VERSION
+from shared.settings import ReachableProvider, is_set
 
 
 async def _get(http: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -54,13 +54,27 @@ def nats_probe(nc: Nats) -> Probe:
     return probe
 
 
-def provider_probe(http: httpx.AsyncClient, label: str, base_url: str, key: SecretStr | None, env_name: str,
-                   healthy_message: str) -> Probe:
+def models_request(provider: ReachableProvider) -> tuple[str, dict[str, str]]:
+    """The URL and headers that list a provider's models, the cheapest call each kind of API answers with
+    the key checked: OpenAI's GET /models (a bearer key), Azure OpenAI's GET /openai/models?api-version=
+    (`api-key`), Anthropic's GET /v1/models (`x-api-key`, `anthropic-version`)."""
+    config = provider.config
+    base = config.base_url.rstrip("/")
+    key = provider.key.get_secret_value() if is_set(provider.key) else None
+    if config.kind == "azure":
+        return (f"{base}/openai/models?api-version={config.api_version or AZURE_API_VERSION}",
+                {"api-key": key} if key else {})
+    if config.kind == "anthropic":
+        return f"{base}/v1/models", {"anthropic-version": ANTHROPIC_VERSION, **({"x-api-key": key} if key else {})}
+    return f"{base}/models", {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def provider_probe(http: httpx.AsyncClient, provider: ReachableProvider, healthy_message: str) -> Probe:
     async def probe() -> str:
-        if not is_set(key):
-            raise SkippedCheck(f"not checked: no {env_name} configured")
-        response = await _get(http, f"{base_url.rstrip('/')}/models",
-                              headers={"Authorization": f"Bearer {key.get_secret_value()}"})
+        if not provider.usable:
+            raise SkippedCheck(f"not checked: no {provider.key_env} configured")
+        url, headers = models_request(provider)
+        response = await _get(http, url, headers=headers)
         if response.is_error:
             raise CheckFailed(f"HTTP {response.status_code}")
         return healthy_message

@@ -12,7 +12,8 @@ from shared.events import Alert
 
 Status = Literal["healthy", "degraded", "unhealthy", "skipped"]
 CRITICAL = ("database", "nats")  # readiness needs these
-PROVIDERS = ("togetherAI", "openAI")
+# The implicit providers under the names dashboards, alert rules and health.changed consumers know.
+IMPLICIT_PROVIDER_NAMES = {"together_ai": "togetherAI", "openai": "openAI"}
 IETF_STATUS = {"healthy": "pass", "degraded": "warn", "unhealthy": "fail", "skipped": "warn"}
 COMPONENT_TYPE = {"database": "datastore", "redis": "datastore", "nats": "component"}
 
@@ -46,6 +47,7 @@ class HealthBoard:
     """What the health service knows, updated by each round of checks."""
 
     failure_threshold: int
+    providers: tuple[str, ...] = tuple(IMPLICIT_PROVIDER_NAMES.values())  # the dependencies that serve calls
     dependencies: dict[str, Dependency] = field(default_factory=dict)
     rounds: int = 0
 
@@ -78,7 +80,7 @@ class HealthBoard:
         statuses = {name: dep.result.status for name, dep in self.dependencies.items() if dep.result}
         if any(statuses.get(name) == "unhealthy" for name in (*CRITICAL, "redis")):
             return "unhealthy"
-        providers = [statuses[p] for p in PROVIDERS if p in statuses and statuses[p] != "skipped"]
+        providers = [statuses[p] for p in self.providers if p in statuses and statuses[p] != "skipped"]
         if providers and all(s == "unhealthy" for s in providers):
             return "unhealthy"
         if any(s in ("unhealthy", "degraded") for s in statuses.values()):
@@ -87,6 +89,12 @@ class HealthBoard:
 
     def ready(self) -> bool:
         return all(self.status_of(name) in ("healthy", "degraded") for name in CRITICAL)
+
+
+def provider_dependency(provider: str) -> str:
+    """The dependency a provider is reported as: its own name, but `togetherAI` and `openAI` for the
+    implicit two."""
+    return IMPLICIT_PROVIDER_NAMES.get(provider, provider)
 
 
 def down_alert(name: str, failures: int, result: CheckResult) -> Alert:

@@ -21,8 +21,10 @@ def create_app(name: str = "simulator", kind: str = "openai") -> Starlette:
                    Route("/v1/embeddings", simulator.embeddings, methods=["POST"]),
                    Route("/v1/models", simulator.models, methods=["GET"])],
         "azure": [Route("/openai/deployments/{deployment}/chat/completions", simulator.completions, methods=["POST"]),
-                  Route("/openai/deployments/{deployment}/embeddings", simulator.embeddings, methods=["POST"])],
-        "anthropic": [Route("/v1/messages", simulator.messages, methods=["POST"])],
+                  Route("/openai/deployments/{deployment}/embeddings", simulator.embeddings, methods=["POST"]),
+                  Route("/openai/models", simulator.models, methods=["GET"])],
+        "anthropic": [Route("/v1/messages", simulator.messages, methods=["POST"]),
+                      Route("/v1/models", simulator.models, methods=["GET"])],
     }[kind]
     return Starlette(routes=[
         *routes,

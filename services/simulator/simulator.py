@@ -6,9 +6,9 @@ final chunk when asked), /v1/embeddings (deterministic unit vectors: the same in
 vector, as floats or base64 as asked) and /v1/models like the real APIs, requires a bearer key, and
 counts tokens as OpenAI does (cl100k_base, with its per-message framing); a streamed answer sends one
 token per chunk. Its `azure` mode answers the same at /openai/deployments/{deployment}/chat/completions
-and /embeddings, and requires an `api-key` header and an `api-version` query parameter; its `anthropic`
-mode answers the Messages API at /v1/messages (anthropic_answer.py) and requires `x-api-key` and
-`anthropic-version`. Errors come in each API's own shape.
+and /embeddings (its models at /openai/models), and requires an `api-key` header and an `api-version`
+query parameter; its `anthropic` mode answers the Messages API at /v1/messages (anthropic_answer.py) and
+/v1/models, and requires `x-api-key` and `anthropic-version`. Errors come in each API's own shape.
 
 It can be told to misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next
 3 calls fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection
@@ -41,6 +41,7 @@ from services.simulator.faults import BrokenStream, Faults
 
 MODELS = ["meta-llama/Llama-3-70b-chat-hf", "meta-llama/Llama-3-8b-chat-hf",
           "meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+ANTHROPIC_MODELS = {"claude-sonnet-4-20250514": "Claude Sonnet 4", "claude-3-5-haiku-20241022": "Claude Haiku 3.5"}
 KEPT_REQUESTS = 100
 EMBEDDING_DIMENSIONS = 1536
 REPLY = ("This is a simulated answer from the costwarden local LLM simulator. "
@@ -222,8 +223,21 @@ class Simulator:
         return JSONResponse(result)
 
     async def models(self, request: Request) -> Response:
+        """The models it serves, in its API's list shape (Anthropic's pages, Azure's with each model's
+        capabilities)."""
         if refused := await self.refusal(request, "models"):
             return refused
+        if self.kind == "anthropic":
+            ids = list(ANTHROPIC_MODELS)
+            return JSONResponse({"data": [{"type": "model", "id": m, "display_name": ANTHROPIC_MODELS[m],
+                                           "created_at": "2025-05-14T00:00:00Z"} for m in ids],
+                                 "has_more": False, "first_id": ids[0], "last_id": ids[-1]})
+        if self.kind == "azure":
+            return JSONResponse({"object": "list", "data": [
+                {"id": m, "object": "model", "created_at": 1700000000, "status": "succeeded",
+                 "lifecycle_status": "generally-available",
+                 "capabilities": {"chat_completion": "embedding" not in m, "embeddings": "embedding" in m}}
+                for m in MODELS if not m.startswith("meta-llama")]})
         return JSONResponse({"object": "list", "data": [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": self.name} for m in MODELS]})
 

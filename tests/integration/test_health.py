@@ -204,3 +204,55 @@ async def test_a_provider_without_a_key_is_skipped_not_failed(base_env):
         nats_srv.stop()
     assert dep["message"] == "not checked: no OPENAI_API_KEY configured"
     assert body["status"] == "healthy"
+
+
+async def test_declared_providers_of_each_kind_are_watched_and_one_going_down_is_announced(base_env, nats_url,
+                                                                                         tmp_path):
+    claude = ThreadedHttpServer(create_simulator("claude", "anthropic")).start()
+    azure = ThreadedHttpServer(create_simulator("azure", "azure")).start()
+    config = tmp_path / "costwarden.yaml"
+    config.write_text("providers:\n"
+                      f"  claude-sim: {{kind: anthropic, base_url: '{claude.url}', api_key_env: CLAUDE_SIM_KEY}}\n"
+                      f"  azure-sim: {{kind: azure, base_url: '{azure.url}', api_key_env: AZURE_SIM_KEY}}\n")
+    env = {**base_env, "COSTWARDEN_CONFIG": str(config), "CLAUDE_SIM_KEY": "sk-ant-watched",
+           "AZURE_SIM_KEY": "azure-watched", "HEALTH_INTERVAL_S": "0.5", "HEALTH_CHECK_TIMEOUT_S": "1"}
+    nc = await nats.connect(nats_url)
+    changes: list[dict] = []
+
+    async def on_change(msg):
+        change = json.loads(msg.data)
+        if change["dependency"] in ("claude-sim", "azure-sim"):
+            changes.append(change)
+
+    await nc.subscribe("health.changed", cb=on_change)
+    health = start_service("health", env, "HEALTH_PORT")
+    try:
+        async with httpx.AsyncClient(base_url=health.url, timeout=10) as client:
+            assert await eventually(lambda: _dep_status(client, "claude-sim", "healthy"))
+            assert await eventually(lambda: _dep_status(client, "azure-sim", "healthy"))
+            assert (await dependency(client, "claude-sim"))["message"] == "Anthropic API responding normally"
+            assert (await dependency(client, "azure-sim"))["message"] == "Azure OpenAI API responding normally"
+            azure.stop()
+            assert await eventually(lambda: _dep_status(client, "azure-sim", "unhealthy"))
+            assert await eventually(lambda: _announced(changes, "azure-sim", "healthy", "unhealthy"))
+            document = (await client.get("/health/dependencies")).text
+            assert (await dependency(client, "claude-sim"))["status"] == "healthy"
+            assert json.loads(document)["status"] == "degraded"
+            metrics = (await client.get("/metrics")).text
+            health_json = (await client.get("/health", headers={"Accept": "application/health+json"})).json()
+    finally:
+        health.stop()
+        await nc.close()
+        claude.stop()
+        azure.stop()
+    assert 'costwarden_dependency_up{dependency="azure-sim"} 0.0' in metrics
+    assert 'costwarden_dependency_up{dependency="claude-sim"} 1.0' in metrics
+    assert health_json["checks"]["azure-sim:responseTime"][0]["status"] == "fail"
+    assert ("healthy", "unhealthy") not in [(c["previous"], c["current"]) for c in changes
+                                            if c["dependency"] == "claude-sim"]
+    for secret in ("sk-ant-watched", "azure-watched"):
+        assert secret not in document + metrics + json.dumps(health_json) + health.logs()
+
+
+def _announced(changes: list[dict], name: str, previous: str, current: str) -> bool:
+    return any((c["dependency"], c["previous"], c["current"]) == (name, previous, current) for c in changes)

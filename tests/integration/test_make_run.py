@@ -3,6 +3,7 @@ them all on Ctrl-C."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ import threading
 import time
 from decimal import Decimal
 
+import asyncpg
 import httpx
 import pytest
 
@@ -72,6 +74,11 @@ def test_in_a_terminal_every_line_is_readable_and_a_summary_says_where_things_ar
     assert f"http://127.0.0.1:{ports['API_PORT']}" in summary and f"http://127.0.0.1:{ports['HEALTH_PORT']}" in summary
     assert f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/v1" in summary and "keys create --user" in summary
     assert f"http://127.0.0.1:{ports['CONSOLE_PORT']}" in summary
+    assert re.search(r"simulator-anthropic +http://127\.0\.0\.1:\d+ +plays Anthropic: provider anthropic, "
+                     r"model claude-sonnet-4", summary)
+    assert re.search(r"simulator-azure +http://127\.0\.0\.1:\d+ +plays Azure OpenAI: provider azure, "
+                     r"model gpt-4o-azure", summary)
+    assert re.search(r"config +\.run/costwarden\.yaml", summary)
 
 
 def console_spend_today(console: str, key: str) -> Decimal:
@@ -84,9 +91,34 @@ def console_spend_today(console: str, key: str) -> Decimal:
         return Decimal(day[1])
 
 
+def ledger_row(database_url: str, request_id: str) -> dict | None:
+    async def read() -> dict | None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow("SELECT provider, model, served_model, priced, cost FROM llm_usage "
+                                      "WHERE request_id = $1", request_id)
+        finally:
+            await conn.close()
+        return dict(row) if row else None
+
+    return asyncio.run(read())
+
+
+def called_and_recorded(api: str, key: str, database_url: str, model: str) -> tuple[httpx.Response, dict]:
+    """A chat call to `model` through the gateway, and its ledger row once the cost service has it."""
+    answer = httpx.post(f"{api}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10,
+                        json={"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
+    assert answer.status_code == 200, answer.text
+    request_id = answer.headers["X-Request-Id"]
+    wait_for(lambda: ledger_row(database_url, request_id), f"the ledger row of {model}", 30)
+    return answer, ledger_row(database_url, request_id) or {}
+
+
 def test_run_starts_everything_and_ctrl_c_stops_everything(fresh_database, tmp_path):
     """A new installation: make run starts everything, and the first call's spend is in the console,
-    signed in with the admin key that make run made, within a minute."""
+    signed in with the admin key that make run made, within a minute; a model of each kind of provider
+    (Together.ai, Anthropic, Azure OpenAI, all on the simulator) is answered, recorded and priced, and
+    the health service watches each."""
     redis_srv, redis_url = redis_server()  # a fresh one: other tests spend 127.0.0.1's anonymous quota
     env, ports = run_env(fresh_database, redis_url)
     log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)
@@ -104,6 +136,21 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(fresh_database, tmp_p
         console = f"http://127.0.0.1:{ports['CONSOLE_PORT']}"
         wait_for(lambda: console_spend_today(console, admin_key) > 0, "the first spend in the console", 60)
         assert time.monotonic() - started < 60
+        api = f"http://127.0.0.1:{ports['API_PORT']}"
+        for model, provider, served_model in [("meta-llama/Llama-3-8b-chat-hf", "together_ai",
+                                               "meta-llama/Llama-3-8b-chat-hf"),
+                                              ("claude-sonnet-4", "anthropic", "claude-sonnet-4-20250514"),
+                                              ("gpt-4o-azure", "azure", "gpt-4o")]:
+            answer, row = called_and_recorded(api, admin_key, fresh_database, model)
+            assert answer.headers["X-Costwarden-Provider"] == provider
+            assert answer.json()["choices"][0]["message"]["content"].startswith("This is a simulated")
+            assert (row["provider"], row["model"], row["served_model"], row["priced"]) == (provider, model,
+                                                                                         served_model, True)
+            assert row["cost"] > 0
+        health = f"http://127.0.0.1:{ports['HEALTH_PORT']}/health/dependencies"
+        wait_for(lambda: {name: entry["status"] for name, entry in httpx.get(health, timeout=5).json()[
+            "dependencies"].items() if name in ("togetherAI", "anthropic", "azure")} == dict.fromkeys(
+            ("togetherAI", "anthropic", "azure"), "healthy"), "every provider healthy", 30)
     finally:
         run.send_signal(signal.SIGINT)
         code = run.wait(60)

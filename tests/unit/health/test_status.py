@@ -38,3 +38,15 @@ def test_overall_is_unhealthy_for_a_critical_dependency_or_every_provider_down_e
     board.record("togetherAI", result("healthy"))
     board.record("nats", result("unhealthy"))
     assert (board.overall(), board.ready()) == ("unhealthy", False)
+
+
+def test_every_declared_provider_counts_for_the_overall_verdict():
+    board = HealthBoard(failure_threshold=3, providers=("togetherAI", "openAI", "claude", "azure-east"))
+    for name in ("database", "nats", "redis", "claude"):
+        board.record(name, result("healthy"))
+    for name in ("togetherAI", "azure-east"):
+        board.record(name, result("unhealthy"))
+    board.record("openAI", result("skipped"))
+    assert board.overall() == "degraded"  # claude still serves
+    board.record("claude", result("unhealthy"))
+    assert board.overall() == "unhealthy"

@@ -102,3 +102,10 @@ def test_azure_refuses_a_call_without_its_api_version_or_its_key(azure_sim):
     assert httpx.post(url, json=body, headers={"api-key": "k"}).status_code == 404
     assert httpx.post(url + "?api-version=2024-10-21", json=body,
                       headers={"Authorization": "Bearer k"}).status_code == 401
+
+
+def test_the_sdks_list_the_models_of_each_mode(anthropic_sim, azure_sim):
+    assert "claude-sonnet-4-20250514" in [model.id for model in claude(anthropic_sim).models.list()]
+    azure = openai.AzureOpenAI(azure_endpoint=azure_sim.url, api_key="azure-key", api_version="2024-10-21",
+                               max_retries=0)
+    assert "gpt-4o" in [model.id for model in azure.models.list()]
