@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from shared.config_file import Problem
-from shared.policy import ProviderConfig, ProviderKind
+from shared.policy import CacheConfig, ProviderConfig, ProviderKind
 from shared.settings import (
     CallLimitSettings,
     ModelsPart,
@@ -27,6 +27,7 @@ AZURE_API_VERSION = "2024-10-21"
 
 class ApiConfig(ModelsPart, TiersPart):
     default_model: str = "meta-llama/Llama-3-70b-chat-hf"
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     def problems(self) -> list[Problem]:
         return [*super().problems(), *missing_keys(self.providers)]
