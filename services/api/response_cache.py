@@ -257,7 +257,7 @@ class CachedAnswer:
             usage = Usage(int(prompt), int(completion), int(cached), source, int(written))
             plain = head["kind"] == "plain"
             return cls(str(head["provider"]), head["served_model"], usage, float(head["at"]),
-                       text if plain else None, () if plain else tuple(text.split("\n")))
+                       text if plain else None, () if plain or not text else tuple(text.split("\n")))
         except (ValueError, KeyError, TypeError):
             return None
 
