@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
+import asyncpg
 import httpx
 import openai
 import pytest
 
+from services.console.periods import preset
+from services.console.pg_console_store import PgConsoleStore
 from services.simulator.app import create_app as create_simulator
 from tests.conftest import set_faults, sim_stats, start_service, unique, unique_ip
 from tests.integration.helpers import auth, from_ip, new_key
@@ -118,6 +122,19 @@ async def test_the_same_request_twice_reaches_the_provider_once_and_the_hit_is_r
                                "'day' AND dimension = 'user' AND key = $1", user)
     assert (rollup["requests"], rollup["cache_hits"], rollup["saved_usd"], rollup["cost"]) == (
         2, 1, paid["cost"], paid["cost"])
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:  # what the console reads: its Overview's savings and the Costs page's rows, for the user and for all
+        console = PgConsoleStore(pool)
+        now = datetime.now(UTC)
+        assert (await console.spend(user, now))["day"] == (paid["cost"], paid["cost"])
+        assert (await console.spend(None, now))["day"][1] >= paid["cost"]
+        for who in (user, None):
+            rows = await console.breakdown(who, preset("24h", now), "model", "cost", 50)
+            row = next(r for r in rows if r.key == CACHED)
+            assert row.cache_hits >= 1 and row.saved >= paid["cost"] and row.hit_rate is not None
+    finally:
+        await pool.close()
 
 
 async def team_key(db, database_url: str, team: str) -> str:
