@@ -59,7 +59,6 @@ async def chat_completions(request: Request) -> Response:
     plan = cache_plan(request, state, caller, "chat", chat.model, payload) if state.cache is not None else None
     ctx = await call_context(request, state, caller, chat.model, model, "/v1/chat/completions", "standard", None,
                              payload, max_tokens, choices)
-    forward_usage = bool((chat.stream_options or {}).get("include_usage"))
     keep = None
     if plan is None:
         headers, ctx = await admit(state, ctx)
@@ -70,13 +69,15 @@ async def chat_completions(request: Request) -> Response:
             headers["X-Costwarden-Provider"] = cached.provider
             if not chat.stream:
                 return Response(cached.plain(), media_type="application/json", headers=headers)
-            return StreamingResponse(replayed(cached.stream(forward_usage)), media_type="text/event-stream",
+            events = cached.stream(bool((chat.stream_options or {}).get("include_usage")))
+            return StreamingResponse(replayed(events), media_type="text/event-stream",
                                      headers={**headers, "Cache-Control": "no-cache"})
     if not chat.stream:
         call = await state.gateway.complete(ctx, payload, keep=keep)
         return Response(call.raw, media_type="application/json",
                         headers={**headers, "X-Costwarden-Provider": call.provider})
-    relay = await state.gateway.open_stream(ctx, payload, forward_usage, keep)
+    relay = await state.gateway.open_stream(ctx, payload, bool((chat.stream_options or {}).get("include_usage")),
+                                            keep)
     return RelayResponse(relay, media_type="text/event-stream",
                          headers={**headers, "X-Costwarden-Provider": relay.provider, "Cache-Control": "no-cache"})
 
