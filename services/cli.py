@@ -121,19 +121,20 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 async def _redis_acl(args: argparse.Namespace) -> int:
     """Print a Redis ACL file: `limiter` with its commands on `cw:*` keys, `api` with its commands on
-    `cwapi:*` keys (the deployments' rpm/tpm counters), `health` that can only ping, the default user
-    off. New random passwords; the file holds only their SHA-256, and each user's REDIS_URL (with its
-    password) goes to stderr, once."""
+    `cwapi:*` keys (the deployments' rpm/tpm counters and the response cache), `health` that can only
+    ping, the default user off. New random passwords; the file holds only their SHA-256, and each user's
+    REDIS_URL (with its password) goes to stderr, once."""
     import hashlib
     import secrets
     from urllib.parse import urlsplit
 
+    from services.api import redis_response_cache
     from services.api import redis_route_ceilings as api_redis
     from services.limiter import redis_limiter_store as limiter_redis
     from shared.redis_client import CLIENT_COMMANDS, acl_user
 
     users = {"limiter": (limiter_redis.acl_commands(), limiter_redis.KEY_PATTERN),
-             "api": (api_redis.acl_commands(), api_redis.KEY_PATTERN),
+             "api": ([*api_redis.acl_commands(), *redis_response_cache.COMMANDS], api_redis.KEY_PATTERN),
              "health": (["ping", *CLIENT_COMMANDS], None)}
     server = urlsplit(DeploySettings().redis_url)
     lines = ["user default off resetkeys resetchannels -@all"]  # an ACL file has no comments

@@ -81,6 +81,8 @@ class Breakdown(BaseModel):
     cost: Decimal
     estimated_requests: int
     estimated_cost: Decimal
+    cache_hits: int = Field(default=0, description="Calls answered from the gateway's response cache.")
+    saved_usd: Decimal = Field(default=Decimal(0), description="What the cache hits would have cost.")
 
 
 class Analytics(BaseModel):
@@ -95,6 +97,9 @@ class Analytics(BaseModel):
     cost: Decimal
     estimated_requests: int = Field(description="Calls whose usage was counted by costwarden: the provider sent none.")
     estimated_cost: Decimal = Field(description="The part of `cost` priced from estimated usage.")
+    cache_hits: int = Field(default=0, description="Calls the gateway answered from its response cache (cost 0).")
+    cache_hit_rate: Decimal | None = Field(default=None, description="Percent of the requests that were cache hits.")
+    saved_usd: Decimal = Field(default=Decimal(0), description="What the cache hits would have cost at the provider.")
     latency_ms: dict[str, float | None]
     by_model: list[Breakdown] = Field(description="By the public model the callers asked for.")
     by_served_model: list[Breakdown] = Field(description="By the provider's model that answered (and was billed).")

@@ -75,6 +75,10 @@ class LimitRequest(Event):
     api_key_id: int | None = Field(
         default=None, ge=1, le=2**63 - 1,
         description="The API key the call is made with: its key limits apply (the gateway sets it).")
+    cache_hit: bool = Field(
+        default=False,
+        description="The gateway answers the call from its response cache: it counts as a request, but reserves "
+                    "no tokens or dollars and is held to no budget.")
 
 
 class LimitDecision(Event):
@@ -172,6 +176,10 @@ class LlmCompleted(Event):
         default="provider",
         description="provider: the provider's own usage; estimated: counted by the sender because the provider "
                     "sent none (stream abandoned or broken, usage omitted).")
+    cache_hit: bool = Field(
+        default=False,
+        description="Answered from the gateway's response cache: no provider was called. The usage is the cached "
+                    "answer's; the call costs nothing and what it would have cost is recorded as saved.")
 
     @field_validator("billed_attempts")
     @classmethod

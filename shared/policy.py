@@ -85,6 +85,31 @@ class ModelRoute(BaseModel):
     weight: float = Field(default=1.0, gt=0, description="The route's share of calls under the weighted strategy.")
 
 
+class ModelCache(BaseModel):
+    """A public model's response cache: on or off (absent: the global `cache.enabled`), its entries'
+    lifetime (absent: the global `cache.ttl_s`), and whether one caller's entries answer every caller."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    ttl_s: int | None = Field(default=None, gt=0, le=30 * 86_400, description="Absent: cache.ttl_s.")
+    shared: bool = Field(
+        default=False, description="true: one entry per request for every caller (anonymous ones included); "
+                                   "false: an entry answers only its team (or, outside a team, its user).")
+
+
+class CacheConfig(BaseModel):
+    """The gateway's response cache (off by default): exact-match answers of chat completions and
+    embeddings in Redis, per model as `models.<name>.cache` says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="The cache of every model whose own `cache.enabled` is unset.")
+    ttl_s: int = Field(default=3600, gt=0, le=30 * 86_400, description="How long an entry lives, in seconds.")
+    max_entry_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576,
+                                 description="An answer larger than this (as stored) is not stored.")
+
+
 class ModelConfig(BaseModel):
     """A public model: its routes, how a call picks among them, the most one of its calls may generate,
     and the kind of call it serves. In the YAML file a model may be given as its list of routes alone."""
@@ -101,6 +126,7 @@ class ModelConfig(BaseModel):
         description="The model's completion ceiling: a call asking for more is refused, a call asking for no "
                     "limit is sent with this one (else DEFAULT_MAX_TOKENS).")
     serves: ModelServes = Field(default="chat", description="chat: /v1/chat/completions; embeddings: /v1/embeddings.")
+    cache: ModelCache | None = Field(default=None, description="The model's response cache; absent: the global one.")
 
     @model_validator(mode="before")
     @classmethod

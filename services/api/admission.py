@@ -112,5 +112,5 @@ class Admission:
             request_id=ctx.request_id, user_id=ctx.caller.user_id, client_ip=ctx.client_ip,
             tier=ctx.caller.tier, endpoint=ctx.endpoint, policy=ctx.policy, model=ctx.model,
             prompt_tokens_estimate=ctx.prompt_tokens, max_tokens=ctx.max_tokens, choices=ctx.choices,
-            api_key_id=ctx.caller.key_id,
+            api_key_id=ctx.caller.key_id, cache_hit=ctx.cache_hit,
         ))

@@ -39,7 +39,9 @@ from services.api.nats_limiter_client import NatsLimiterClient
 from services.api.nats_limits_announcer import NatsLimitsAnnouncer
 from services.api.pg_api_key_store import PgApiKeyStore
 from services.api.providers import Deployment, ProviderRouter
+from services.api.redis_response_cache import RedisResponseCache
 from services.api.redis_route_ceilings import RedisRouteCeilings
+from services.api.response_cache import ResponseCache, cache_policies
 from services.api.settings import ApiConfig, ApiSettings
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from services.keys.pg_key_admin import PgKeyAdmin
@@ -86,8 +88,11 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
     await bind_streams(js, streams_bound_by(SERVICE))
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
     # The api's Redis client (REDIS_URL, its own ACL user `api`, keys under `cwapi:`): asked only for
-    # deployments that declare rpm/tpm ceilings. The connection is made on first use.
+    # deployments that declare rpm/tpm ceilings and models whose answers are cached. The connection is
+    # made on first use.
     redis = redis_client(settings.redis_url, settings.redis_cluster, settings.api_redis_timeout_s)
+    policies = cache_policies(config.cache, config.models)
+    cache = ResponseCache(RedisResponseCache(redis, settings.api_redis_timeout_s), policies) if policies else None
     providers = deployments(settings, config)
     ceilings = RedisRouteCeilings(redis) if any(d.has_ceiling for d in providers.values()) else None
     router = ProviderRouter(providers, ceilings)
@@ -109,7 +114,7 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
                        admission=admission, gateway=gateway, key_admin=PgKeyAdmin(pool),
                        cost_queries=NatsCostQueries(nc, settings.cost_query_timeout_s), breakers=router.breakers,
                        readiness=[("nats", nats_connected), ("postgres", postgres)],
-                       teams=TeamAdmin(PgTeamAdmin(pool), NatsLimitsAnnouncer(nc).announce))
+                       teams=TeamAdmin(PgTeamAdmin(pool), NatsLimitsAnnouncer(nc).announce), cache=cache)
     finally:
         await gateway.drain()
         try:

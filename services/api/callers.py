@@ -14,6 +14,7 @@ class Caller:
     tier: str
     is_admin: bool = False
     key_id: int | None = None
+    team_id: str | None = None  # its user's team: whose cached answers it shares
 
     @property
     def anonymous(self) -> bool:

@@ -39,6 +39,7 @@ class CallContext:
     tags: Mapping[str, str] = field(default_factory=dict)
     team_id: str | None = None  # the team the limiter counted the call for
     strategy: RouteStrategy = "fallback"
+    cache_hit: bool = False  # answered from the response cache: no provider is called
 
     @property
     def worst_case_tokens(self) -> int:
@@ -103,5 +104,5 @@ def completed_event(ctx: CallContext, billed_to: BilledTo, started: float, usage
         usage_source=usage.source,
         endpoint=ctx.endpoint, success=error is None, error=error,
         latency_ms=int((time.perf_counter() - started) * 1000), tags=dict(ctx.tags), api_key_id=ctx.caller.key_id,
-        team_id=ctx.team_id,
+        team_id=ctx.team_id, cache_hit=ctx.cache_hit,
     )

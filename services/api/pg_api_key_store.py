@@ -1,5 +1,5 @@
-"""API key lookups in Postgres (`api_keys`, by SHA-256 digest); CachedKeyStore (cached_key_store.py)
-sits in front. Creating, revoking and rotating keys is services/keys/."""
+"""API key lookups in Postgres (`api_keys`, by SHA-256 digest, with its user's team); CachedKeyStore
+(cached_key_store.py) sits in front. Creating, revoking and rotating keys is services/keys/."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ LOOKUP = """
 WITH found AS (SELECT id, user_id, tier, is_admin, expires_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL),
      used AS (UPDATE api_keys k SET last_used_at = now() FROM found
               WHERE k.id = found.id AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'))
-SELECT id, user_id, tier, is_admin, expires_at FROM found
+SELECT id, user_id, tier, is_admin, expires_at,
+       (SELECT team_id FROM team_members m WHERE m.user_id = found.user_id) AS team_id
+FROM found
 """
 
 
@@ -29,4 +31,5 @@ class PgApiKeyStore:
             raise KeyStoreUnavailable(type(exc).__name__) from exc
         if row is None:
             return None
-        return StoredKey(Caller(row["user_id"], row["tier"], row["is_admin"], row["id"]), row["expires_at"])
+        return StoredKey(Caller(row["user_id"], row["tier"], row["is_admin"], row["id"], row["team_id"]),
+                         row["expires_at"])

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from shared.config_file import Problem
-from shared.policy import AZURE_API_VERSION, ProviderConfig, ProviderKind
+from shared.policy import AZURE_API_VERSION, CacheConfig, ProviderConfig, ProviderKind
 from shared.settings import (
     CallLimitSettings,
     ModelsPart,
@@ -23,6 +23,7 @@ from shared.settings import (
 
 class ApiConfig(ModelsPart, TiersPart):
     default_model: str = "meta-llama/Llama-3-70b-chat-hf"
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     def problems(self) -> list[Problem]:
         return [*super().problems(), *missing_keys(self.providers)]

@@ -11,6 +11,7 @@ from typing import Any
 
 from services.api.calls import BilledTo, CallContext, CompletionPublisher, completed_event
 from services.api.providers import ProviderCall, ProviderStreamBroken
+from services.api.response_cache import AnswerKeeper, CachedAnswer
 from services.api.usage import StreamTally, TokenCounter
 from shared.events import LlmCompleted
 
@@ -48,10 +49,12 @@ class StreamRelay:
     `llm.completed` is published before the closing `[DONE]` when the stream completes; otherwise (the
     client went away, the provider broke the stream) at once, with the usage counted from what was
     relayed. `aclose()` ends it however far it got, even if it never started; the upstream is closed,
-    and an unfinished call recorded, in `background`."""
+    and an unfinished call recorded, in `background`. With `keep`, a stream that completes is kept with
+    every chunk the provider sent (unless they are more than an entry may hold)."""
 
     def __init__(self, call: ProviderCall, ctx: CallContext, started: float, counter: TokenCounter,
-                 publisher: CompletionPublisher, background: BackgroundTasks, forward_usage_chunk: bool) -> None:
+                 publisher: CompletionPublisher, background: BackgroundTasks, forward_usage_chunk: bool,
+                 keep: AnswerKeeper | None = None) -> None:
         self.call = call
         self.ctx = ctx
         self.started = started
@@ -60,6 +63,9 @@ class StreamRelay:
         self.background = background
         self.forward_usage_chunk = forward_usage_chunk
         self.tally = StreamTally()
+        self.keep = keep
+        self._kept: list[str] = []
+        self._kept_bytes = 0
         self._events = self._relay()
         self._finished = False
 
@@ -92,6 +98,11 @@ class StreamRelay:
         return completed_event(self.ctx, BilledTo.answer(self.call, self.ctx.prompt_tokens), self.started, usage,
                                error)
 
+    def _collect(self, data: str) -> None:
+        self._kept_bytes += len(data) + 1
+        if self._kept_bytes <= self.keep.limit_bytes:  # type: ignore[union-attr]
+            self._kept.append(data)
+
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         error: str | None = "client disconnected before the stream ended"
         try:
@@ -103,6 +114,8 @@ class StreamRelay:
                     break
                 chunk = json.loads(data)
                 self.tally.add(chunk)
+                if self.keep is not None:
+                    self._collect(data)
                 if self.tally.reported is not None and not chunk.get("choices") and not self.forward_usage_chunk:
                     continue
                 yield f"data: {data}\n\n".encode()
@@ -111,8 +124,12 @@ class StreamRelay:
                     error = f"{self.call.provider} ended the stream before the answer was finished"
                     yield sse_error(error, "provider_stream_incomplete")
                     return
-            await self.publisher.publish(self._event(None))
+            event = self._event(None)
+            await self.publisher.publish(event)
             error = None
+            if self.keep is not None and self._kept_bytes <= self.keep.limit_bytes:
+                usage = self.tally.usage(self.counter, self.ctx.prompt_tokens, self.ctx.max_tokens)
+                await self.keep(CachedAnswer(event.provider, event.served_model, usage, 0.0, chunks=tuple(self._kept)))
             yield b"data: [DONE]\n\n"
         except PROVIDER_STREAM_ERRORS as exc:
             cause = str(exc) if isinstance(exc, ProviderStreamBroken) else type(exc).__name__

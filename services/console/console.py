@@ -55,6 +55,13 @@ class BreakdownRow:
     completion_tokens: int
     cost: Decimal
     estimated_cost: Decimal
+    cache_hits: int = 0
+    saved: Decimal = Decimal(0)  # what the cache hits would have cost
+
+    @property
+    def hit_rate(self) -> Decimal | None:
+        """Percent of the requests the response cache answered."""
+        return (Decimal(100) * self.cache_hits / self.requests).quantize(Decimal("0.1")) if self.requests else None
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,9 @@ class ConsoleStore(Protocol):
 
     async def key(self, key_id: int) -> KeyRecord | None: ...
 
-    async def spend(self, user: str | None, now: datetime) -> dict[str, Decimal]: ...
+    async def spend(self, user: str | None, now: datetime) -> dict[str, tuple[Decimal, Decimal]]:
+        """Spend and what the response cache saved, this hour, day and month (UTC)."""
+        ...
 
     async def hourly_cost(self, user: str | None, start: datetime, end: datetime) -> dict[datetime, Decimal]: ...
 
@@ -282,6 +291,7 @@ class PeriodSpend:
     spent: Decimal
     warning: Decimal | None
     critical: Decimal | None
+    saved: Decimal = Decimal(0)  # by the response cache
 
     @property
     def level(self) -> Level:
@@ -308,13 +318,16 @@ class Overview:
         return (Decimal(100) * self.traffic.successes / self.traffic.requests).quantize(Decimal("0.1"))
 
 
-def period_spend(spent: dict[str, Decimal], thresholds: Thresholds, per_user: bool) -> list[PeriodSpend]:
-    """Spend this hour, today and this month beside its thresholds: a user's own day is held to the
-    per-user daily levels, which are the only per-user ones."""
+def period_spend(spent: dict[str, tuple[Decimal, Decimal]], thresholds: Thresholds, per_user: bool
+                 ) -> list[PeriodSpend]:
+    """Spend this hour, today and this month beside its thresholds, and what the cache saved: a user's own
+    day is held to the per-user daily levels, which are the only per-user ones."""
     levels = {"hour": thresholds.hourly, "day": thresholds.daily, "month": thresholds.monthly}
     if per_user:
         levels = {"hour": Levels(), "day": thresholds.user_daily, "month": Levels()}
-    return [PeriodSpend(period, spent.get(period, Decimal(0)), levels[period].warning, levels[period].critical)
+    nothing = (Decimal(0), Decimal(0))
+    return [PeriodSpend(period, spent.get(period, nothing)[0], levels[period].warning, levels[period].critical,
+                        spent.get(period, nothing)[1])
             for period in ("hour", "day", "month")]
 
 
@@ -338,10 +351,11 @@ def breakdown_csv(rows: Sequence[BreakdownRow], dimension: str, window: TimeRang
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow([dimension, "requests", "prompt_tokens", "completion_tokens", "cost_usd", "estimated_cost_usd",
-                     "from_utc", "to_utc"])
+                     "cache_hits", "saved_usd", "from_utc", "to_utc"])
     for row in rows:
         writer.writerow([spreadsheet_safe(row.key), row.requests, row.prompt_tokens, row.completion_tokens, row.cost,
-                         row.estimated_cost, window.start.isoformat(), window.end.isoformat()])
+                         row.estimated_cost, row.cache_hits, row.saved, window.start.isoformat(),
+                         window.end.isoformat()])
     return out.getvalue()
 
 
@@ -438,7 +452,7 @@ class Console:
         traffic = await self.store.traffic(user, since, until)
         alerts = await self.store.alerts(user, hour.replace(hour=0), 100)
         return Overview(spend=period_spend(spent, self.thresholds, per_user=user is not None),
-                        projected_month=projected_month_end(spent.get("month", Decimal(0)), now),
+                        projected_month=projected_month_end(spent.get("month", (Decimal(0), Decimal(0)))[0], now),
                         hourly_cost=series(hourly, first_hour, hour + HOUR, HOUR, Decimal(0)), traffic=traffic,
                         minutes=series(traffic.per_minute, since, until, MINUTE, 0), alerts_today=alerts)
 

@@ -30,7 +30,7 @@ from shared.budget_periods import Span
 from shared.limits import Scope, ScopeLimits
 
 SPEND = """
-SELECT period, coalesce(sum(cost), 0) AS cost FROM llm_cost_rollups
+SELECT period, coalesce(sum(cost), 0) AS cost, coalesce(sum(saved_usd), 0) AS saved FROM llm_cost_rollups
 WHERE dimension = $1 AND key = $2
   AND (period, bucket) IN (('hour', $3::timestamptz), ('day', $4::timestamptz), ('month', $5::timestamptz))
 GROUP BY period
@@ -55,7 +55,8 @@ SELECT date_trunc('minute', created_at), count(*), NULL, NULL FROM calls GROUP B
 """
 
 SUMS = ("sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
-        " sum(cost) AS cost, sum(estimated_cost) AS estimated_cost")
+        " sum(cost) AS cost, sum(estimated_cost) AS estimated_cost, sum(cache_hits) AS cache_hits,"
+        " sum(saved_usd) AS saved")
 
 ROLLUP_BREAKDOWN = f"""
 SELECT key, {SUMS} FROM llm_cost_rollups
@@ -73,10 +74,11 @@ LEDGER_BREAKDOWN = """
 WITH grouped AS (
     SELECT {key} AS key, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
            sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
-           coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost
+           coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
+           count(*) FILTER (WHERE cache_hit) AS cache_hits, sum(saved_usd) AS saved
     FROM llm_usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1
 )
-SELECT key, requests, prompt_tokens, completion_tokens, cost, estimated_cost FROM grouped
+SELECT key, requests, prompt_tokens, completion_tokens, cost, estimated_cost, cache_hits, saved FROM grouped
 ORDER BY {order} LIMIT $4
 """
 
@@ -84,11 +86,13 @@ LEDGER_TAG_BREAKDOWN = """
 WITH grouped AS (
     SELECT tags, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
            sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
-           coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost
+           coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
+           count(*) FILTER (WHERE cache_hit) AS cache_hits, sum(saved_usd) AS saved
     FROM llm_usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY tags
 )
 SELECT t.key || '=' || t.value AS key, sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens,
-       sum(completion_tokens) AS completion_tokens, sum(cost) AS cost, sum(estimated_cost) AS estimated_cost
+       sum(completion_tokens) AS completion_tokens, sum(cost) AS cost, sum(estimated_cost) AS estimated_cost,
+       sum(cache_hits) AS cache_hits, sum(saved) AS saved
 FROM grouped CROSS JOIN LATERAL jsonb_each_text(tags) AS t
 GROUP BY 1 ORDER BY {order} LIMIT $4
 """
@@ -179,7 +183,8 @@ def scope_of(user: str | None) -> tuple[str, str]:
 
 def breakdown_row(row: asyncpg.Record) -> BreakdownRow:
     return BreakdownRow(row["key"] or "", int(row["requests"]), int(row["prompt_tokens"]),
-                        int(row["completion_tokens"]), row["cost"], row["estimated_cost"])
+                        int(row["completion_tokens"]), row["cost"], row["estimated_cost"], int(row["cache_hits"]),
+                        row["saved"])
 
 
 class PgConsoleStore:
@@ -194,11 +199,11 @@ class PgConsoleStore:
         row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
         return KeyRecord.from_row(row) if row else None
 
-    async def spend(self, user: str | None, now: datetime) -> dict[str, Decimal]:
+    async def spend(self, user: str | None, now: datetime) -> dict[str, tuple[Decimal, Decimal]]:
         hour = floor_hour(now)
         day = hour.replace(hour=0)
         rows = await self.pool.fetch(SPEND, *scope_of(user), hour, day, day.replace(day=1))
-        return {row["period"]: row["cost"] for row in rows}
+        return {row["period"]: (row["cost"], row["saved"]) for row in rows}
 
     async def hourly_cost(self, user: str | None, start: datetime, end: datetime) -> dict[datetime, Decimal]:
         rows = await self.pool.fetch(HOURLY_COST, *scope_of(user), start, end)

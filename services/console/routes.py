@@ -218,7 +218,8 @@ async def costs(request: Request, query: CostsQuery = Depends(costs_query), who:
     sort_links = {order: str(request.url.include_query_params(sort=order)) for order in ORDERS}
     return render(request, "costs.html", who, rows=rows, query=query, presets=PRESETS, dimensions=DIMENSIONS,
                   orders=ORDERS, tops=TOP_CHOICES, csv_link=f"/costs.csv?{request.url.query}", sort_links=sort_links,
-                  total=sum((row.cost for row in rows), Decimal(0)))
+                  total=sum((row.cost for row in rows), Decimal(0)),
+                  saved_total=sum((row.saved for row in rows), Decimal(0)))
 
 
 @router.get("/costs.csv")

@@ -27,6 +27,7 @@ SELECT count(*) AS requests, count(*) FILTER (WHERE success) AS successes,
        coalesce(sum(cost), 0) AS cost,
        count(*) FILTER (WHERE usage_source = 'estimated') AS estimated_requests,
        coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
+       count(*) FILTER (WHERE cache_hit) AS cache_hits, coalesce(sum(saved_usd), 0) AS saved_usd,
        percentile_cont(0.50) WITHIN GROUP (ORDER BY latency_ms) AS p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
@@ -37,7 +38,8 @@ BREAKDOWN = """
 SELECT {key} AS key, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
        sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
        count(*) FILTER (WHERE usage_source = 'estimated') AS estimated_requests,
-       coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost
+       coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
+       count(*) FILTER (WHERE cache_hit) AS cache_hits, coalesce(sum(saved_usd), 0) AS saved_usd
 FROM llm_usage {join}
 WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3) {extra}
 GROUP BY 1 ORDER BY cost DESC, key LIMIT $4
@@ -121,12 +123,14 @@ class PgCostQueries:
         assert query.start is not None and query.end is not None  # CostQuery requires both for analytics
         requests = totals["requests"]
         success_rate = (Decimal(100) * totals["successes"] / requests).quantize(Decimal("0.01")) if requests else None
+        hit_rate = (Decimal(100) * totals["cache_hits"] / requests).quantize(Decimal("0.01")) if requests else None
         return Analytics(
             user_id=query.user_id, start=query.start, end=query.end, requests=requests,
             successful_requests=totals["successes"],
             success_rate=success_rate,
             prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"], cost=totals["cost"],
             estimated_requests=totals["estimated_requests"], estimated_cost=totals["estimated_cost"],
+            cache_hits=totals["cache_hits"], cache_hit_rate=hit_rate, saved_usd=totals["saved_usd"],
             latency_ms={"p50": totals["p50"], "p95": totals["p95"], "p99": totals["p99"]},
             **breakdowns,
         )

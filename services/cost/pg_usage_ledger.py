@@ -28,13 +28,15 @@ RETURNING request_id
 USAGE_COLUMNS = ["request_id", "user_id", "session_id", "ip_address", "tier", "provider", "model", "served_model",
                  "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost", "priced", "endpoint", "success",
                  "error_message", "latency_ms", "tags", "usage_source", "api_key_id", "team_id", "created_at",
-                 "cache_write_prompt_tokens"]
+                 "cache_write_prompt_tokens", "cache_hit", "saved_usd"]
 
 UPSERT_ROLLUPS = """
 INSERT INTO llm_cost_rollups AS r (period, bucket, dimension, key, requests, successes, prompt_tokens,
-                                   completion_tokens, cost, latency_ms_sum, estimated_requests, estimated_cost)
+                                   completion_tokens, cost, latency_ms_sum, estimated_requests, estimated_cost,
+                                   cache_hits, saved_usd)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::numeric[], $10::bigint[], $11::bigint[], $12::numeric[])
+                     $7::bigint[], $8::bigint[], $9::numeric[], $10::bigint[], $11::bigint[], $12::numeric[],
+                     $13::bigint[], $14::numeric[])
 ON CONFLICT (period, bucket, dimension, key) DO UPDATE SET
     requests = r.requests + excluded.requests,
     successes = r.successes + excluded.successes,
@@ -43,7 +45,9 @@ ON CONFLICT (period, bucket, dimension, key) DO UPDATE SET
     cost = r.cost + excluded.cost,
     latency_ms_sum = r.latency_ms_sum + excluded.latency_ms_sum,
     estimated_requests = r.estimated_requests + excluded.estimated_requests,
-    estimated_cost = r.estimated_cost + excluded.estimated_cost
+    estimated_cost = r.estimated_cost + excluded.estimated_cost,
+    cache_hits = r.cache_hits + excluded.cache_hits,
+    saved_usd = r.saved_usd + excluded.saved_usd
 RETURNING r.period, r.bucket, r.dimension, r.key, r.cost
 """
 
@@ -92,7 +96,7 @@ class PgLedgerTransaction:
                 (r.request_id, e.user_id, e.session_id, e.client_ip, e.tier, e.provider, e.model, e.answered_by,
                  e.total_prompt_tokens, e.completion_tokens, e.cached_prompt_tokens, r.cost, r.priced, e.endpoint,
                  e.success, e.error, e.latency_ms, json.dumps(e.tags), e.usage_source, e.api_key_id, e.team_id,
-                 e.occurred_at, e.cache_write_prompt_tokens)
+                 e.occurred_at, e.cache_write_prompt_tokens, e.cache_hit, r.saved)
                 for r in fresh for e in (r.event,)
             ])
         return fresh
@@ -101,7 +105,7 @@ class PgLedgerTransaction:
         """Add the deltas; return the new totals that thresholds watch (overall, and users' days)."""
         columns = list(zip(*(
             (*key, d.requests, d.successes, d.prompt_tokens, d.completion_tokens, d.cost, d.latency_ms_sum,
-             d.estimated_requests, d.estimated_cost)
+             d.estimated_requests, d.estimated_cost, d.cache_hits, d.saved)
             for key, d in deltas
         ), strict=True))
         rows = await self.conn.fetch(UPSERT_ROLLUPS, *columns)

@@ -52,6 +52,8 @@ def count_spend(records: Sequence[UsageRecord]) -> None:
         labels = (MODEL(event.model), PROVIDER(event.provider), SERVED_MODEL(event.answered_by),
                   ENDPOINT(event.endpoint), TIER(event.tier))
         SPEND.add(labels, record.cost)
+        if event.cache_hit:
+            SPEND.add_saved(labels[0], record.saved)
         TOKENS.labels(*labels, "prompt").inc(event.total_prompt_tokens)
         TOKENS.labels(*labels, "completion").inc(event.completion_tokens)
         for unpriced in record.unpriced:

@@ -32,6 +32,7 @@ class UsageRecord:
     cost: Decimal
     priced: bool
     unpriced: tuple[str, ...] = ()  # provider/model of each part charged the fallback price
+    saved: Decimal = Decimal(0)  # a cache hit's: what the provider would have been paid
 
     @property
     def request_id(self) -> str:
@@ -43,13 +44,17 @@ class UsageRecord:
 
 
 def price_events(events: Iterable[LlmCompleted], catalog: PriceCatalog) -> list[UsageRecord]:
-    """One record per request id (the first seen wins within a batch), priced for what answered."""
+    """One record per request id (the first seen wins within a batch), priced for what answered. A cache
+    hit costs nothing: its price is what it saved."""
     records: dict[str, UsageRecord] = {}
     for event in events:
         if event.request_id in records:
             continue
         cost = catalog.cost_of(event)
-        records[event.request_id] = UsageRecord(event, cost.usd, cost.priced, cost.unpriced)
+        if event.cache_hit:
+            records[event.request_id] = UsageRecord(event, Decimal(0), cost.priced, cost.unpriced, cost.usd)
+        else:
+            records[event.request_id] = UsageRecord(event, cost.usd, cost.priced, cost.unpriced)
     return list(records.values())
 
 
@@ -73,6 +78,8 @@ class RollupDelta:
     latency_ms_sum: int = 0
     estimated_requests: int = 0
     estimated_cost: Decimal = Decimal(0)
+    cache_hits: int = 0
+    saved: Decimal = Decimal(0)
 
     def add(self, record: UsageRecord) -> None:
         event = record.event
@@ -85,6 +92,8 @@ class RollupDelta:
         if event.usage_source == "estimated":
             self.estimated_requests += 1
             self.estimated_cost += record.cost
+        self.cache_hits += int(event.cache_hit)
+        self.saved += record.saved
 
     def merge(self, other: RollupDelta) -> None:
         self.requests += other.requests
@@ -95,6 +104,8 @@ class RollupDelta:
         self.latency_ms_sum += other.latency_ms_sum
         self.estimated_requests += other.estimated_requests
         self.estimated_cost += other.estimated_cost
+        self.cache_hits += other.cache_hits
+        self.saved += other.saved
 
 
 def dimensions_of(event: LlmCompleted) -> list[tuple[str, str]]:

@@ -20,10 +20,14 @@ SpendLabels = tuple[str, str, str, str, str]
 class SpendCollector(Collector):
     def __init__(self) -> None:
         self.usd: defaultdict[SpendLabels, Decimal] = defaultdict(Decimal)
+        self.saved: defaultdict[str, Decimal] = defaultdict(Decimal)
         self.thresholds: dict[tuple[str, str], Decimal] = {}
 
     def add(self, labels: SpendLabels, usd: Decimal) -> None:
         self.usd[labels] += usd
+
+    def add_saved(self, model: str, usd: Decimal) -> None:
+        self.saved[model] += usd
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
         self.thresholds = {(period, severity): usd for period in ("hour", "day", "month")
@@ -38,6 +42,11 @@ class SpendCollector(Collector):
         for labels, usd in list(self.usd.items()):
             spend.add_metric(labels, usd)  # type: ignore[arg-type]
         yield spend
+        saved = CounterMetricFamily("costwarden_cost_cache_saved_usd", "What calls answered from the gateway's "
+                                    "response cache would have cost, in USD, by public model", labels=["model"])
+        for model, usd in list(self.saved.items()):
+            saved.add_metric([model], usd)  # type: ignore[arg-type]
+        yield saved
         threshold = GaugeMetricFamily("costwarden_cost_alert_threshold_usd",
                                       "Configured spend thresholds, for alert rules", labels=["period", "severity"])
         for (period, severity), usd in self.thresholds.items():

@@ -49,6 +49,7 @@ class LimitPlan:
     checks: tuple[ScopeCheck, ...] = ()
     team_id: str | None = None
     model_refused_by: tuple[Scope, str] | None = None  # a scope whose `models` does not list the model
+    cache_hit: bool = False  # counted in the request windows only: nothing reserved, no budget checked
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,13 @@ class LimitPolicy:
 
     def plan(self, request: LimitRequest, book: LimitsBook = EMPTY_BOOK) -> LimitPlan:
         _, limits = self.tier_of(request)
+        hit = request.cache_hit
         default_completion = completion_limit(self.models.get(request.model), self.default_max_tokens)
-        tokens = reserved_tokens(request, default_completion, self.reservation_cap_tokens)
+        tokens = 0 if hit else reserved_tokens(request, default_completion, self.reservation_cap_tokens)
         team = book.team_of(request.user_id)
         scopes = book.scopes_of(request.api_key_id, request.user_id, team)
         refused = next(((scope, scope_id) for scope, scope_id, own in scopes if not own.allows(request.model)), None)
+        checks = scope_checks(scopes, self._spans, self.clock()) if scopes else ()
         return LimitPlan(
             key=caller_base(request.user_id, request.client_ip, team),
             request_id=request.request_id,
@@ -119,9 +122,10 @@ class LimitPolicy:
             reserve_tokens=tokens,
             budget_nano=to_nano_usd(limits.daily_budget_usd),
             reserve_nano=to_nano_usd(tokens * self.reservation_rate(request.model) / PER_MILLION),
-            checks=scope_checks(scopes, self._spans, self.clock()) if scopes else (),
+            checks=tuple(check for check in checks if check.kind == "requests") if hit else checks,
             team_id=team,
             model_refused_by=refused,
+            cache_hit=hit,
         )
 
     def model_refusal(self, request: LimitRequest, plan: LimitPlan) -> LimitDecision:
@@ -197,11 +201,12 @@ class LimitPolicy:
     def settlement(self, event: LlmCompleted, book: LimitsBook = EMPTY_BOOK) -> tuple[str, int, int] | None:
         """(key, actual tokens, actual nano-USD) of a finished call, or None when the reservation must
         stay as it is: usage marked estimated but with no tokens is a sender that could not count, and
-        settling it would forget spend the provider bills (the reservation keeps the worst case).
+        settling it would forget spend the provider bills (the reservation keeps the worst case). A cache
+        hit reserved nothing and spent nothing: None.
 
         The key is that of the team the decision counted the call for (the event's `team_id`); an event
         that does not say (an upstream service that did not copy it) is taken to be its user's team now."""
-        if event.usage_source == "estimated" and event.total_tokens == 0:
+        if event.cache_hit or (event.usage_source == "estimated" and event.total_tokens == 0):
             return None
         nano = to_nano_usd(self.catalog.cost_of(event).usd)
         team = event.team_id or book.team_of(event.user_id)

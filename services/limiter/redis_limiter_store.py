@@ -42,9 +42,11 @@ local strict_limit = tonumber(ARGV[4])
 local tpm_limit, reserve_tokens = tonumber(ARGV[5]), tonumber(ARGV[6])
 local budget, reserve_nano = tonumber(ARGV[7]), tonumber(ARGV[8])
 local resv_ttl = tonumber(ARGV[9])
--- Scope checks: six values each from ARGV[11] (kind, limit, three parameters, the counter's name after
+-- A cache hit ('1') is counted in the request windows only: no tokens, dollars or reservation.
+local hit = ARGV[10] == '1'
+-- Scope checks: six values each from ARGV[12] (kind, limit, three parameters, the counter's name after
 -- the caller's tag, recorded in the reservation); KEYS[5 + i] is check i's counter.
-local checks = tonumber(ARGV[10]) or 0
+local checks = tonumber(ARGV[11]) or 0
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -85,7 +87,7 @@ end
 local count, reset = window(req_key, window_ms)
 local limit, remaining = req_limit, req_limit - count - 1
 
-if redis.call('EXISTS', resv_key) == 1 then
+if redis.call('EXISTS', resv_key) == 1 or (hit and redis.call('ZSCORE', req_key, request_id)) then
   return {1, 'ok', limit, math.max(remaining + 1, 0), reset, now}
 end
 if count >= req_limit then
@@ -98,18 +100,20 @@ if strict_limit > 0 then
   end
   limit, remaining, reset = strict_limit, strict_limit - strict_count - 1, strict_reset
 end
-local used_tokens = current(tok_key, minute, minute - 1)
-if used_tokens + reserve_tokens > tpm_limit then
-  return {0, 'tokens', tpm_limit, math.max(tpm_limit - used_tokens, 0), (minute + 1) * 60000, now}
-end
-local spent = current(usd_key, day, day - 1)
-if spent + reserve_nano > budget then
-  return {0, 'budget', budget, math.max(budget - spent, 0), (day + 1) * 86400000, now}
+if not hit then
+  local used_tokens = current(tok_key, minute, minute - 1)
+  if used_tokens + reserve_tokens > tpm_limit then
+    return {0, 'tokens', tpm_limit, math.max(tpm_limit - used_tokens, 0), (minute + 1) * 60000, now}
+  end
+  local spent = current(usd_key, day, day - 1)
+  if spent + reserve_nano > budget then
+    return {0, 'budget', budget, math.max(budget - spent, 0), (day + 1) * 86400000, now}
+  end
 end
 
 local fields = {}
 for i = 1, checks do
-  local at = 5 + i * 6
+  local at = 6 + i * 6
   local kind, cap = ARGV[at], tonumber(ARGV[at + 1])
   local a, b, c = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
   local key = KEYS[5 + i]
@@ -144,13 +148,20 @@ if strict_limit > 0 then
   redis.call('ZADD', strict_key, now, request_id)
   redis.call('PEXPIRE', strict_key, window_ms)
 end
+if hit then  -- the policy passes a hit's request windows only
+  for i = 1, checks do
+    redis.call('ZADD', KEYS[5 + i], now, request_id)
+    redis.call('PEXPIRE', KEYS[5 + i], tonumber(ARGV[8 + i * 6]))
+  end
+  return {1, 'ok', limit, remaining, reset, now}
+end
 redis.call('HINCRBY', tok_key, minute, reserve_tokens)
 redis.call('EXPIRE', tok_key, 120)
 redis.call('HINCRBY', usd_key, day, reserve_nano)
 redis.call('EXPIRE', usd_key, 172800)
 local counters = {}
 for i = 1, checks do
-  local at = 5 + i * 6
+  local at = 6 + i * 6
   local kind, a, b, c, name = ARGV[at], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4]),
                               ARGV[at + 5]
   local key = KEYS[5 + i]
@@ -258,7 +269,7 @@ class RedisLimiterStore:
         keys = caller_keys(plan.key, plan.request_id)
         args: list[str | int] = [plan.request_id, plan.requests_limit, plan.window_ms, plan.strict_limit,
                                  plan.tokens_per_minute, plan.reserve_tokens, plan.budget_nano, plan.reserve_nano,
-                                 self.reservation_ttl_s]
+                                 self.reservation_ttl_s, int(plan.cache_hit)]
         names = [keys["req"], keys["strict"], keys["tok"], keys["usd"], keys["resv"]]
         if plan.checks:
             tag = tag_of(plan.key)

@@ -171,7 +171,7 @@ async def test_console_reads_what_it_shows_and_writes_nothing(login_as, fresh_da
         store = PgConsoleStore(pool)
         signed_in = await store.signed_in_key(hash_api_key(key))
         assert signed_in is not None and signed_in.user_id == "ann"
-        assert (await store.spend("ann", now))["day"] == Decimal("0.0004")
+        assert (await store.spend("ann", now))["day"] == (Decimal("0.0004"), 0)  # spent, saved by the cache
         window = preset("24h", now)
         assert [row.key for row in await store.breakdown(None, window, "tag", "key", 10)] == ["feature=f", "team=a"]
         assert [row.key for row in await store.breakdown("ann", window, "model", "cost", 10)] == [

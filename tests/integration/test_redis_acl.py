@@ -1,6 +1,6 @@
 """Redis with `costwarden redis-acl`'s users: the limiter decides and settles exactly as the `limiter`
-user and can touch nothing outside `cw:*`; the api counts its deployments' ceilings as `api` and can
-touch nothing outside `cwapi:*`; the health check works as `health` and can read no key; the default
+user and can touch nothing outside `cw:*`; the api counts its deployments' ceilings and keeps its
+cached answers as `api` and can touch nothing outside `cwapi:*`; the health check works as `health` and can read no key; the default
 user is off."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from services.api.redis_route_ceilings import RedisRouteCeilings, deployment_key
+from services.api.redis_response_cache import RedisResponseCache
+from services.api.redis_route_ceilings import RedisRouteCeilings
 from services.limiter.policy import subject_key
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
 from tests.conftest import start_service, unique
@@ -105,7 +106,7 @@ async def test_the_health_check_can_only_ping(acl_redis, base_env):
         health.stop()
 
 
-async def test_the_api_counts_its_ceilings_as_its_user_and_reaches_only_its_keys(acl_redis):
+async def test_the_api_counts_its_ceilings_and_caches_as_its_user_and_reaches_only_its_keys(acl_redis):
     urls, _ = acl_redis
     as_api = Redis.from_url(urls["api"])
     try:
@@ -113,7 +114,10 @@ async def test_the_api_counts_its_ceilings_as_its_user_and_reaches_only_its_keys
         provider = unique("deploy")
         waits = [await ceilings.admit(provider, 2, None, 10) for _ in range(3)]
         assert waits[:2] == [0, 0] and 0 < waits[2] <= 60
-        for forbidden in (as_api.get(deployment_key(provider)), as_api.set("cw:{user:a}:req", 1),
+        cache = RedisResponseCache(as_api, 2.0)
+        await cache.put("cwapi:cache:acl", b"an answer", 60)
+        assert await cache.get("cwapi:cache:acl") == b"an answer"
+        for forbidden in (as_api.get("cw:{user:a}:req"), as_api.set("cw:{user:a}:req", 1),
                           as_api.eval("return redis.call('HGETALL', KEYS[1])", 1, "cw:{user:a}:tok"),
                           as_api.keys("*"), as_api.flushall()):
             with pytest.raises(NoPermissionError):

@@ -163,3 +163,30 @@ def test_a_price_map_that_cannot_be_read_is_named(tmp_path):
     path = write(tmp_path, "litellm_prices_file: /nonexistent/prices.json\n")
     assert check(path) == ([f"{path}:1:22: error: litellm_prices_file: cannot read /nonexistent/prices.json: "
                             "No such file or directory"], 1)
+
+
+CACHED = """\
+cache:
+  enabled: true
+  ttl_s: 600
+models:
+  gpt-4o-mini:
+    routes: [{provider: openai, model: gpt-4o-mini}]
+    cache: {ttl_s: 60, shared: true}
+"""
+
+
+@pytest.mark.parametrize(("mistake", "fixed", "expected"), [
+    ("ttl_s: 600", "ttl_s: 0", "3:10: error: cache.ttl_s: Input should be greater than 0"),
+    ("  enabled: true", "  enabled: sometimes", "2:12: error: cache.enabled: Input should be a valid boolean, unable "
+                                                "to interpret input"),
+    ("ttl_s: 600", "ttl_s: 600\n  max_entry_bytes: -1", "4:20: error: cache.max_entry_bytes: Input should be greater "
+                                                         "than 0"),
+    ("shared: true}", "shared: true, ttl: 5}", "7:43: error: models.gpt-4o-mini.cache.ttl: Extra inputs are not "
+                                               "permitted"),
+])
+def test_the_response_caches_settings_are_checked(tmp_path, mistake, fixed, expected):
+    assert check(write(tmp_path, CACHED)) == ([], 0)
+    path = write(tmp_path, CACHED.replace(mistake, fixed))
+    lines, errors = check(path)
+    assert errors == 1 and lines == [f"{path}:{expected}"]

@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from services.api.http.edge import admit, call_context, caller_of, completion_tokens, public_model, read_body
+from services.api.http.edge import (
+    admit,
+    admit_cached,
+    cache_plan,
+    call_context,
+    caller_of,
+    completion_tokens,
+    public_model,
+    read_body,
+)
 from services.api.http.requests import ChatCompletionRequest, request_body_doc
 from services.api.http.state import api_state
 from shared.policy import completion_limit
@@ -46,16 +56,35 @@ async def chat_completions(request: Request) -> Response:
     payload = chat.model_dump(exclude_none=True)
     if chat.completion_limit is None:  # the provider may generate no more than the limiter reserved
         payload["max_tokens"] = max_tokens
+    plan = cache_plan(request, state, caller, "chat", chat.model, payload) if state.cache is not None else None
     ctx = await call_context(request, state, caller, chat.model, model, "/v1/chat/completions", "standard", None,
                              payload, max_tokens, choices)
-    headers, ctx = await admit(state, ctx)
+    keep = None
+    if plan is None:
+        headers, ctx = await admit(state, ctx)
+    else:
+        headers, ctx, cached, keep = await admit_cached(state, ctx, plan)
+        if cached is not None:
+            await state.gateway.replay(ctx, cached)
+            headers["X-Costwarden-Provider"] = cached.provider
+            if not chat.stream:
+                return Response(cached.plain(), media_type="application/json", headers=headers)
+            events = cached.stream(bool((chat.stream_options or {}).get("include_usage")))
+            return StreamingResponse(replayed(events), media_type="text/event-stream",
+                                     headers={**headers, "Cache-Control": "no-cache"})
     if not chat.stream:
-        call = await state.gateway.complete(ctx, payload)
+        call = await state.gateway.complete(ctx, payload, keep=keep)
         return Response(call.raw, media_type="application/json",
                         headers={**headers, "X-Costwarden-Provider": call.provider})
-    relay = await state.gateway.open_stream(ctx, payload, bool((chat.stream_options or {}).get("include_usage")))
+    relay = await state.gateway.open_stream(ctx, payload, bool((chat.stream_options or {}).get("include_usage")),
+                                            keep)
     return RelayResponse(relay, media_type="text/event-stream",
                          headers={**headers, "X-Costwarden-Provider": relay.provider, "Cache-Control": "no-cache"})
+
+
+async def replayed(events: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
 
 
 @router.get("/v1/models")

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from fastapi import Request
+from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
 from services.api.admission import Admission, Denied, Granted, ModelRefused, Unavailable, UnknownModel, WrongEndpoint
@@ -19,9 +20,12 @@ from services.api.calls import CallContext
 from services.api.http.errors import ApiError, RateLimited, validation_error
 from services.api.http.state import ApiState
 from services.api.ratelimit_headers import ratelimit_headers, too_many_requests
+from services.api.response_cache import CACHE_HEADER, TTL_HEADER, AnswerKeeper, BadCacheHeader, CachedAnswer, CachePlan
 from shared.events import Policy
 from shared.policy import ModelConfig, ModelServes
 
+CACHE_RESULTS = Counter("costwarden_api_cache_total", "Calls of models with the response cache on, by what the "
+                        "cache did: hit, miss or bypass", ["model", "result"])
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
 
@@ -141,3 +145,30 @@ async def admit(state: ApiState, ctx: CallContext) -> tuple[dict[str, str], Call
         raise ApiError(503, outcome.reason, type_="service_unavailable", code="limiter_unavailable",
                        headers={"Retry-After": str(int(outcome.retry_after_s))})
     return {"X-Request-Id": ctx.request_id}, ctx
+
+
+def cache_plan(request: Request, state: ApiState, caller: Caller, serves: ModelServes, model: str,
+               payload: dict[str, Any]) -> CachePlan | None:
+    """How the call uses the response cache (state.cache is not None): None when the cache is off for the
+    model; 400 naming a cache header that cannot be read."""
+    assert state.cache is not None
+    headers = request.headers
+    try:
+        return state.cache.plan(serves, model, caller, payload, headers.get("cache-control"), headers.get(TTL_HEADER))
+    except BadCacheHeader as exc:
+        raise ApiError(400, str(exc), code="invalid_cache_header", param=exc.header) from None
+
+
+async def admit_cached(state: ApiState, ctx: CallContext, plan: CachePlan
+                       ) -> tuple[dict[str, str], CallContext, CachedAnswer | None, AnswerKeeper | None]:
+    """The cache is looked up before the limiter is asked: a hit is still a call the limiter counts
+    (without reserving anything for it). The headers say what the cache did (and on a hit the entry's
+    Age); with the answer found, or what keeps the call's answer."""
+    assert state.cache is not None
+    found, result = await state.cache.lookup(plan)
+    headers, ctx = await admit(state, ctx if found is None else replace(ctx, cache_hit=True))
+    CACHE_RESULTS.labels(ctx.model, result).inc()
+    headers[CACHE_HEADER] = result
+    if found is not None:
+        headers["Age"] = str(found.age_s(state.cache.now()))
+    return headers, ctx, found, state.cache.keeper(plan, result)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from services.api.http.edge import admit, call_context, caller_of, public_model, read_body
+from services.api.http.edge import admit, admit_cached, cache_plan, call_context, caller_of, public_model, read_body
 from services.api.http.requests import EmbeddingsRequest, request_body_doc
 from services.api.http.state import api_state
 
@@ -24,9 +24,18 @@ async def embeddings(request: Request) -> Response:
     body = await read_body(request, EmbeddingsRequest, state.settings.max_body_bytes)
     model = public_model(state.admission, body.model, "embeddings")
     payload = body.model_dump(exclude_none=True)
+    plan = cache_plan(request, state, caller, "embeddings", body.model, payload) if state.cache is not None else None
     ctx = await call_context(request, state, caller, body.model, model, ENDPOINT, "standard", None, payload,
                              RESERVED_COMPLETION_TOKENS)
-    headers, ctx = await admit(state, ctx)
-    call = await state.gateway.complete(ctx, payload, "embeddings")
+    keep = None
+    if plan is None:
+        headers, ctx = await admit(state, ctx)
+    else:
+        headers, ctx, cached, keep = await admit_cached(state, ctx, plan)
+        if cached is not None:
+            await state.gateway.replay(ctx, cached)
+            return Response(cached.plain(), media_type="application/json",
+                            headers={**headers, "X-Costwarden-Provider": cached.provider})
+    call = await state.gateway.complete(ctx, payload, "embeddings", keep)
     return Response(call.raw, media_type="application/json",
                     headers={**headers, "X-Costwarden-Provider": call.provider})

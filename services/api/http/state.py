@@ -12,6 +12,7 @@ from fastapi import Request
 from services.api.admission import Admission
 from services.api.breaker import CircuitBreaker
 from services.api.gateway import Gateway
+from services.api.response_cache import ResponseCache
 from services.api.settings import ApiConfig, ApiSettings
 from services.keys.key_admin import KeyAdmin
 from services.teams.team_admin import TeamAdmin
@@ -31,6 +32,7 @@ class ApiState:
     breakers: Mapping[str, CircuitBreaker]
     readiness: Sequence[ReadinessCheck]
     teams: TeamAdmin
+    cache: ResponseCache | None = None  # None: the response cache is off for every model
 
 
 def api_state(request: Request) -> ApiState:

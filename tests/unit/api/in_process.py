@@ -129,7 +129,8 @@ class KeyTable:
         record = self.records.get(self.hashes.get(digest, 0))
         if record is None or record.revoked_at is not None:
             return None
-        return StoredKey(Caller(record.user_id, record.tier, record.admin, record.id), record.expires_at)
+        return StoredKey(Caller(record.user_id, record.tier, record.admin, record.id, record.team_id),
+                         record.expires_at)
 
 
 @dataclass

@@ -26,7 +26,7 @@ class FlakyPool:
 async def test_a_known_key_keeps_working_through_an_outage_and_a_new_key_is_told_to_retry():
     pool = FlakyPool()
     pool.rows[hash_api_key("cw_known")] = {"id": 7, "user_id": "ann", "tier": "pro", "is_admin": False,
-                                           "expires_at": None}
+                                           "expires_at": None, "team_id": None}
     store = CachedKeyStore(PgApiKeyStore(pool), cache_s=0)  # type: ignore[arg-type]
     assert (await store.caller_for("cw_known")).user_id == "ann"
     pool.down = True

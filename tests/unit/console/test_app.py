@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services.console.app import OpenedConsole, create_app
-from services.console.console import Console, CreatedKey, KeyUsage, Traffic
+from services.console.console import BreakdownRow, Console, CreatedKey, KeyUsage, Traffic
 from services.console.settings import ConsoleSettings
 from shared.api_keys import KeyRecord, display_prefix, hash_api_key
 from shared.events import utc_now
@@ -43,9 +43,10 @@ class Ledger:
     async def key(self, key_id: int) -> KeyRecord | None:
         return next((r for r in self.keys_by_hash.values() if r.id == key_id), None)
 
-    async def spend(self, user: str | None, now: datetime) -> dict[str, Decimal]:
+    async def spend(self, user: str | None, now: datetime) -> dict[str, tuple[Decimal, Decimal]]:
         self.asked_for.append(user)
-        return {"hour": Decimal("1.5"), "day": Decimal("2"), "month": Decimal("30")}
+        return {"hour": (Decimal("1.5"), Decimal("0.25")), "day": (Decimal("2"), Decimal("0.5")),
+                "month": (Decimal("30"), Decimal("4"))}
 
     async def hourly_cost(self, user, start, end):
         return {}
@@ -61,6 +62,9 @@ class Ledger:
 
     async def usage_by_key(self, key_ids, now) -> dict[int, KeyUsage]:
         return {}
+
+    async def breakdown(self, user, window, dimension, order, limit) -> list[BreakdownRow]:
+        return [BreakdownRow("gpt-4o-mini", 8, 100, 20, Decimal("0.75"), Decimal(0), 2, Decimal("0.25"))]
 
 
 class Actions:
@@ -131,6 +135,17 @@ async def test_a_key_signs_in_to_the_page_asked_for_and_a_wrong_key_is_told_so()
         overview = await client.get("/")
     assert overview.status_code == 200 and "Overview — ann" in overview.text
     assert store.asked_for == ["ann"]  # a user's pages read that user's figures only
+
+
+async def test_the_overview_shows_what_the_cache_saved_and_costs_break_it_down_by_model():
+    async with served(console_app(Ledger(), Actions())) as client:
+        await sign_in(client, ANN_KEY)
+        overview = (await client.get("/")).text
+        costs = (await client.get("/costs?by=model")).text
+    assert "Saved by the cache" in overview
+    assert [f'data-period="{p}" data-value="{v}"' in overview for p, v in (("hour", "0.25"), ("day", "0.5"),
+                                                                           ("month", "4"))] == [True] * 3
+    assert "Hit rate" in costs and 'data-value="25.0">25.0%' in costs and 'data-value="0.25"' in costs
 
 
 async def test_a_user_is_refused_the_admin_pages_and_an_admin_is_not():

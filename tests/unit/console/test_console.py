@@ -27,7 +27,8 @@ class FakeStore:
 
     async def spend(self, user, now):
         self.asked.append(("spend", user))
-        return {"hour": Decimal("12"), "day": Decimal("12.5"), "month": Decimal("280")}
+        return {"hour": (Decimal("12"), Decimal("0.5")), "day": (Decimal("12.5"), Decimal(1)),
+                "month": (Decimal("280"), Decimal(40))}
 
     async def hourly_cost(self, user, start, end):
         return {end - timedelta(hours=1): Decimal("2")}
@@ -82,8 +83,14 @@ async def test_a_user_sees_only_their_own_figures_held_to_the_per_user_daily_lev
 
 
 def test_period_spend_levels():
-    spend = period_spend({"month": Decimal("5000.01")}, Thresholds(), per_user=False)
+    spend = period_spend({"month": (Decimal("5000.01"), Decimal(3))}, Thresholds(), per_user=False)
     assert [s.level for s in spend] == ["ok", "ok", "critical"]
+    assert [s.saved for s in spend] == [0, 0, 3]  # what the cache saved does not count towards the levels
+
+
+def test_a_breakdown_row_says_how_much_of_it_the_cache_answered():
+    row = BreakdownRow("m", 8, 1, 1, Decimal(1), Decimal(0), cache_hits=3, saved=Decimal("0.5"))
+    assert row.hit_rate == Decimal("37.5") and BreakdownRow("m", 0, 0, 0, Decimal(0), Decimal(0)).hit_rate is None
 
 
 async def test_an_unknown_breakdown_is_refused():

@@ -63,3 +63,11 @@ def test_rollups_count_the_prompt_of_every_billed_attempt():
     assert record.cost == Decimal("0.00025") + Decimal("0.00009")
     overall = dict(rollup_deltas([record]))[("hour", datetime(2026, 11, 28, 10, tzinfo=UTC), "all", "")]
     assert (overall.requests, overall.prompt_tokens, overall.cost) == (1, 200, record.cost)
+
+
+def test_a_cache_hit_costs_nothing_and_is_rolled_up_with_what_it_saved():
+    records = price_events([completed("paid", 1_000_000), completed("hit", 1_000_000, cache_hit=True)],
+                           PriceCatalog.with_overrides({}))
+    assert [(r.cost, r.saved) for r in records] == [(Decimal("0.90"), 0), (0, Decimal("0.90"))]
+    day = dict(rollup_deltas(records))[("day", datetime(2026, 11, 28, tzinfo=UTC), "model", MODEL)]
+    assert (day.requests, day.cost, day.cache_hits, day.saved) == (2, Decimal("0.90"), 1, Decimal("0.90"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from services.limiter.policy import CounterReading, LimitPolicy, reserved_tokens, subject_key
+from services.limiter.policy import CounterReading, LimitPolicy, LimitsBook, reserved_tokens, subject_key
 from shared.events import BilledAttempt, LimitRequest, LlmCompleted
+from shared.limits import Budget, ScopeLimits
 from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS, ModelConfig
 from shared.pricing import PriceCatalog, to_nano_usd
 
@@ -36,6 +37,24 @@ def test_an_estimated_call_settles_to_its_estimate():
 
 def test_an_estimate_of_nothing_keeps_the_reservation_instead_of_settling_to_zero():
     assert policy().settlement(completed(0, 0, usage_source="estimated")) is None
+
+
+def test_a_cache_hit_reserved_nothing_and_settles_nothing():
+    assert policy().settlement(completed(1000, 500, cache_hit=True)) is None
+
+
+def test_a_cache_hit_is_counted_in_the_request_windows_only():
+    limits = ScopeLimits(requests=5, tokens_per_minute=100, budgets=[Budget(usd=Decimal(1), period="day")])
+    book = LimitsBook(limits={("user", "ann"): limits})
+    request = LimitRequest(request_id="r", user_id="ann", tier="free", model=MODEL, prompt_tokens_estimate=100,
+                           max_tokens=500, policy="strict")
+    asked = policy().plan(request, book)
+    hit = policy().plan(request.model_copy(update={"cache_hit": True}), book)
+    assert (asked.reserve_tokens > 0, asked.reserve_nano > 0, len(asked.checks), asked.cache_hit) == (True, True, 3,
+                                                                                                      False)
+    assert (hit.reserve_tokens, hit.reserve_nano, [c.kind for c in hit.checks], hit.cache_hit) == (0, 0, ["requests"],
+                                                                                                   True)
+    assert (hit.requests_limit, hit.strict_limit) == (asked.requests_limit, asked.strict_limit)
 
 
 def test_a_provider_that_billed_nothing_settles_to_zero():
