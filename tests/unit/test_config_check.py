@@ -190,3 +190,13 @@ def test_the_response_caches_settings_are_checked(tmp_path, mistake, fixed, expe
     path = write(tmp_path, CACHED.replace(mistake, fixed))
     lines, errors = check(path)
     assert errors == 1 and lines == [f"{path}:{expected}"]
+
+
+def test_the_readmes_configuration_is_valid_and_every_route_priced(tmp_path, monkeypatch):
+    """What a newcomer copies from the README must pass `config check` with no warning."""
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    for variable in ("ANTHROPIC_API_KEY", "AZURE_EAST_KEY", "GROQ_API_KEY"):
+        monkeypatch.setenv(variable, "x")
+    assert "anthropic" in example and "azure" in example and "kind: openai" in example
+    assert check(write(tmp_path, example)) == ([], 0)
