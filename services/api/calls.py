@@ -20,10 +20,11 @@ ESTIMATED = Counter("costwarden_api_estimated_usage_total",
                     "Calls whose usage the gateway counted because the provider sent none", ["model"])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallContext:
     """`model` is the public model the caller asked for, `routes` where it is served and `strategy` the
-    order they are tried in."""
+    order they are tried in. Not changed once made (dataclasses.replace makes a variant); not frozen,
+    because a frozen dataclass sets each of its fields through object.__setattr__, on every call."""
 
     request_id: str
     caller: Caller
