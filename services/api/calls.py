@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter
 
@@ -20,10 +20,11 @@ ESTIMATED = Counter("costwarden_api_estimated_usage_total",
                     "Calls whose usage the gateway counted because the provider sent none", ["model"])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallContext:
     """`model` is the public model the caller asked for, `routes` where it is served and `strategy` the
-    order they are tried in."""
+    order they are tried in. Not changed once made (dataclasses.replace makes a variant); not frozen,
+    because a frozen dataclass sets each of its fields through object.__setattr__, on every call."""
 
     request_id: str
     caller: Caller
@@ -95,10 +96,13 @@ def completed_event(ctx: CallContext, billed_to: BilledTo, started: float, usage
     """The call's record; `started` is when it was sent (time.perf_counter)."""
     if usage.source == "estimated":
         ESTIMATED.labels(ctx.model).inc()
+    # Almost every call has no other billed attempt: left to its default, the empty list skips its
+    # validation and the contract's check of a call's total tokens.
+    others: dict[str, Any] = {"billed_attempts": billed_to.others} if billed_to.others else {}
     return LlmCompleted(
         id=ctx.request_id, request_id=ctx.request_id, user_id=ctx.caller.user_id, session_id=ctx.session_id,
         client_ip=ctx.client_ip, tier=ctx.caller.tier, provider=billed_to.provider, model=ctx.model,
-        served_model=billed_to.served_model, billed_attempts=billed_to.others,
+        served_model=billed_to.served_model, **others,
         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens, cache_write_prompt_tokens=usage.cache_write_prompt_tokens,
         usage_source=usage.source,

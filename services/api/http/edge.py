@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -21,7 +20,7 @@ from services.api.http.errors import ApiError, RateLimited, validation_error
 from services.api.http.state import ApiState
 from services.api.ratelimit_headers import ratelimit_headers, too_many_requests
 from services.api.response_cache import CACHE_HEADER, TTL_HEADER, AnswerKeeper, BadCacheHeader, CachedAnswer, CachePlan
-from shared.events import Policy
+from shared.events import Policy, new_id
 from shared.policy import ModelConfig, ModelServes
 
 CACHE_RESULTS = Counter("costwarden_api_cache_total", "Calls of models with the response cache on, by what the "
@@ -118,7 +117,7 @@ async def call_context(request: Request, state: ApiState, caller: Caller, model:
     tags = parse_tags(request.headers.get("x-costwarden-tags"))
     peer = request.client.host if request.client else None
     return CallContext(
-        request_id=uuid.uuid4().hex, caller=caller,
+        request_id=new_id(), caller=caller,
         client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), state.trusted_proxies),
         endpoint=endpoint, model=model, routes=config.routes, strategy=config.strategy,
         prompt_tokens=await state.admission.prompt_tokens(payload, config.serves), max_tokens=max_tokens,

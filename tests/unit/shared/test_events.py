@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from pydantic import ValidationError
 
 from shared.bus import describe_invalid
-from shared.events import LlmCompleted
+from shared.events import LlmCompleted, new_id
 
 
 def test_events_reject_negative_tokens_and_naive_times():
@@ -31,3 +33,11 @@ def test_billed_attempts_may_not_push_a_call_past_what_the_ledger_holds():
     with pytest.raises(ValidationError, match="billed attempts included"):
         LlmCompleted(request_id="r", provider="openai", model="m", prompt_tokens=1, completion_tokens=0, endpoint="/",
                      success=True, latency_ms=1, billed_attempts=[attempt, attempt])
+
+
+def test_event_ids_are_random_uuid4_hex():
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for event_id in ids:
+        parsed = uuid.UUID(hex=event_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (event_id, 4, uuid.RFC_4122)
