@@ -1,9 +1,10 @@
 """The response cache on the real gateway, limiter and cost service, with the simulator counting the calls
 it is sent: a repeated request reaches the provider once and is recorded at $0 with what it saved; no
 answer crosses teams; a stream is cached and replayed as a stream, and plain and streamed requests share
-their entry; Cache-Control and X-Costwarden-Cache-TTL are honoured; failed and abandoned calls are never
-cached; a hit still counts against the caller's requests; the openai SDK works unchanged; with the
-cache's Redis stopped every call is still answered, marked bypass."""
+their entry; Cache-Control and X-Costwarden-Cache-TTL are honoured; failed and abandoned calls, and a
+stream that carried an error before its [DONE], are never cached; a hit still counts against the
+caller's requests; the openai SDK works unchanged; with the cache's Redis stopped every call is still
+answered, marked bypass."""
 
 from __future__ import annotations
 
@@ -259,6 +260,24 @@ async def test_failed_broken_and_abandoned_calls_are_never_cached(stack, databas
         finally:
             set_faults(together)
         assert (await client.post("/v1/chat/completions", json=body)).headers["X-Costwarden-Cache"] == "miss"
+
+
+async def test_a_stream_with_an_error_then_done_is_not_cached_and_is_recorded_as_failed(stack, db, database_url):
+    key = await new_key(database_url, unique("erred"), "pro")
+    together = stack["together"]
+    body = chat(max_tokens=12)
+    async with await client_of(stack, key) as client:
+        set_faults(together, error_after=2)  # vLLM-style: content, then {"error": ...}, then [DONE]
+        try:
+            response, lines = await streamed(client, body)
+        finally:
+            set_faults(together)
+        assert json.loads(lines[-1][6:])["error"]["message"] == "the model failed mid-answer"
+        again = await client.post("/v1/chat/completions", json=body)
+    assert again.headers["X-Costwarden-Cache"] == "miss"
+    row = await ledger_row(db, response.headers["x-request-id"])
+    assert (row["success"], row["cache_hit"]) == (False, False)
+    assert row["error_message"] == "together_ai sent an error in the stream: the model failed mid-answer"
 
 
 async def test_a_free_tier_callers_eleventh_call_in_the_hour_is_denied_even_as_a_hit(stack, database_url, redis_url):

@@ -15,7 +15,6 @@ from services.api.callers import ANONYMOUS, Caller
 from services.api.response_cache import (
     BadCacheHeader,
     CachedAnswer,
-    CacheUnavailable,
     Directives,
     ModelCachePolicy,
     ResponseCache,
@@ -28,6 +27,7 @@ from services.api.response_cache import (
 )
 from services.api.usage import Usage
 from shared.policy import CacheConfig, ModelCache, ModelConfig, ModelRoute
+from tests.unit.api.fakes import MemoryStore
 
 ROUTE = [ModelRoute(provider="openai", model="gpt-4o-mini")]
 ANN = Caller("ann", "pro", key_id=1)
@@ -154,25 +154,6 @@ def test_a_replayed_stream_ends_with_done_and_carries_the_usage_only_when_asked(
     assert events[-1] == b"data: [DONE]\n\n" and all(e.startswith(b"data: ") for e in events)
     with_usage = plain_entry().stream(forward_usage_chunk=True)
     assert len(with_usage) == len(events) + 1 and b'"usage"' in with_usage[-2]
-
-
-class MemoryStore:
-    """ResponseCacheStore in memory; `down` answers as a store that cannot be reached."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[bytes, int]] = {}
-        self.down = False
-
-    async def get(self, key: str) -> bytes | None:
-        if self.down:
-            raise CacheUnavailable("ConnectionRefusedError")
-        found = self.entries.get(key)
-        return found[0] if found else None
-
-    async def put(self, key: str, value: bytes, ttl_s: int) -> None:
-        if self.down:
-            raise CacheUnavailable("ConnectionRefusedError")
-        self.entries[key] = (value, ttl_s)
 
 
 def cache_at(store: MemoryStore, now: list[float], **policy: int) -> ResponseCache:
