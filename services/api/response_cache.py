@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -28,6 +29,8 @@ KEY_PREFIX = "cwapi:cache:"
 # Body parameters that change how an answer is delivered or attributed, not what it says.
 IGNORED_PARAMETERS = frozenset({"stream", "stream_options", "user"})
 SHARED_SCOPE = "*"
+SECONDS = re.compile(r"[0-9]+")
+LONGEST_DELTA_S = 2**31
 
 CacheResult = Literal["hit", "miss", "bypass"]
 
@@ -86,9 +89,14 @@ class Directives:
 
 
 def _whole_seconds(header: str, text: str, least: int) -> int:
-    if not text.isdigit() or int(text) < least:
-        raise BadCacheHeader(header, f"{header} must be a whole number of seconds of at least {least}, not {text!r}")
-    return int(text)
+    """ASCII digits only; a value past 2^31 reads as 2^31 (RFC 9111 §1.2.2), so that no length of digits
+    is ever converted."""
+    digits = text.lstrip("0") or "0"
+    seconds = (int(digits) if len(digits) <= 10 else LONGEST_DELTA_S) if SECONDS.fullmatch(text) else -1
+    if seconds < least:
+        raise BadCacheHeader(header, f"{header} must be a whole number of seconds of at least {least}, not "
+                                     f"{text[:20]!r}")
+    return min(seconds, LONGEST_DELTA_S)
 
 
 def directives(cache_control: str | None, ttl: str | None) -> Directives:

@@ -55,6 +55,8 @@ def test_a_models_own_cache_settings_win_over_the_global_ones_and_the_cache_is_o
     ("No-Cache", "30", Directives(read=False, ttl_s=30)),
     ("private, max-age=0", None, Directives(max_age_s=0)),
     ('max-age="120", no-transform', None, Directives(max_age_s=120)),
+    ("max-age=" + "9" * 5000, "9" * 5000, Directives(max_age_s=2**31, ttl_s=2**31)),  # RFC 9111 §1.2.2
+    ("max-age=99999999999", "2147483649", Directives(max_age_s=2**31, ttl_s=2**31)),
 ])
 def test_what_the_request_headers_ask(cache_control, ttl, expected):
     assert directives(cache_control, ttl) == expected
@@ -63,6 +65,8 @@ def test_what_the_request_headers_ask(cache_control, ttl, expected):
 @pytest.mark.parametrize(("cache_control", "ttl", "header"), [
     ("max-age=-1", None, "Cache-Control"), ("max-age", None, "Cache-Control"), ("max-age=soon", None, "Cache-Control"),
     (None, "0", "X-Costwarden-Cache-TTL"), (None, "1.5", "X-Costwarden-Cache-TTL"), (None, "", "X-Costwarden-Cache-TTL"),
+    ("max-age=\u00b2", None, "Cache-Control"), (None, "\u00b3", "X-Costwarden-Cache-TTL"),  # Latin-1 superscripts
+    ("max-age=\u0661", None, "Cache-Control"), (None, "0" * 5000, "X-Costwarden-Cache-TTL"),
 ])
 def test_a_header_that_cannot_be_read_is_named(cache_control, ttl, header):
     with pytest.raises(BadCacheHeader) as refused:
