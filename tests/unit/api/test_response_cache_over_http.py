@@ -47,3 +47,10 @@ async def test_a_max_age_of_more_digits_than_python_converts_reads_as_the_longes
     response = await client.post("/v1/chat/completions", json=chat_body(),
                                  headers={"Cache-Control": "max-age=" + "9" * 5000})
     assert response.status_code == 200 and response.headers["X-Costwarden-Cache"] == "miss"
+
+
+async def test_every_cache_control_line_counts(client, store):
+    response = await client.post("/v1/chat/completions", json=chat_body(),
+                                 headers=[("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")])
+    assert response.status_code == 200 and response.headers["X-Costwarden-Cache"] == "bypass"
+    assert store.entries == {}
