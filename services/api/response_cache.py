@@ -157,8 +157,8 @@ class CachePlan:
 
 
 def stream_chunks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A plain chat answer as the chunks a stream of it would have carried: per choice its message in one
-    delta, then its finish reason; then the usage, in a chunk without choices."""
+    """A plain chat answer as the chunks a stream of it would have carried: per choice its message (and
+    logprobs) in one delta, then its finish reason; then the usage, in a chunk without choices."""
     base = {"id": body.get("id"), "object": "chat.completion.chunk", "created": body.get("created"),
             "model": body.get("model")}
     if body.get("system_fingerprint") is not None:
@@ -169,7 +169,10 @@ def stream_chunks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         delta = {name: value for name, value in (choice.get("message") or {}).items() if value is not None}
         if "tool_calls" in delta:
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
-        chunks.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        content = {"index": index, "delta": delta, "finish_reason": None}
+        if "logprobs" in choice:
+            content["logprobs"] = choice["logprobs"]
+        chunks.append({**base, "choices": [content]})
         chunks.append({**base, "choices": [{"index": index, "delta": {},
                                              "finish_reason": choice.get("finish_reason") or "stop"}]})
     if body.get("usage") is not None:
@@ -198,28 +201,45 @@ def _add_delta(message: dict[str, Any], calls: dict[int, dict[str, Any]], delta:
             message[name] = value
 
 
+def _joined_logprobs(joined: Mapping[str, Any] | None, more: Any) -> Mapping[str, Any] | None:
+    """A choice's logprobs across chunks: their token lists (`content`, `refusal`) joined."""
+    if not isinstance(more, Mapping):
+        return joined
+    together = dict(joined or {})
+    for name, value in more.items():
+        if isinstance(value, list):
+            together[name] = [*(together.get(name) or ()), *value]
+        else:
+            together.setdefault(name, value)
+    return together
+
+
 def assembled(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """A stream's chunks as the plain answer they make: each choice's deltas joined into its message."""
+    """A stream's chunks as the plain answer they make: each choice's deltas joined into its message, its
+    logprobs into one."""
     first: Mapping[str, Any] = {}
     usage = None
-    choices: dict[int, tuple[dict[str, Any], dict[int, dict[str, Any]], list[str | None]]] = {}
+    choices: dict[int, tuple[dict[str, Any], dict[int, dict[str, Any]], dict[str, Any]]] = {}
     for chunk in chunks:
         first = first or chunk
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or ():
-            message, calls, finish = choices.setdefault(int(choice.get("index") or 0), ({}, {}, [None]))
+            index = int(choice.get("index") or 0)
+            message, calls, ending = choices.setdefault(index, ({}, {}, {"finish_reason": None}))
             _add_delta(message, calls, choice.get("delta") or {})
-            finish[0] = choice.get("finish_reason") or finish[0]
+            ending["finish_reason"] = choice.get("finish_reason") or ending["finish_reason"]
+            if "logprobs" in choice:
+                ending["logprobs"] = _joined_logprobs(ending.get("logprobs"), choice["logprobs"])
     answer: dict[str, Any] = {"id": first.get("id"), "object": "chat.completion", "created": first.get("created"),
                               "model": first.get("model"), "choices": []}
     if first.get("system_fingerprint") is not None:
         answer["system_fingerprint"] = first["system_fingerprint"]
     for index in sorted(choices):
-        message, calls, finish = choices[index]
+        message, calls, ending = choices[index]
         message = {"role": message.pop("role", "assistant"), **message}
         if calls:
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
-        answer["choices"].append({"index": index, "message": message, "finish_reason": finish[0]})
+        answer["choices"].append({"index": index, "message": message, **ending})
     if usage is not None:
         answer["usage"] = usage
     return answer

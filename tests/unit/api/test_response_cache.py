@@ -98,11 +98,24 @@ def test_the_key_ignores_how_an_answer_is_delivered_and_keeps_what_changes_it():
 texts = st.text(alphabet=string.printable + "éß漢🙂", max_size=40)
 
 
-@given(st.lists(texts, min_size=1, max_size=3), st.sampled_from(["stop", "length"]))
+def token_logprobs(text: str) -> list[dict]:
+    return [{"token": text, "logprob": -0.25, "bytes": list(text.encode()), "top_logprobs": []}]
+
+
+logprobs = st.one_of(st.none(), st.builds(lambda text: {"content": token_logprobs(text), "refusal": None}, texts))
+no_logprobs = object()
+
+
+@given(st.lists(st.tuples(texts, st.one_of(st.just(no_logprobs), logprobs)), min_size=1, max_size=3),
+       st.sampled_from(["stop", "length"]))
 def test_a_plain_answer_replayed_as_a_stream_assembles_back_to_itself(contents, finish):
-    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-                        for i, text in enumerate(contents)],
+    choices = []
+    for i, (text, choice_logprobs) in enumerate(contents):
+        choice = {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        if choice_logprobs is not no_logprobs:
+            choice["logprobs"] = choice_logprobs
+        choices.append(choice)
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "choices": choices,
             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
     assert assembled(stream_chunks(body)) == body
 
@@ -110,13 +123,16 @@ def test_a_plain_answer_replayed_as_a_stream_assembles_back_to_itself(contents, 
 @given(st.lists(texts, min_size=1, max_size=8))
 def test_a_stream_is_assembled_into_the_plain_answer_it_makes(deltas):
     base = {"id": "c", "object": "chat.completion.chunk", "created": 2, "model": "m"}
-    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-              *({**base, "choices": [{"index": 0, "delta": {"content": d}, "finish_reason": None}]} for d in deltas),
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}]},
+              *({**base, "choices": [{"index": 0, "delta": {"content": d}, "finish_reason": None,
+                                      "logprobs": {"content": token_logprobs(d), "refusal": None}}]} for d in deltas),
               {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
               {**base, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": len(deltas)}}]
     answer = assembled(chunks)
+    joined = {"content": [entry for d in deltas for entry in token_logprobs(d)], "refusal": None}
     assert answer["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "".join(deltas)},
-                                  "finish_reason": "stop"}]
+                                  "logprobs": joined, "finish_reason": "stop"}]
     assert answer["usage"]["completion_tokens"] == len(deltas) and answer["object"] == "chat.completion"
 
 
