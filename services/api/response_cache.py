@@ -4,10 +4,10 @@ X-Costwarden-Cache-TTL headers ask, and a cached answer as it is stored and repl
 a stream and a stream as a plain answer). The store is a port (redis_response_cache.py is its adapter);
 one that does not answer makes the call a `bypass`, never an error.
 
-The key is the SHA-256 of the request as it changes the answer (the public model and every body
-parameter but `stream`, `stream_options` and `user`; headers, request ids and tags never count) and
-the caller's scope: its team, else its user; `shared` models have one scope for everyone. A plain and
-a streamed request of the same body share their entry."""
+The key is the SHA-256 of the request as it changes the answer (the public model, where it is served
+(its routes, read once at start) and every body parameter but `stream`, `stream_options` and `user`;
+headers, request ids and tags never count) and the caller's scope: its team, else its user; `shared`
+models have one scope for everyone. A plain and a streamed request of the same body share their entry."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 from services.api.callers import Caller
 from services.api.usage import Usage
-from shared.policy import CacheConfig, ModelConfig, ModelServes
+from shared.policy import CacheConfig, ModelConfig, ModelRoute, ModelServes
 
 CACHE_HEADER = "X-Costwarden-Cache"
 TTL_HEADER = "X-Costwarden-Cache-TTL"
@@ -59,9 +59,18 @@ class ResponseCacheStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ModelCachePolicy:
+    """`routes` is a digest of where the model is served: re-pointing it starts new entries."""
+
     ttl_s: int
     shared: bool
     max_entry_bytes: int
+    routes: str = ""
+
+
+def routes_digest(routes: Iterable[ModelRoute]) -> str:
+    """The providers and their models, in order (weights change shares, not answers)."""
+    served = json.dumps([[route.provider, route.model] for route in routes], separators=(",", ":"))
+    return hashlib.sha256(served.encode()).hexdigest()[:16]
 
 
 def cache_policies(config: CacheConfig, models: Mapping[str, ModelConfig]) -> dict[str, ModelCachePolicy]:
@@ -73,7 +82,8 @@ def cache_policies(config: CacheConfig, models: Mapping[str, ModelConfig]) -> di
         enabled = config.enabled if own is None or own.enabled is None else own.enabled
         if enabled:
             policies[name] = ModelCachePolicy(own.ttl_s if own and own.ttl_s else config.ttl_s,
-                                              bool(own and own.shared), config.max_entry_bytes)
+                                              bool(own and own.shared), config.max_entry_bytes,
+                                              routes_digest(model.routes))
     return policies
 
 
@@ -128,16 +138,16 @@ def scope_of(caller: Caller, shared: bool) -> str | None:
     return f"user:{caller.user_id}" if caller.user_id else None
 
 
-def canonical_request(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str) -> bytes:
+def canonical_request(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str, routes: str) -> bytes:
     """The request as it changes the answer, in one spelling: keys sorted, no spaces."""
     body = {name: value for name, value in payload.items() if name not in IGNORED_PARAMETERS}
     body["model"] = model
-    return json.dumps({"serves": serves, "scope": scope, "request": body}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    return json.dumps({"serves": serves, "scope": scope, "routes": routes, "request": body}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def cache_key(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str) -> str:
-    return KEY_PREFIX + hashlib.sha256(canonical_request(serves, model, payload, scope)).hexdigest()
+def cache_key(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str, routes: str) -> str:
+    return KEY_PREFIX + hashlib.sha256(canonical_request(serves, model, payload, scope, routes)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +359,7 @@ class ResponseCache:
             return None
         asked = directives(cache_control, ttl)
         scope = scope_of(caller, policy.shared)
-        key = None if scope is None else cache_key(serves, model, payload, scope)
+        key = None if scope is None else cache_key(serves, model, payload, scope, policy.routes)
         ttl_s = min(asked.ttl_s, policy.ttl_s) if asked.ttl_s is not None else policy.ttl_s
         return CachePlan(key, asked.read, asked.write, asked.max_age_s, ttl_s, policy.max_entry_bytes)
 

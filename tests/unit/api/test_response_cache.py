@@ -22,6 +22,7 @@ from services.api.response_cache import (
     cache_key,
     cache_policies,
     directives,
+    routes_digest,
     scope_of,
     stream_chunks,
 )
@@ -43,10 +44,23 @@ def model(cache: ModelCache | None = None) -> ModelConfig:
 def test_a_models_own_cache_settings_win_over_the_global_ones_and_the_cache_is_off_by_default():
     models = {"plain": model(), "on": model(ModelCache(enabled=True, ttl_s=60)), "off": model(ModelCache(enabled=False)),
               "shared": model(ModelCache(shared=True))}
-    assert cache_policies(CacheConfig(), models) == {"on": ModelCachePolicy(60, False, 1_048_576)}
+    routes = routes_digest(ROUTE)
+    assert cache_policies(CacheConfig(), models) == {"on": ModelCachePolicy(60, False, 1_048_576, routes)}
     assert cache_policies(CacheConfig(enabled=True, ttl_s=10, max_entry_bytes=100), models) == {
-        "plain": ModelCachePolicy(10, False, 100), "on": ModelCachePolicy(60, False, 100),
-        "shared": ModelCachePolicy(10, True, 100)}
+        "plain": ModelCachePolicy(10, False, 100, routes), "on": ModelCachePolicy(60, False, 100, routes),
+        "shared": ModelCachePolicy(10, True, 100, routes)}
+
+
+def test_re_pointing_a_model_keys_its_answers_afresh_and_re_weighting_it_does_not():
+    def key_with(*routes: ModelRoute) -> str | None:
+        policies = cache_policies(CacheConfig(enabled=True), {"m": ModelConfig(routes=list(routes))})
+        plan = ResponseCache(MemoryStore(), policies).plan("chat", "m", ANN, BODY, None, None)
+        return plan.key if plan else None
+
+    together = ModelRoute(provider="together_ai", model="meta-llama/Llama-3-8b-chat-hf")
+    keys = [key_with(*ROUTE), key_with(together), key_with(*ROUTE, together), key_with(together, *ROUTE)]
+    assert len(set(keys)) == len(keys)
+    assert key_with(ROUTE[0].model_copy(update={"weight": 3.0})) == keys[0]
 
 
 @pytest.mark.parametrize(("cache_control", "ttl", "expected"), [
@@ -84,14 +98,16 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 
 
 def test_the_key_ignores_how_an_answer_is_delivered_and_keeps_what_changes_it():
-    key = cache_key("chat", "m", BODY, "user:ann")
+    key = cache_key("chat", "m", BODY, "user:ann", "r")
     assert key.startswith("cwapi:cache:") and len(key) == len("cwapi:cache:") + 64
     same = {**dict(reversed(BODY.items())), "stream": True, "stream_options": {"include_usage": True}, "user": "x"}
-    assert cache_key("chat", "m", same, "user:ann") == key
-    changed = [cache_key("chat", "m", {**BODY, "temperature": 0.3}, "user:ann"),
-               cache_key("chat", "m", {**BODY, "max_tokens": 9}, "user:ann"),
-               cache_key("chat", "other", BODY, "user:ann"), cache_key("chat", "m", BODY, "team:red"),
-               cache_key("embeddings", "m", BODY, "user:ann"), cache_key("chat", "m", {**BODY, "seed": 1}, "user:ann")]
+    assert cache_key("chat", "m", same, "user:ann", "r") == key
+    changed = [cache_key("chat", "m", {**BODY, "temperature": 0.3}, "user:ann", "r"),
+               cache_key("chat", "m", {**BODY, "max_tokens": 9}, "user:ann", "r"),
+               cache_key("chat", "other", BODY, "user:ann", "r"), cache_key("chat", "m", BODY, "team:red", "r"),
+               cache_key("embeddings", "m", BODY, "user:ann", "r"),
+               cache_key("chat", "m", {**BODY, "seed": 1}, "user:ann", "r"),
+               cache_key("chat", "m", BODY, "user:ann", "other routes")]
     assert key not in changed and len(set(changed)) == len(changed)
 
 
