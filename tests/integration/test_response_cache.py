@@ -116,13 +116,15 @@ async def test_the_same_request_twice_reaches_the_provider_once_and_the_hit_is_r
         analytics = (await client.get("/api/costs/analytics", params={
             "start": "2020-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"})).json()
     assert (analytics["requests"], analytics["cache_hits"], Decimal(analytics["cache_hit_rate"])) == (2, 1, 50)
+    assert (analytics["prompt_tokens"], analytics["completion_tokens"]) == (  # the provider's tokens only
+        paid["prompt_tokens"], paid["completion_tokens"])
     assert Decimal(analytics["saved_usd"]) == paid["cost"] == Decimal(analytics["cost"])
     [by_model] = analytics["by_model"]
     assert (by_model["key"], by_model["cache_hits"], Decimal(by_model["saved_usd"])) == (CACHED, 1, paid["cost"])
-    rollup = await db.fetchrow("SELECT requests, cache_hits, saved_usd, cost FROM llm_cost_rollups WHERE period = "
-                               "'day' AND dimension = 'user' AND key = $1", user)
-    assert (rollup["requests"], rollup["cache_hits"], rollup["saved_usd"], rollup["cost"]) == (
-        2, 1, paid["cost"], paid["cost"])
+    rollup = await db.fetchrow("SELECT requests, cache_hits, saved_usd, cost, prompt_tokens FROM llm_cost_rollups "
+                               "WHERE period = 'day' AND dimension = 'user' AND key = $1", user)
+    assert (rollup["requests"], rollup["cache_hits"], rollup["saved_usd"], rollup["cost"], rollup["prompt_tokens"]) == (
+        2, 1, paid["cost"], paid["cost"], paid["prompt_tokens"])
 
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:  # what the console reads: its Overview's savings and the Costs page's rows, for the user and for all
