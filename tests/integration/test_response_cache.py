@@ -38,8 +38,9 @@ LLAMA_8B = "meta-llama/Llama-3-8b-chat-hf"
 
 @pytest.fixture(scope="module")
 def stack(base_env, tmp_path_factory):
-    """Gateway, limiter and cost service on a bus and providers of their own; the gateway's Redis (the
-    cache's) is its own too, so that a test may stop it while the limiter keeps its own."""
+    """Gateway, limiter and cost service on a bus and providers of their own; the cache's Redis
+    (CACHE_REDIS_URL) is its own too, so that a test may stop it while the limiter and the api's
+    REDIS_URL keep theirs."""
     route = [{"provider": "together_ai", "model": LLAMA_8B}]
     config = tmp_path_factory.mktemp("cache") / "costwarden.yaml"
     config.write_text(json.dumps({
@@ -57,7 +58,7 @@ def stack(base_env, tmp_path_factory):
            "BREAKER_FAILURE_THRESHOLD": "1000000", "TOGETHER_BASE_URL": f"{together.url}/v1",
            "OPENAI_BASE_URL": f"{openai_sim.url}/v1"}
     services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT"),
-                start_service("api", {**env, "REDIS_URL": cache_redis_url}, "API_PORT")]
+                start_service("api", {**env, "CACHE_REDIS_URL": cache_redis_url}, "API_PORT")]
     yield {"api": services[-1], "together": together, "openai": openai_sim, "cache_redis": cache_redis}
     for service in reversed(services):
         service.stop()
