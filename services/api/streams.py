@@ -144,8 +144,9 @@ class StreamRelay:
                 if self.tally.reported is not None and not chunk.get("choices") and not self.forward_usage_chunk:
                     continue
                 yield f"data: {data}\n\n".encode()
-            error = self._unfinished()
-            if error is not None:
+            unfinished = self._unfinished()
+            if unfinished is not None:
+                error = unfinished
                 if self._provider_error is None:  # the provider's own error chunk was relayed as it came
                     yield sse_error(error, "provider_stream_incomplete")
                 return
