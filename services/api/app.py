@@ -88,11 +88,13 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
     await bind_streams(js, streams_bound_by(SERVICE))
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
     # The api's Redis client (REDIS_URL, its own ACL user `api`, keys under `cwapi:`): asked only for
-    # deployments that declare rpm/tpm ceilings and models whose answers are cached. The connection is
-    # made on first use.
+    # deployments that declare rpm/tpm ceilings and models whose answers are cached (unless CACHE_REDIS_URL
+    # gives the cache its own). The connection is made on first use.
     redis = redis_client(settings.redis_url, settings.redis_cluster, settings.api_redis_timeout_s)
     policies = cache_policies(config.cache, config.models)
-    cache = ResponseCache(RedisResponseCache(redis, settings.api_redis_timeout_s), policies) if policies else None
+    cache_redis = redis_client(settings.cache_redis_url, settings.redis_cluster, settings.api_redis_timeout_s) \
+        if settings.cache_redis_url and policies else redis
+    cache = ResponseCache(RedisResponseCache(cache_redis, settings.api_redis_timeout_s), policies) if policies else None
     providers = deployments(settings, config)
     ceilings = RedisRouteCeilings(redis) if any(d.has_ceiling for d in providers.values()) else None
     router = ProviderRouter(providers, ceilings)
@@ -124,6 +126,8 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
                 await nc.close()
         await pool.close()
         await redis.aclose()
+        if cache_redis is not redis:
+            await cache_redis.aclose()
 
 
 def create_app(settings: ApiSettings | None = None, resources: ApiResources = api_resources) -> FastAPI:

@@ -4,15 +4,16 @@ X-Costwarden-Cache-TTL headers ask, and a cached answer as it is stored and repl
 a stream and a stream as a plain answer). The store is a port (redis_response_cache.py is its adapter);
 one that does not answer makes the call a `bypass`, never an error.
 
-The key is the SHA-256 of the request as it changes the answer (the public model and every body
-parameter but `stream`, `stream_options` and `user`; headers, request ids and tags never count) and
-the caller's scope: its team, else its user; `shared` models have one scope for everyone. A plain and
-a streamed request of the same body share their entry."""
+The key is the SHA-256 of the request as it changes the answer (the public model, where it is served
+(its routes, read once at start) and every body parameter but `stream`, `stream_options` and `user`;
+headers, request ids and tags never count) and the caller's scope: its team, else its user; `shared`
+models have one scope for everyone. A plain and a streamed request of the same body share their entry."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 from services.api.callers import Caller
 from services.api.usage import Usage
-from shared.policy import CacheConfig, ModelConfig, ModelServes
+from shared.policy import CacheConfig, ModelConfig, ModelRoute, ModelServes
 
 CACHE_HEADER = "X-Costwarden-Cache"
 TTL_HEADER = "X-Costwarden-Cache-TTL"
@@ -28,6 +29,8 @@ KEY_PREFIX = "cwapi:cache:"
 # Body parameters that change how an answer is delivered or attributed, not what it says.
 IGNORED_PARAMETERS = frozenset({"stream", "stream_options", "user"})
 SHARED_SCOPE = "*"
+SECONDS = re.compile(r"[0-9]+")
+LONGEST_DELTA_S = 2**31
 
 CacheResult = Literal["hit", "miss", "bypass"]
 
@@ -56,9 +59,18 @@ class ResponseCacheStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ModelCachePolicy:
+    """`routes` is a digest of where the model is served: re-pointing it starts new entries."""
+
     ttl_s: int
     shared: bool
     max_entry_bytes: int
+    routes: str = ""
+
+
+def routes_digest(routes: Iterable[ModelRoute]) -> str:
+    """The providers and their models, in order (weights change shares, not answers)."""
+    served = json.dumps([[route.provider, route.model] for route in routes], separators=(",", ":"))
+    return hashlib.sha256(served.encode()).hexdigest()[:16]
 
 
 def cache_policies(config: CacheConfig, models: Mapping[str, ModelConfig]) -> dict[str, ModelCachePolicy]:
@@ -70,7 +82,8 @@ def cache_policies(config: CacheConfig, models: Mapping[str, ModelConfig]) -> di
         enabled = config.enabled if own is None or own.enabled is None else own.enabled
         if enabled:
             policies[name] = ModelCachePolicy(own.ttl_s if own and own.ttl_s else config.ttl_s,
-                                              bool(own and own.shared), config.max_entry_bytes)
+                                              bool(own and own.shared), config.max_entry_bytes,
+                                              routes_digest(model.routes))
     return policies
 
 
@@ -86,9 +99,14 @@ class Directives:
 
 
 def _whole_seconds(header: str, text: str, least: int) -> int:
-    if not text.isdigit() or int(text) < least:
-        raise BadCacheHeader(header, f"{header} must be a whole number of seconds of at least {least}, not {text!r}")
-    return int(text)
+    """ASCII digits only; a value past 2^31 reads as 2^31 (RFC 9111 §1.2.2), so that no length of digits
+    is ever converted."""
+    digits = text.lstrip("0") or "0"
+    seconds = (int(digits) if len(digits) <= 10 else LONGEST_DELTA_S) if SECONDS.fullmatch(text) else -1
+    if seconds < least:
+        raise BadCacheHeader(header, f"{header} must be a whole number of seconds of at least {least}, not "
+                                     f"{text[:20]!r}")
+    return min(seconds, LONGEST_DELTA_S)
 
 
 def directives(cache_control: str | None, ttl: str | None) -> Directives:
@@ -120,16 +138,16 @@ def scope_of(caller: Caller, shared: bool) -> str | None:
     return f"user:{caller.user_id}" if caller.user_id else None
 
 
-def canonical_request(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str) -> bytes:
+def canonical_request(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str, routes: str) -> bytes:
     """The request as it changes the answer, in one spelling: keys sorted, no spaces."""
     body = {name: value for name, value in payload.items() if name not in IGNORED_PARAMETERS}
     body["model"] = model
-    return json.dumps({"serves": serves, "scope": scope, "request": body}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    return json.dumps({"serves": serves, "scope": scope, "routes": routes, "request": body}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def cache_key(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str) -> str:
-    return KEY_PREFIX + hashlib.sha256(canonical_request(serves, model, payload, scope)).hexdigest()
+def cache_key(serves: ModelServes, model: str, payload: Mapping[str, Any], scope: str, routes: str) -> str:
+    return KEY_PREFIX + hashlib.sha256(canonical_request(serves, model, payload, scope, routes)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +167,8 @@ class CachePlan:
 
 
 def stream_chunks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A plain chat answer as the chunks a stream of it would have carried: per choice its message in one
-    delta, then its finish reason; then the usage, in a chunk without choices."""
+    """A plain chat answer as the chunks a stream of it would have carried: per choice its message (and
+    logprobs) in one delta, then its finish reason; then the usage, in a chunk without choices."""
     base = {"id": body.get("id"), "object": "chat.completion.chunk", "created": body.get("created"),
             "model": body.get("model")}
     if body.get("system_fingerprint") is not None:
@@ -161,7 +179,10 @@ def stream_chunks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         delta = {name: value for name, value in (choice.get("message") or {}).items() if value is not None}
         if "tool_calls" in delta:
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
-        chunks.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        content = {"index": index, "delta": delta, "finish_reason": None}
+        if "logprobs" in choice:
+            content["logprobs"] = choice["logprobs"]
+        chunks.append({**base, "choices": [content]})
         chunks.append({**base, "choices": [{"index": index, "delta": {},
                                              "finish_reason": choice.get("finish_reason") or "stop"}]})
     if body.get("usage") is not None:
@@ -190,28 +211,45 @@ def _add_delta(message: dict[str, Any], calls: dict[int, dict[str, Any]], delta:
             message[name] = value
 
 
+def _joined_logprobs(joined: Mapping[str, Any] | None, more: Any) -> Mapping[str, Any] | None:
+    """A choice's logprobs across chunks: their token lists (`content`, `refusal`) joined."""
+    if not isinstance(more, Mapping):
+        return joined
+    together = dict(joined or {})
+    for name, value in more.items():
+        if isinstance(value, list):
+            together[name] = [*(together.get(name) or ()), *value]
+        else:
+            together.setdefault(name, value)
+    return together
+
+
 def assembled(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """A stream's chunks as the plain answer they make: each choice's deltas joined into its message."""
+    """A stream's chunks as the plain answer they make: each choice's deltas joined into its message, its
+    logprobs into one."""
     first: Mapping[str, Any] = {}
     usage = None
-    choices: dict[int, tuple[dict[str, Any], dict[int, dict[str, Any]], list[str | None]]] = {}
+    choices: dict[int, tuple[dict[str, Any], dict[int, dict[str, Any]], dict[str, Any]]] = {}
     for chunk in chunks:
         first = first or chunk
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or ():
-            message, calls, finish = choices.setdefault(int(choice.get("index") or 0), ({}, {}, [None]))
+            index = int(choice.get("index") or 0)
+            message, calls, ending = choices.setdefault(index, ({}, {}, {"finish_reason": None}))
             _add_delta(message, calls, choice.get("delta") or {})
-            finish[0] = choice.get("finish_reason") or finish[0]
+            ending["finish_reason"] = choice.get("finish_reason") or ending["finish_reason"]
+            if "logprobs" in choice:
+                ending["logprobs"] = _joined_logprobs(ending.get("logprobs"), choice["logprobs"])
     answer: dict[str, Any] = {"id": first.get("id"), "object": "chat.completion", "created": first.get("created"),
                               "model": first.get("model"), "choices": []}
     if first.get("system_fingerprint") is not None:
         answer["system_fingerprint"] = first["system_fingerprint"]
     for index in sorted(choices):
-        message, calls, finish = choices[index]
+        message, calls, ending = choices[index]
         message = {"role": message.pop("role", "assistant"), **message}
         if calls:
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
-        answer["choices"].append({"index": index, "message": message, "finish_reason": finish[0]})
+        answer["choices"].append({"index": index, "message": message, **ending})
     if usage is not None:
         answer["usage"] = usage
     return answer
@@ -321,7 +359,7 @@ class ResponseCache:
             return None
         asked = directives(cache_control, ttl)
         scope = scope_of(caller, policy.shared)
-        key = None if scope is None else cache_key(serves, model, payload, scope)
+        key = None if scope is None else cache_key(serves, model, payload, scope, policy.routes)
         ttl_s = min(asked.ttl_s, policy.ttl_s) if asked.ttl_s is not None else policy.ttl_s
         return CachePlan(key, asked.read, asked.write, asked.max_age_s, ttl_s, policy.max_entry_bytes)
 

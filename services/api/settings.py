@@ -62,6 +62,10 @@ class ApiSettings(ProviderSettings, CallLimitSettings, RedisSettings):
         default=0.25, gt=0, description="The api's Redis calls (the deployments' rpm/tpm counters): slower is a "
                                         "failure, and the ceiling goes unchecked.")
 
+    cache_redis_url: str | None = Field(
+        default=None, description="The response cache's Redis, when it is not the api's REDIS_URL (same "
+                                  "REDIS_CLUSTER and API_REDIS_TIMEOUT_S).")
+
     limiter_request_timeout_s: float = 0.5
     cost_query_timeout_s: float = 10.0
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -26,6 +26,13 @@ def sse_error(message: str, code: str) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
+def _error_text(error: Any) -> str:
+    """The message of an error a provider sent inside its stream (OpenAI's shape, or anything else)."""
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return json.dumps(error) if not isinstance(error, str) else error
+
+
 class BackgroundTasks:
     """Work that must finish even if the task that asked for it is cancelled (a client's disconnect
     cancels the task that relays, and anything it awaited after that would be cancelled too)."""
@@ -46,11 +53,13 @@ class BackgroundTasks:
 class StreamRelay:
     """The body of a streamed answer.
 
-    `llm.completed` is published before the closing `[DONE]` when the stream completes; otherwise (the
-    client went away, the provider broke the stream) at once, with the usage counted from what was
-    relayed. `aclose()` ends it however far it got, even if it never started; the upstream is closed,
-    and an unfinished call recorded, in `background`. With `keep`, a stream that completes is kept with
-    every chunk the provider sent (unless they are more than an entry may hold)."""
+    `llm.completed` is published before the closing `[DONE]` when the stream completes: every choice
+    has its finish_reason and no chunk carried an `error`, with or without `[DONE]`. Otherwise (the
+    client went away, the provider broke the stream or sent an error in it) it is recorded as failed at
+    once, with the usage counted from what was relayed. `aclose()` ends it however far it got, even if
+    it never started; the upstream is closed, and an unfinished call recorded, in `background`. With
+    `keep`, a stream that completes with the provider's usage is kept with every chunk the provider sent
+    (unless they are more than an entry may hold)."""
 
     def __init__(self, call: ProviderCall, ctx: CallContext, started: float, counter: TokenCounter,
                  publisher: CompletionPublisher, background: BackgroundTasks, forward_usage_chunk: bool,
@@ -66,6 +75,7 @@ class StreamRelay:
         self.keep = keep
         self._kept: list[str] = []
         self._kept_bytes = 0
+        self._provider_error: str | None = None
         self._events = self._relay()
         self._finished = False
 
@@ -98,6 +108,24 @@ class StreamRelay:
         return completed_event(self.ctx, BilledTo.answer(self.call, self.ctx.prompt_tokens), self.started, usage,
                                error)
 
+    def _take(self, data: str) -> dict[str, Any]:
+        """A chunk the provider sent: counted, an `error` in it noted, and collected for `keep`."""
+        chunk: dict[str, Any] = json.loads(data)
+        self.tally.add(chunk)
+        if "error" in chunk and self._provider_error is None:
+            self._provider_error = _error_text(chunk["error"])
+        if self.keep is not None:
+            self._collect(data)
+        return chunk
+
+    def _unfinished(self) -> str | None:
+        """Why a stream that ended is not a complete answer, or None when it is."""
+        if self._provider_error is not None:
+            return f"{self.call.provider} sent an error in the stream: {self._provider_error}"
+        if not self.tally.finished:  # with or without [DONE], an answer ends with its finish_reason
+            return f"{self.call.provider} ended the stream before the answer was finished"
+        return None
+
     def _collect(self, data: str) -> None:
         self._kept_bytes += len(data) + 1
         if self._kept_bytes <= self.keep.limit_bytes:  # type: ignore[union-attr]
@@ -112,22 +140,20 @@ class StreamRelay:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                chunk = json.loads(data)
-                self.tally.add(chunk)
-                if self.keep is not None:
-                    self._collect(data)
+                chunk = self._take(data)
                 if self.tally.reported is not None and not chunk.get("choices") and not self.forward_usage_chunk:
                     continue
                 yield f"data: {data}\n\n".encode()
-            else:
-                if not self.tally.finished:  # a stream may omit [DONE], but not the end of its answer
-                    error = f"{self.call.provider} ended the stream before the answer was finished"
+            unfinished = self._unfinished()
+            if unfinished is not None:
+                error = unfinished
+                if self._provider_error is None:  # the provider's own error chunk was relayed as it came
                     yield sse_error(error, "provider_stream_incomplete")
-                    return
+                return
             event = self._event(None)
             await self.publisher.publish(event)
             error = None
-            if self.keep is not None and self._kept_bytes <= self.keep.limit_bytes:
+            if self.keep is not None and self.tally.reported is not None and self._kept_bytes <= self.keep.limit_bytes:
                 usage = self.tally.usage(self.counter, self.ctx.prompt_tokens, self.ctx.max_tokens)
                 await self.keep(CachedAnswer(event.provider, event.served_model, usage, 0.0, chunks=tuple(self._kept)))
             yield b"data: [DONE]\n\n"

@@ -68,12 +68,14 @@ GROUP BY key ORDER BY {{order}} LIMIT $11
 
 LEDGER_KEYS = {"model": "model", "served_model": "served_model", "endpoint": "endpoint", "user": "user_id"}
 
-# One user's breakdown from the ledger (no rollup keeps a user by model, endpoint or tag). Tags are
-# grouped by their whole set first: a user has few distinct sets, so each is expanded once, not per row.
+# One user's breakdown from the ledger (no rollup keeps a user by model, endpoint or tag); its tokens are
+# the providers', as in the rollups (a cache hit's are not counted). Tags are grouped by their whole set
+# first: a user has few distinct sets, so each is expanded once, not per row.
 LEDGER_BREAKDOWN = """
 WITH grouped AS (
-    SELECT {key} AS key, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
-           sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
+    SELECT {key} AS key, count(*) AS requests,
+           coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0) AS prompt_tokens,
+           coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0) AS completion_tokens, sum(cost) AS cost,
            coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
            count(*) FILTER (WHERE cache_hit) AS cache_hits, sum(saved_usd) AS saved
     FROM llm_usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1
@@ -84,8 +86,9 @@ ORDER BY {order} LIMIT $4
 
 LEDGER_TAG_BREAKDOWN = """
 WITH grouped AS (
-    SELECT tags, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
-           sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
+    SELECT tags, count(*) AS requests,
+           coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0) AS prompt_tokens,
+           coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0) AS completion_tokens, sum(cost) AS cost,
            coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
            count(*) FILTER (WHERE cache_hit) AS cache_hits, sum(saved_usd) AS saved
     FROM llm_usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY tags

@@ -21,9 +21,11 @@ WHERE dimension = $1 AND key = $2
 GROUP BY period
 """
 
+# Tokens are the providers': a cache hit's are not counted (as in the rollups).
 TOTALS = """
 SELECT count(*) AS requests, count(*) FILTER (WHERE success) AS successes,
-       coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens,
+       coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0) AS prompt_tokens,
+       coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0) AS completion_tokens,
        coalesce(sum(cost), 0) AS cost,
        count(*) FILTER (WHERE usage_source = 'estimated') AS estimated_requests,
        coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
@@ -35,8 +37,9 @@ FROM llm_usage WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL 
 """
 
 BREAKDOWN = """
-SELECT {key} AS key, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
-       sum(completion_tokens) AS completion_tokens, sum(cost) AS cost,
+SELECT {key} AS key, count(*) AS requests,
+       coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0) AS prompt_tokens,
+       coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0) AS completion_tokens, sum(cost) AS cost,
        count(*) FILTER (WHERE usage_source = 'estimated') AS estimated_requests,
        coalesce(sum(cost) FILTER (WHERE usage_source = 'estimated'), 0) AS estimated_cost,
        count(*) FILTER (WHERE cache_hit) AS cache_hits, coalesce(sum(saved_usd), 0) AS saved_usd

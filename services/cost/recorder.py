@@ -39,14 +39,17 @@ ESTIMATED = Counter("costwarden_cost_estimated_usage_total",
                     "Events recorded with estimated usage (the provider sent none)", ["model"])
 ALERTS = Counter("costwarden_cost_alerts_claimed_total", "Cost alerts claimed (each fires once)")
 BATCH_SECONDS = Histogram("costwarden_cost_batch_seconds", "Time to record one batch")
-TOKENS = Counter("costwarden_tokens_total", "Tokens recorded in the ledger (committed batches only)",
-                 [*SPEND_LABELS, "kind"])
+TOKENS = Counter("costwarden_tokens_total", "Provider tokens recorded in the ledger (committed batches only; cache "
+                 "hits are in costwarden_cache_hit_tokens_total)", [*SPEND_LABELS, "kind"])
+HIT_TOKENS = Counter("costwarden_cache_hit_tokens_total", "Tokens of the cached answers the gateway's response cache "
+                     "gave (no provider was called)", ["model", "kind"])
 MODEL, SERVED_MODEL = BoundedLabel(200), BoundedLabel(200)
 PROVIDER, ENDPOINT, TIER = BoundedLabel(20), BoundedLabel(50), BoundedLabel(20)
 
 
 def count_spend(records: Sequence[UsageRecord]) -> None:
-    """Spend and tokens by model, the provider and model that answered, endpoint and tier."""
+    """Spend and provider tokens by model, the provider and model that answered, endpoint and tier; cache
+    hits' tokens by model apart."""
     for record in records:
         event = record.event
         labels = (MODEL(event.model), PROVIDER(event.provider), SERVED_MODEL(event.answered_by),
@@ -54,8 +57,11 @@ def count_spend(records: Sequence[UsageRecord]) -> None:
         SPEND.add(labels, record.cost)
         if event.cache_hit:
             SPEND.add_saved(labels[0], record.saved)
-        TOKENS.labels(*labels, "prompt").inc(event.total_prompt_tokens)
-        TOKENS.labels(*labels, "completion").inc(event.completion_tokens)
+            HIT_TOKENS.labels(labels[0], "prompt").inc(event.total_prompt_tokens)
+            HIT_TOKENS.labels(labels[0], "completion").inc(event.completion_tokens)
+        else:
+            TOKENS.labels(*labels, "prompt").inc(event.total_prompt_tokens)
+            TOKENS.labels(*labels, "completion").inc(event.completion_tokens)
         for unpriced in record.unpriced:
             UNPRICED.labels(SERVED_MODEL(unpriced)).inc()
         if event.usage_source == "estimated":

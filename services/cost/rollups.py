@@ -45,14 +45,15 @@ class UsageRecord:
 
 def price_events(events: Iterable[LlmCompleted], catalog: PriceCatalog) -> list[UsageRecord]:
     """One record per request id (the first seen wins within a batch), priced for what answered. A cache
-    hit costs nothing: its price is what it saved."""
+    hit costs nothing: its price is what it saved, and a model it prices at the fallback is no provider's
+    unpriced charge."""
     records: dict[str, UsageRecord] = {}
     for event in events:
         if event.request_id in records:
             continue
         cost = catalog.cost_of(event)
         if event.cache_hit:
-            records[event.request_id] = UsageRecord(event, Decimal(0), cost.priced, cost.unpriced, cost.usd)
+            records[event.request_id] = UsageRecord(event, Decimal(0), cost.priced, (), cost.usd)
         else:
             records[event.request_id] = UsageRecord(event, cost.usd, cost.priced, cost.unpriced)
     return list(records.values())
@@ -70,6 +71,8 @@ class RollupKey(NamedTuple):
 
 @dataclass
 class RollupDelta:
+    """Tokens are the providers': a cache hit's are not counted (no provider was called)."""
+
     requests: int = 0
     successes: int = 0
     prompt_tokens: int = 0
@@ -85,8 +88,9 @@ class RollupDelta:
         event = record.event
         self.requests += 1
         self.successes += int(event.success)
-        self.prompt_tokens += event.total_prompt_tokens
-        self.completion_tokens += event.completion_tokens
+        if not event.cache_hit:
+            self.prompt_tokens += event.total_prompt_tokens
+            self.completion_tokens += event.completion_tokens
         self.cost += record.cost
         self.latency_ms_sum += event.latency_ms
         if event.usage_source == "estimated":

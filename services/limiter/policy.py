@@ -202,15 +202,18 @@ class LimitPolicy:
         """(key, actual tokens, actual nano-USD) of a finished call, or None when the reservation must
         stay as it is: usage marked estimated but with no tokens is a sender that could not count, and
         settling it would forget spend the provider bills (the reservation keeps the worst case). A cache
-        hit reserved nothing and spent nothing: None.
+        hit spent nothing: it settles to 0 (the gateway's hits reserved nothing, and settle as a no-op;
+        an upstream service that reserved and then answered from its own cache gets its reservation back).
 
         The key is that of the team the decision counted the call for (the event's `team_id`); an event
         that does not say (an upstream service that did not copy it) is taken to be its user's team now."""
-        if event.cache_hit or (event.usage_source == "estimated" and event.total_tokens == 0):
-            return None
-        nano = to_nano_usd(self.catalog.cost_of(event).usd)
         team = event.team_id or book.team_of(event.user_id)
-        return caller_base(event.user_id, event.client_ip, team), event.total_tokens, nano
+        key = caller_base(event.user_id, event.client_ip, team)
+        if event.cache_hit:
+            return key, 0, 0
+        if event.usage_source == "estimated" and event.total_tokens == 0:
+            return None
+        return key, event.total_tokens, to_nano_usd(self.catalog.cost_of(event).usd)
 
 
 def scope_name(scope: Scope, scope_id: str) -> str:

@@ -21,3 +21,4 @@ class Faults:
         self.chunk_delay_s = float(body.get("chunk_delay_s", 0))
         self.break_after: int | None = body.get("break_after")
         self.omit_usage = bool(body.get("omit_usage", False))
+        self.error_after: int | None = body.get("error_after")

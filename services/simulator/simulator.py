@@ -12,7 +12,9 @@ query parameter; its `anthropic` mode answers the Messages API at /v1/messages (
 
 It can be told to misbehave: POST /_sim/faults {"status": 500, "count": 3, "delay_s": 0} makes the next
 3 calls fail; "chunk_delay_s" slows every streamed chunk, "break_after": N cuts a stream's connection
-after N content chunks, "omit_usage": true leaves usage out of every OpenAI-shaped answer. GET
+after N content chunks, "error_after": N ends an OpenAI-shaped stream after N content chunks with a chunk
+`{"error": {...}}` then `[DONE]` (as vLLM does when the model fails mid-answer), "omit_usage": true
+leaves usage out of every OpenAI-shaped answer. GET
 /_sim/stats returns how many calls it has seen, how many streams it finished, and how many were closed
 by the client before their end (with the time of the last one); GET /_sim/requests the bodies of the
 last calls asked for, GET /_sim/calls their path, api-version and the key they carried. An answer has
@@ -300,14 +302,21 @@ class Answer:
                                  media_type="text/event-stream")
 
     async def events(self, include_usage: bool) -> AsyncIterator[bytes]:
-        chunk_delay_s, break_after, stats = self.faults.chunk_delay_s, self.faults.break_after, self.simulator.stats
-        finished = False
+        faults = self.faults
+        chunk_delay_s, break_after, error_after = faults.chunk_delay_s, faults.break_after, faults.error_after
+        finished = failed = False
         try:
             for index in range(self.choices):
                 yield self.chunk({"role": "assistant", "content": ""}, index=index)
             for i, token in enumerate(self.tokens):
                 if break_after is not None and i >= int(break_after):
                     raise BrokenStream(f"{self.simulator.name} cut the stream after {i} chunks")
+                if error_after is not None and i >= int(error_after):
+                    error = {"message": "the model failed mid-answer", "type": "InternalServerError", "code": 500}
+                    yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                    failed = True
+                    yield b"data: [DONE]\n\n"
+                    return
                 if chunk_delay_s:
                     await asyncio.sleep(chunk_delay_s)
                 for index in range(self.choices):
@@ -319,8 +328,12 @@ class Answer:
             yield b"data: [DONE]\n\n"
             finished = True
         finally:
-            if finished:
-                stats["streams_finished"] += 1
-            elif break_after is None:
-                stats["streams_closed_early"] += 1
-                stats["last_closed_early_at"] = time.time()
+            self.count_stream(finished, closed_early=not finished and break_after is None and not failed)
+
+    def count_stream(self, finished: bool, closed_early: bool) -> None:
+        stats = self.simulator.stats
+        if finished:
+            stats["streams_finished"] += 1
+        elif closed_early:
+            stats["streams_closed_early"] += 1
+            stats["last_closed_early_at"] = time.time()

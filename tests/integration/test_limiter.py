@@ -176,6 +176,22 @@ async def test_daily_dollar_budget_counts_reservations_and_refunds_on_settlement
 
 
 @pytest.mark.adapter
+async def test_a_cache_hit_settles_a_reservation_its_request_made_and_a_hit_that_reserved_nothing_is_a_no_op(redis):
+    limiter = Limiter(tight_policy(tokens_per_minute=1000), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
+    user = unique()
+    reserved = request(user, max_tokens=600, prompt=100)  # an upstream service that reserved, then hit its cache
+    assert (await limiter.decide(reserved)).allowed
+    second = request(user, max_tokens=600, prompt=100)
+    assert not (await limiter.decide(second)).allowed
+    assert await limiter.settle([completed(reserved, prompt=90, completion=10).model_copy(
+        update={"cache_hit": True})]) == 1
+    assert (await limiter.decide(second)).allowed  # nothing used, nothing reserved but the second's 700
+    hit = request(user, max_tokens=600).model_copy(update={"cache_hit": True})
+    assert (await limiter.decide(hit)).allowed
+    assert await limiter.settle([completed(hit, prompt=90, completion=10).model_copy(update={"cache_hit": True})]) == 0
+
+
+@pytest.mark.adapter
 async def test_a_denied_request_consumes_nothing(redis):
     limiter = Limiter(tight_policy(tokens_per_minute=500), RedisLimiterStore(redis, 900), "closed", RecordedViolations())
     user = unique()

@@ -1,9 +1,10 @@
 """The response cache on the real gateway, limiter and cost service, with the simulator counting the calls
 it is sent: a repeated request reaches the provider once and is recorded at $0 with what it saved; no
 answer crosses teams; a stream is cached and replayed as a stream, and plain and streamed requests share
-their entry; Cache-Control and X-Costwarden-Cache-TTL are honoured; failed and abandoned calls are never
-cached; a hit still counts against the caller's requests; the openai SDK works unchanged; with the
-cache's Redis stopped every call is still answered, marked bypass."""
+their entry; Cache-Control and X-Costwarden-Cache-TTL are honoured; failed and abandoned calls, and a
+stream that carried an error before its [DONE], are never cached; a hit still counts against the
+caller's requests; the openai SDK works unchanged; with the cache's Redis stopped every call is still
+answered, marked bypass."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ LLAMA_8B = "meta-llama/Llama-3-8b-chat-hf"
 
 @pytest.fixture(scope="module")
 def stack(base_env, tmp_path_factory):
-    """Gateway, limiter and cost service on a bus and providers of their own; the gateway's Redis (the
-    cache's) is its own too, so that a test may stop it while the limiter keeps its own."""
+    """Gateway, limiter and cost service on a bus and providers of their own; the cache's Redis
+    (CACHE_REDIS_URL) is its own too, so that a test may stop it while the limiter and the api's
+    REDIS_URL keep theirs."""
     route = [{"provider": "together_ai", "model": LLAMA_8B}]
     config = tmp_path_factory.mktemp("cache") / "costwarden.yaml"
     config.write_text(json.dumps({
@@ -56,7 +58,7 @@ def stack(base_env, tmp_path_factory):
            "BREAKER_FAILURE_THRESHOLD": "1000000", "TOGETHER_BASE_URL": f"{together.url}/v1",
            "OPENAI_BASE_URL": f"{openai_sim.url}/v1"}
     services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT"),
-                start_service("api", {**env, "REDIS_URL": cache_redis_url}, "API_PORT")]
+                start_service("api", {**env, "CACHE_REDIS_URL": cache_redis_url}, "API_PORT")]
     yield {"api": services[-1], "together": together, "openai": openai_sim, "cache_redis": cache_redis}
     for service in reversed(services):
         service.stop()
@@ -115,13 +117,15 @@ async def test_the_same_request_twice_reaches_the_provider_once_and_the_hit_is_r
         analytics = (await client.get("/api/costs/analytics", params={
             "start": "2020-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"})).json()
     assert (analytics["requests"], analytics["cache_hits"], Decimal(analytics["cache_hit_rate"])) == (2, 1, 50)
+    assert (analytics["prompt_tokens"], analytics["completion_tokens"]) == (  # the provider's tokens only
+        paid["prompt_tokens"], paid["completion_tokens"])
     assert Decimal(analytics["saved_usd"]) == paid["cost"] == Decimal(analytics["cost"])
     [by_model] = analytics["by_model"]
     assert (by_model["key"], by_model["cache_hits"], Decimal(by_model["saved_usd"])) == (CACHED, 1, paid["cost"])
-    rollup = await db.fetchrow("SELECT requests, cache_hits, saved_usd, cost FROM llm_cost_rollups WHERE period = "
-                               "'day' AND dimension = 'user' AND key = $1", user)
-    assert (rollup["requests"], rollup["cache_hits"], rollup["saved_usd"], rollup["cost"]) == (
-        2, 1, paid["cost"], paid["cost"])
+    rollup = await db.fetchrow("SELECT requests, cache_hits, saved_usd, cost, prompt_tokens FROM llm_cost_rollups "
+                               "WHERE period = 'day' AND dimension = 'user' AND key = $1", user)
+    assert (rollup["requests"], rollup["cache_hits"], rollup["saved_usd"], rollup["cost"], rollup["prompt_tokens"]) == (
+        2, 1, paid["cost"], paid["cost"], paid["prompt_tokens"])
 
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:  # what the console reads: its Overview's savings and the Costs page's rows, for the user and for all
@@ -259,6 +263,24 @@ async def test_failed_broken_and_abandoned_calls_are_never_cached(stack, databas
         finally:
             set_faults(together)
         assert (await client.post("/v1/chat/completions", json=body)).headers["X-Costwarden-Cache"] == "miss"
+
+
+async def test_a_stream_with_an_error_then_done_is_not_cached_and_is_recorded_as_failed(stack, db, database_url):
+    key = await new_key(database_url, unique("erred"), "pro")
+    together = stack["together"]
+    body = chat(max_tokens=12)
+    async with await client_of(stack, key) as client:
+        set_faults(together, error_after=2)  # vLLM-style: content, then {"error": ...}, then [DONE]
+        try:
+            response, lines = await streamed(client, body)
+        finally:
+            set_faults(together)
+        assert json.loads(lines[-1][6:])["error"]["message"] == "the model failed mid-answer"
+        again = await client.post("/v1/chat/completions", json=body)
+    assert again.headers["X-Costwarden-Cache"] == "miss"
+    row = await ledger_row(db, response.headers["x-request-id"])
+    assert (row["success"], row["cache_hit"]) == (False, False)
+    assert row["error_message"] == "together_ai sent an error in the stream: the model failed mid-answer"
 
 
 async def test_a_free_tier_callers_eleventh_call_in_the_hour_is_denied_even_as_a_hit(stack, database_url, redis_url):

@@ -149,11 +149,13 @@ async def admit(state: ApiState, ctx: CallContext) -> tuple[dict[str, str], Call
 def cache_plan(request: Request, state: ApiState, caller: Caller, serves: ModelServes, model: str,
                payload: dict[str, Any]) -> CachePlan | None:
     """How the call uses the response cache (state.cache is not None): None when the cache is off for the
-    model; 400 naming a cache header that cannot be read."""
+    model; 400 naming a cache header that cannot be read. Cache-Control sent on several lines is one list
+    (RFC 9110 §5.3)."""
     assert state.cache is not None
     headers = request.headers
+    cache_control = ", ".join(headers.getlist("cache-control")) or None
     try:
-        return state.cache.plan(serves, model, caller, payload, headers.get("cache-control"), headers.get(TTL_HEADER))
+        return state.cache.plan(serves, model, caller, payload, cache_control, headers.get(TTL_HEADER))
     except BadCacheHeader as exc:
         raise ApiError(400, str(exc), code="invalid_cache_header", param=exc.header) from None
 

@@ -21,6 +21,7 @@ from services.api.cached_key_store import CachedKeyStore, StoredKey
 from services.api.callers import Caller, KeyStoreUnavailable, parse_networks
 from services.api.gateway import Gateway
 from services.api.http.state import ApiState
+from services.api.response_cache import ResponseCache
 from services.api.settings import ApiSettings
 from shared.api_keys import KeyRecord, display_prefix, hash_api_key, new_api_key
 from shared.cost_query import Analytics, CostQuery, CostServiceUnavailable, CurrentCost
@@ -169,8 +170,8 @@ def settings(**overrides: Any) -> ApiSettings:
     return ApiSettings(_env_file=None, **{**defaults, **overrides})  # type: ignore[call-arg]
 
 
-def in_process_api(ports: FakePorts, config: ApiSettings | None = None) -> FastAPI:
-    """The real app (routes, error handlers, middleware) on `ports`."""
+def in_process_api(ports: FakePorts, config: ApiSettings | None = None, cache: ResponseCache | None = None) -> FastAPI:
+    """The real app (routes, error handlers, middleware) on `ports`, with `cache` as its response cache."""
 
     @asynccontextmanager
     async def resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
@@ -181,7 +182,8 @@ def in_process_api(ports: FakePorts, config: ApiSettings | None = None) -> FastA
         gateway = Gateway(router, ports.published, Words())
         yield ApiState(settings=settings, config=file_config, trusted_proxies=parse_networks(settings.trusted_proxies),
                        admission=admission, gateway=gateway, key_admin=ports.keys, cost_queries=ports.spend,
-                       breakers=router.breakers, readiness=[], teams=None)  # type: ignore[arg-type]  # no team route
+                       breakers=router.breakers, readiness=[], teams=None,  # type: ignore[arg-type]  # no team route
+                       cache=cache)
         await gateway.drain()
 
     return create_app(config or settings(), resources=resources)

@@ -14,9 +14,10 @@ from services.api.callers import Caller
 from services.api.calls import CallContext
 from services.api.gateway import Gateway
 from services.api.providers import ProviderError, ProvidersFailed, ProviderStreamBroken
+from services.api.response_cache import AnswerKeeper, CachePlan, ModelCachePolicy, ResponseCache
 from shared.events import BilledAttempt
 from shared.policy import ModelRoute
-from tests.unit.api.fakes import Recorded, Words, router_of
+from tests.unit.api.fakes import MemoryStore, Recorded, Words, router_of
 
 MODEL = "meta-llama/Llama-3-8b-chat-hf"
 
@@ -182,3 +183,48 @@ async def test_a_call_no_provider_answered_is_recorded_under_the_last_attempt_bi
         await g.complete(ctx(routes=FALLBACK), {"messages": []})
     [event] = nothing_billed.events
     assert (event.provider, event.served_model, event.total_tokens) == ("openai", "gpt-4o-mini", 0)
+
+
+def keeper() -> tuple[MemoryStore, AnswerKeeper]:
+    store = MemoryStore()
+    cache = ResponseCache(store, {MODEL: ModelCachePolicy(600, False, 100_000)})
+    return store, AnswerKeeper(cache, CachePlan("cwapi:cache:k", True, True, None, 600, 100_000))
+
+
+async def relay_kept(stream: FakeStream) -> tuple[list[bytes], Recorded, MemoryStore]:
+    recorded, (store, keep) = Recorded(), keeper()
+    g = gateway(FakeProvider(stream=stream), recorded)
+    relay = await g.open_stream(ctx(), {"messages": []}, False, keep)
+    out = [piece async for piece in relay]
+    await relay.aclose()
+    await g.drain()
+    return out, recorded, store
+
+
+USAGE_CHUNK = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}
+
+
+async def test_a_complete_stream_with_the_providers_usage_is_kept():
+    _, recorded, store = await relay_kept(FakeStream([delta("one two"), delta(" three", "stop"), USAGE_CHUNK]))
+    assert recorded.events[0].success and len(store.entries) == 1
+
+
+async def test_a_stream_with_an_error_chunk_then_done_is_recorded_as_failed_and_not_kept():
+    error = {"error": {"message": "CUDA out of memory", "type": "InternalServerError", "code": 500}}
+    out, recorded, store = await relay_kept(FakeStream([delta("Par"), error, USAGE_CHUNK]))
+    [event] = recorded.events
+    assert (event.success, event.error) == (False, "together_ai sent an error in the stream: CUDA out of memory")
+    assert event.completion_tokens == 3  # the provider's usage, as for any stream that ends
+    assert json.loads(out[-1][6:]) == error and b"data: [DONE]\n\n" not in out
+    assert store.entries == {}
+
+
+async def test_a_stream_that_ends_in_done_before_its_finish_reason_is_incomplete_and_not_kept():
+    out, recorded, store = await relay_kept(FakeStream([delta("one two"), USAGE_CHUNK]))
+    assert json.loads(out[-1][6:])["error"]["code"] == "provider_stream_incomplete"
+    assert recorded.events[0].success is False and store.entries == {}
+
+
+async def test_a_stream_without_the_providers_usage_is_recorded_but_not_kept():
+    _, recorded, store = await relay_kept(FakeStream([delta("one two"), delta(" three", "stop")]))
+    assert recorded.events[0].success and recorded.events[0].usage_source == "estimated" and store.entries == {}

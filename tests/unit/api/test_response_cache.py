@@ -15,7 +15,6 @@ from services.api.callers import ANONYMOUS, Caller
 from services.api.response_cache import (
     BadCacheHeader,
     CachedAnswer,
-    CacheUnavailable,
     Directives,
     ModelCachePolicy,
     ResponseCache,
@@ -23,11 +22,13 @@ from services.api.response_cache import (
     cache_key,
     cache_policies,
     directives,
+    routes_digest,
     scope_of,
     stream_chunks,
 )
 from services.api.usage import Usage
 from shared.policy import CacheConfig, ModelCache, ModelConfig, ModelRoute
+from tests.unit.api.fakes import MemoryStore
 
 ROUTE = [ModelRoute(provider="openai", model="gpt-4o-mini")]
 ANN = Caller("ann", "pro", key_id=1)
@@ -43,10 +44,23 @@ def model(cache: ModelCache | None = None) -> ModelConfig:
 def test_a_models_own_cache_settings_win_over_the_global_ones_and_the_cache_is_off_by_default():
     models = {"plain": model(), "on": model(ModelCache(enabled=True, ttl_s=60)), "off": model(ModelCache(enabled=False)),
               "shared": model(ModelCache(shared=True))}
-    assert cache_policies(CacheConfig(), models) == {"on": ModelCachePolicy(60, False, 1_048_576)}
+    routes = routes_digest(ROUTE)
+    assert cache_policies(CacheConfig(), models) == {"on": ModelCachePolicy(60, False, 1_048_576, routes)}
     assert cache_policies(CacheConfig(enabled=True, ttl_s=10, max_entry_bytes=100), models) == {
-        "plain": ModelCachePolicy(10, False, 100), "on": ModelCachePolicy(60, False, 100),
-        "shared": ModelCachePolicy(10, True, 100)}
+        "plain": ModelCachePolicy(10, False, 100, routes), "on": ModelCachePolicy(60, False, 100, routes),
+        "shared": ModelCachePolicy(10, True, 100, routes)}
+
+
+def test_re_pointing_a_model_keys_its_answers_afresh_and_re_weighting_it_does_not():
+    def key_with(*routes: ModelRoute) -> str | None:
+        policies = cache_policies(CacheConfig(enabled=True), {"m": ModelConfig(routes=list(routes))})
+        plan = ResponseCache(MemoryStore(), policies).plan("chat", "m", ANN, BODY, None, None)
+        return plan.key if plan else None
+
+    together = ModelRoute(provider="together_ai", model="meta-llama/Llama-3-8b-chat-hf")
+    keys = [key_with(*ROUTE), key_with(together), key_with(*ROUTE, together), key_with(together, *ROUTE)]
+    assert len(set(keys)) == len(keys)
+    assert key_with(ROUTE[0].model_copy(update={"weight": 3.0})) == keys[0]
 
 
 @pytest.mark.parametrize(("cache_control", "ttl", "expected"), [
@@ -55,6 +69,8 @@ def test_a_models_own_cache_settings_win_over_the_global_ones_and_the_cache_is_o
     ("No-Cache", "30", Directives(read=False, ttl_s=30)),
     ("private, max-age=0", None, Directives(max_age_s=0)),
     ('max-age="120", no-transform', None, Directives(max_age_s=120)),
+    ("max-age=" + "9" * 5000, "9" * 5000, Directives(max_age_s=2**31, ttl_s=2**31)),  # RFC 9111 §1.2.2
+    ("max-age=99999999999", "2147483649", Directives(max_age_s=2**31, ttl_s=2**31)),
 ])
 def test_what_the_request_headers_ask(cache_control, ttl, expected):
     assert directives(cache_control, ttl) == expected
@@ -63,6 +79,8 @@ def test_what_the_request_headers_ask(cache_control, ttl, expected):
 @pytest.mark.parametrize(("cache_control", "ttl", "header"), [
     ("max-age=-1", None, "Cache-Control"), ("max-age", None, "Cache-Control"), ("max-age=soon", None, "Cache-Control"),
     (None, "0", "X-Costwarden-Cache-TTL"), (None, "1.5", "X-Costwarden-Cache-TTL"), (None, "", "X-Costwarden-Cache-TTL"),
+    ("max-age=\u00b2", None, "Cache-Control"), (None, "\u00b3", "X-Costwarden-Cache-TTL"),  # Latin-1 superscripts
+    ("max-age=\u0661", None, "Cache-Control"), (None, "0" * 5000, "X-Costwarden-Cache-TTL"),
 ])
 def test_a_header_that_cannot_be_read_is_named(cache_control, ttl, header):
     with pytest.raises(BadCacheHeader) as refused:
@@ -80,25 +98,40 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 
 
 def test_the_key_ignores_how_an_answer_is_delivered_and_keeps_what_changes_it():
-    key = cache_key("chat", "m", BODY, "user:ann")
+    key = cache_key("chat", "m", BODY, "user:ann", "r")
     assert key.startswith("cwapi:cache:") and len(key) == len("cwapi:cache:") + 64
     same = {**dict(reversed(BODY.items())), "stream": True, "stream_options": {"include_usage": True}, "user": "x"}
-    assert cache_key("chat", "m", same, "user:ann") == key
-    changed = [cache_key("chat", "m", {**BODY, "temperature": 0.3}, "user:ann"),
-               cache_key("chat", "m", {**BODY, "max_tokens": 9}, "user:ann"),
-               cache_key("chat", "other", BODY, "user:ann"), cache_key("chat", "m", BODY, "team:red"),
-               cache_key("embeddings", "m", BODY, "user:ann"), cache_key("chat", "m", {**BODY, "seed": 1}, "user:ann")]
+    assert cache_key("chat", "m", same, "user:ann", "r") == key
+    changed = [cache_key("chat", "m", {**BODY, "temperature": 0.3}, "user:ann", "r"),
+               cache_key("chat", "m", {**BODY, "max_tokens": 9}, "user:ann", "r"),
+               cache_key("chat", "other", BODY, "user:ann", "r"), cache_key("chat", "m", BODY, "team:red", "r"),
+               cache_key("embeddings", "m", BODY, "user:ann", "r"),
+               cache_key("chat", "m", {**BODY, "seed": 1}, "user:ann", "r"),
+               cache_key("chat", "m", BODY, "user:ann", "other routes")]
     assert key not in changed and len(set(changed)) == len(changed)
 
 
 texts = st.text(alphabet=string.printable + "éß漢🙂", max_size=40)
 
 
-@given(st.lists(texts, min_size=1, max_size=3), st.sampled_from(["stop", "length"]))
+def token_logprobs(text: str) -> list[dict]:
+    return [{"token": text, "logprob": -0.25, "bytes": list(text.encode()), "top_logprobs": []}]
+
+
+logprobs = st.one_of(st.none(), st.builds(lambda text: {"content": token_logprobs(text), "refusal": None}, texts))
+no_logprobs = object()
+
+
+@given(st.lists(st.tuples(texts, st.one_of(st.just(no_logprobs), logprobs)), min_size=1, max_size=3),
+       st.sampled_from(["stop", "length"]))
 def test_a_plain_answer_replayed_as_a_stream_assembles_back_to_itself(contents, finish):
-    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-                        for i, text in enumerate(contents)],
+    choices = []
+    for i, (text, choice_logprobs) in enumerate(contents):
+        choice = {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        if choice_logprobs is not no_logprobs:
+            choice["logprobs"] = choice_logprobs
+        choices.append(choice)
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "choices": choices,
             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
     assert assembled(stream_chunks(body)) == body
 
@@ -106,13 +139,16 @@ def test_a_plain_answer_replayed_as_a_stream_assembles_back_to_itself(contents, 
 @given(st.lists(texts, min_size=1, max_size=8))
 def test_a_stream_is_assembled_into_the_plain_answer_it_makes(deltas):
     base = {"id": "c", "object": "chat.completion.chunk", "created": 2, "model": "m"}
-    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-              *({**base, "choices": [{"index": 0, "delta": {"content": d}, "finish_reason": None}]} for d in deltas),
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}]},
+              *({**base, "choices": [{"index": 0, "delta": {"content": d}, "finish_reason": None,
+                                      "logprobs": {"content": token_logprobs(d), "refusal": None}}]} for d in deltas),
               {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
               {**base, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": len(deltas)}}]
     answer = assembled(chunks)
+    joined = {"content": [entry for d in deltas for entry in token_logprobs(d)], "refusal": None}
     assert answer["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "".join(deltas)},
-                                  "finish_reason": "stop"}]
+                                  "logprobs": joined, "finish_reason": "stop"}]
     assert answer["usage"]["completion_tokens"] == len(deltas) and answer["object"] == "chat.completion"
 
 
@@ -154,25 +190,6 @@ def test_a_replayed_stream_ends_with_done_and_carries_the_usage_only_when_asked(
     assert events[-1] == b"data: [DONE]\n\n" and all(e.startswith(b"data: ") for e in events)
     with_usage = plain_entry().stream(forward_usage_chunk=True)
     assert len(with_usage) == len(events) + 1 and b'"usage"' in with_usage[-2]
-
-
-class MemoryStore:
-    """ResponseCacheStore in memory; `down` answers as a store that cannot be reached."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[bytes, int]] = {}
-        self.down = False
-
-    async def get(self, key: str) -> bytes | None:
-        if self.down:
-            raise CacheUnavailable("ConnectionRefusedError")
-        found = self.entries.get(key)
-        return found[0] if found else None
-
-    async def put(self, key: str, value: bytes, ttl_s: int) -> None:
-        if self.down:
-            raise CacheUnavailable("ConnectionRefusedError")
-        self.entries[key] = (value, ttl_s)
 
 
 def cache_at(store: MemoryStore, now: list[float], **policy: int) -> ResponseCache:

@@ -110,6 +110,33 @@ async def test_spend_and_tokens_are_counted_once_per_recorded_event():
                                      {"period": "hour", "severity": "critical"}) == 50.0
 
 
+async def test_a_cache_hits_tokens_are_counted_apart_from_the_providers_and_raise_no_unpriced_alert():
+    published: list[str] = []
+
+    async def publish(alert: Alert) -> None:
+        published.append(alert.key)
+
+    model = "some-unpriced-model"
+    labels = dict(zip(SPEND_LABELS, (model, "together_ai", model, "/v1/chat/completions", "none"), strict=True))
+
+    def counted() -> tuple[float, float, float]:
+        return (REGISTRY.get_sample_value("costwarden_tokens_total", {**labels, "kind": "prompt"}) or 0.0,
+                REGISTRY.get_sample_value("costwarden_cache_hit_tokens_total", {"model": model, "kind": "prompt"})
+                or 0.0,
+                REGISTRY.get_sample_value("costwarden_cost_unpriced_events_total", {"model": f"together_ai/{model}"})
+                or 0.0)
+
+    recorder = CostRecorder(FakeLedger(), PriceCatalog.with_overrides({}), Thresholds(), publish, clock=lambda: NOW)
+    before = counted()
+    hit = spend("hit-1", 1000).model_copy(update={"model": model, "cache_hit": True})
+    await recorder.record([hit])
+    provider, hits, unpriced = counted()
+    assert (provider - before[0], hits - before[1], unpriced - before[2]) == (0, 1000, 0)
+    assert published == []
+    await recorder.record([hit.model_copy(update={"request_id": "paid-1", "cache_hit": False})])
+    assert published == [f"cost:unpriced:together_ai/{model}:2026-11-28"] and counted()[0] - provider == 1000
+
+
 def team_call(request_id: str, tokens: int, at: datetime = NOW) -> LlmCompleted:
     return LlmCompleted(request_id=request_id, user_id="ann", team_id="research", api_key_id=7,
                         provider="together_ai", model="meta-llama/Llama-3-70b-chat-hf", prompt_tokens=tokens,

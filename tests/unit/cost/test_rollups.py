@@ -71,3 +71,13 @@ def test_a_cache_hit_costs_nothing_and_is_rolled_up_with_what_it_saved():
     assert [(r.cost, r.saved) for r in records] == [(Decimal("0.90"), 0), (0, Decimal("0.90"))]
     day = dict(rollup_deltas(records))[("day", datetime(2026, 11, 28, tzinfo=UTC), "model", MODEL)]
     assert (day.requests, day.cost, day.cache_hits, day.saved) == (2, Decimal("0.90"), 1, Decimal("0.90"))
+
+
+def test_a_cache_hits_tokens_are_not_a_providers_and_a_hit_at_the_fallback_price_is_no_unpriced_charge():
+    unpriced = {"provider": "together_ai", "served_model": "some-unpriced-model"}
+    records = price_events([completed("paid", 1000, **unpriced), completed("hit", 1000, cache_hit=True, **unpriced)],
+                           PriceCatalog.with_overrides({}))
+    assert [r.unpriced for r in records] == [("together_ai/some-unpriced-model",), ()]
+    assert records[1].saved > 0 and not records[1].priced  # saved at the fallback price, and said so
+    day = dict(rollup_deltas(records))[("day", datetime(2026, 11, 28, tzinfo=UTC), "model", MODEL)]
+    assert (day.requests, day.cache_hits, day.prompt_tokens) == (2, 1, 1000)

@@ -39,8 +39,8 @@ def test_an_estimate_of_nothing_keeps_the_reservation_instead_of_settling_to_zer
     assert policy().settlement(completed(0, 0, usage_source="estimated")) is None
 
 
-def test_a_cache_hit_reserved_nothing_and_settles_nothing():
-    assert policy().settlement(completed(1000, 500, cache_hit=True)) is None
+def test_a_cache_hit_settles_to_nothing_spent_so_that_a_reservation_made_for_it_comes_back():
+    assert policy().settlement(completed(1000, 500, cache_hit=True)) == (subject_key("ann", None), 0, 0)
 
 
 def test_a_cache_hit_is_counted_in_the_request_windows_only():
