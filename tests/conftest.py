@@ -14,10 +14,12 @@ testcontainers images instead. LLM providers: the project's OpenAI-compatible si
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -53,6 +55,8 @@ TIER_SECONDS = {"system": 60.0, "service": 20.0, "adapter": 5.0, "unit": 1.0}  #
 SERVER_FIXTURES = {"nats_srv", "nats_url", "redis_url", "pg_server_url", "database_url", "fresh_database", "base_env",
                    "limiter", "gateway", "cost_service", "nc", "db"}
 MODULE_SECONDS = "costwarden/module_seconds"
+# A fresh clone (CI) has no last run: each module's seconds measured on a fresh clone, for the first order.
+COMMITTED_SECONDS = Path(__file__).parent / "module_seconds.json"
 
 # Under `-n`, each module runs on one worker (its module fixtures are set up once), except these, which
 # run one after another on one worker: the soak loads the whole machine, and the clusters' failover
@@ -88,7 +92,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         modules.setdefault(module, []).append(item)
         guesses[module] = max(guesses.get(module, 0.0), TIER_SECONDS[tier])
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
-    measured = cache.get(MODULE_SECONDS, {}) if cache else {}
+    measured = {**json.loads(COMMITTED_SECONDS.read_text()), **(cache.get(MODULE_SECONDS, {}) if cache else {})}
     seconds = {module: measured.get(module, guesses[module]) for module in modules}
     one_at_a_time = sum(seconds[module] for module in modules if module in ONE_AT_A_TIME)  # one unit of work
     order = sorted(modules, key=lambda module: -(one_at_a_time if module in ONE_AT_A_TIME else seconds[module]))

@@ -65,8 +65,6 @@ async def chat_completions(request: Request) -> Response:
     else:
         headers, ctx, cached, keep = await admit_cached(state, ctx, plan)
         if cached is not None:
-            await state.gateway.replay(ctx, cached)
-            headers["X-Costwarden-Provider"] = cached.provider
             if not chat.stream:
                 return Response(cached.plain(), media_type="application/json", headers=headers)
             events = cached.stream(bool((chat.stream_options or {}).get("include_usage")))

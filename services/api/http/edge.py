@@ -163,8 +163,8 @@ def cache_plan(request: Request, state: ApiState, caller: Caller, serves: ModelS
 async def admit_cached(state: ApiState, ctx: CallContext, plan: CachePlan
                        ) -> tuple[dict[str, str], CallContext, CachedAnswer | None, AnswerKeeper | None]:
     """The cache is looked up before the limiter is asked: a hit is still a call the limiter counts
-    (without reserving anything for it). The headers say what the cache did (and on a hit the entry's
-    Age); with the answer found, or what keeps the call's answer."""
+    (without reserving anything for it), and recorded here. The headers say what the cache did (and on a
+    hit the entry's Age and provider); with the answer found, or what keeps the call's answer."""
     assert state.cache is not None
     found, result = await state.cache.lookup(plan)
     headers, ctx = await admit(state, ctx if found is None else replace(ctx, cache_hit=True))
@@ -172,4 +172,6 @@ async def admit_cached(state: ApiState, ctx: CallContext, plan: CachePlan
     headers[CACHE_HEADER] = result
     if found is not None:
         headers["Age"] = str(found.age_s(state.cache.now()))
+        headers["X-Costwarden-Provider"] = found.provider
+        await state.gateway.replay(ctx, found)
     return headers, ctx, found, state.cache.keeper(plan, result)

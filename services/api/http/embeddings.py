@@ -33,9 +33,7 @@ async def embeddings(request: Request) -> Response:
     else:
         headers, ctx, cached, keep = await admit_cached(state, ctx, plan)
         if cached is not None:
-            await state.gateway.replay(ctx, cached)
-            return Response(cached.plain(), media_type="application/json",
-                            headers={**headers, "X-Costwarden-Provider": cached.provider})
+            return Response(cached.plain(), media_type="application/json", headers=headers)
     call = await state.gateway.complete(ctx, payload, "embeddings", keep)
     return Response(call.raw, media_type="application/json",
                     headers={**headers, "X-Costwarden-Provider": call.provider})
