@@ -3,7 +3,11 @@ cluster, and the client follows its slots, MOVED and ASK redirections and failov
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -50,3 +54,35 @@ def redis_client(url: str, cluster: bool, timeout_s: float, max_connections: int
                                      max_connections=max_connections, retry=retry)
     return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                           max_connections=max_connections)
+
+
+class PausedAfterFailure:
+    """Redis asked through a pause: after it failed to answer, it is not asked again for `pause_s`, so
+    that while it is down every caller hears so at once (`unavailable`) rather than each waiting out a
+    timeout. Said once in the log when it starts (`away`) and once when it ends (`back`)."""
+
+    def __init__(self, unavailable: type[Exception], away: str, back: str, pause_s: float,
+                 timeout_s: float | None = None) -> None:
+        self.unavailable, self.away, self.back = unavailable, away, back
+        self.pause_s = pause_s
+        self.timeout_s = timeout_s
+        self._retry_at = 0.0
+        self._failing = False
+
+    async def ask(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        if self._failing and time.monotonic() < self._retry_at:
+            raise self.unavailable("Redis unreachable")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                answer = await command()
+        except (RedisError, OSError, AttributeError, TimeoutError) as exc:
+            # AttributeError: redis-py's asyncio cluster client can fail that way when a timeout made it
+            # reset its connections (services/limiter/redis_limiter_store.py says more).
+            if not self._failing:
+                log.warning("Redis unreachable (%s): %s", type(exc).__name__, self.away)
+            self._failing, self._retry_at = True, time.monotonic() + self.pause_s
+            raise self.unavailable(type(exc).__name__) from exc
+        if self._failing:
+            self._failing = False
+            log.warning("Redis answers again: %s", self.back)
+        return answer

@@ -12,16 +12,13 @@ count a request against their own tpm limits; retries of a call to one deploymen
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from services.api.providers import CeilingsUnavailable
-from shared.redis_client import CLIENT_COMMANDS
+from shared.redis_client import CLIENT_COMMANDS, PausedAfterFailure
 
 ADMIT = """
 local key = KEYS[1]
@@ -49,8 +46,6 @@ KEY_PATTERN = "cwapi:*"
 # unchecked at once rather than each waiting out the timeout.
 RETRY_AFTER_FAILURE_S = 1.0
 
-log = logging.getLogger(__name__)
-
 
 def deployment_key(provider: str) -> str:
     return f"cwapi:{{deploy:{provider}}}:minute"
@@ -70,26 +65,13 @@ class RedisRouteCeilings:
 
     def __init__(self, redis: Redis | RedisCluster, retry_after_failure_s: float = RETRY_AFTER_FAILURE_S) -> None:
         self._admit = redis.register_script(ADMIT)
-        self.retry_after_failure_s = retry_after_failure_s
-        self._retry_at = 0.0
-        self._failing = False
+        self.paused = PausedAfterFailure(CeilingsUnavailable,
+                                         "deployments' rpm/tpm ceilings go unchecked until it answers",
+                                         "deployments' rpm/tpm ceilings are checked", retry_after_failure_s)
 
     async def admit(self, provider: str, rpm: int | None, tpm: int | None, tokens: int) -> float:
         """0 when the call is counted, else the seconds until the next minute; a call whose tokens alone
         pass the tpm ceiling is still taken in an empty minute (the provider decides about it)."""
-        if self._failing and time.monotonic() < self._retry_at:
-            raise CeilingsUnavailable("Redis unreachable")
-        try:
-            wait_ms = await self._admit(keys=[deployment_key(provider)], args=[rpm or 0, tpm or 0, tokens])
-        except (RedisError, OSError, AttributeError) as exc:
-            # AttributeError: redis-py's asyncio cluster client can fail that way when a timeout made it
-            # reset its connections (services/limiter/redis_limiter_store.py says more).
-            if not self._failing:
-                log.warning("Redis unreachable (%s): deployments' rpm/tpm ceilings go unchecked until it answers",
-                            type(exc).__name__)
-            self._failing, self._retry_at = True, time.monotonic() + self.retry_after_failure_s
-            raise CeilingsUnavailable(type(exc).__name__) from exc
-        if self._failing:
-            self._failing = False
-            log.warning("Redis answers again: deployments' rpm/tpm ceilings are checked")
+        wait_ms = await self.paused.ask(
+            lambda: self._admit(keys=[deployment_key(provider)], args=[rpm or 0, tpm or 0, tokens]))
         return int(wait_ms) / 1000
