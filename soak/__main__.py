@@ -134,23 +134,27 @@ async def request_backup(system: System) -> int:
     return result.returncode
 
 
-async def drained(system: System, patience_s: float = 180) -> bool:
-    """Every durable consumer has nothing pending nor unacknowledged."""
+async def drained(system: System, patience_s: float = 180, quiet_s: float = 2) -> bool:
+    """Every durable consumer has had nothing pending nor unacknowledged for `quiet_s`: the cost service
+    acks a batch once it is written and the notifier an alert once its retries are over, so nothing is
+    still on its way (an alert the last batch raised is pending on ALERTS before that batch is acked)."""
     nc = await nats.connect(servers=system.nats_urls)
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + patience_s
+        quiet_since: float | None = None
         while time.monotonic() < deadline:
             try:
                 waiting = 0
                 for stream in ("LLM", "LIMITS", "ALERTS", "BACKUP", "SCHEDULE"):
                     for consumer in await js.consumers_info(stream):
                         waiting += (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
-                if waiting == 0:
-                    return True
             except (nats.errors.Error, TimeoutError):
-                pass
-            await asyncio.sleep(2)
+                waiting = -1
+            quiet_since = (quiet_since or time.monotonic()) if waiting == 0 else None
+            if quiet_since is not None and time.monotonic() - quiet_since >= quiet_s:
+                return True
+            await asyncio.sleep(0.25)
         return False
     finally:
         await nc.close()
@@ -196,7 +200,6 @@ async def soak(seconds: float, seed: int, short: bool) -> int:
         elapsed = time.monotonic() - started
         log(f"traffic stopped after {elapsed:.0f} s; draining the consumers")
         is_drained = await drained(system)
-        await asyncio.sleep(10)  # the notifier's last retries and the cost service's last batch
         stopping.set()
         await memory
         checks = [Check("every consumer drained", True, is_drained),

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from soak.system import System
+from soak.system import PROVIDER_TIMEOUT_S, System
 
 
 @dataclass
@@ -41,7 +41,7 @@ def provider_trouble(system: System) -> Callable[[], Awaitable[None]]:
     async def act() -> None:
         system.set_provider_faults(status=503, count=40)  # a burst of 5xx on both providers
         await asyncio.sleep(6)
-        system.set_provider_faults(delay_s=35)  # then answers slower than the gateway waits
+        system.set_provider_faults(delay_s=PROVIDER_TIMEOUT_S + 2)  # then answers slower than the gateway waits
         await asyncio.sleep(4)
         system.set_provider_faults()
     return act

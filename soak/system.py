@@ -8,6 +8,7 @@ import json
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +26,8 @@ from tests.servers import (
     free_port,
     nats_cluster,
     s3_server,
+    start_all,
+    stop_all,
 )
 from tests.sinks import HttpSink, SmtpSink
 
@@ -38,6 +41,7 @@ SOAK_TIERS = {
     "enterprise": TierLimits(requests=100_000, strict_requests=200, tokens_per_minute=2_000_000,
                              daily_budget_usd=Decimal("250.00")),
 }
+PROVIDER_TIMEOUT_S = 10  # how long the gateway waits for a provider; the timeouts fault answers slower
 REPLICAS = {"limiter": 3, "cost": 2, "notifier": 2, "health": 2, "backup": 2, "api": 1}
 # Low thresholds, so that the soak's spend raises alerts while the faults land.
 THRESHOLDS = {"hourly": {"warning": "0.001", "critical": "0.002"}, "daily": {"warning": "0.003"},
@@ -56,10 +60,14 @@ class Replica:
     def name(self) -> str:
         return f"{self.service}-{self.index}"
 
-    def start(self) -> None:
+    def prepare(self) -> ServiceProcess:
+        """Its process on a new free port, not started yet."""
         port = free_port()
-        self.process = ServiceProcess(self.service, {**self.env, f"{self.service.upper()}_PORT": str(port)},
-                                      port).start(timeout_s=60)
+        self.process = ServiceProcess(self.service, {**self.env, f"{self.service.upper()}_PORT": str(port)}, port)
+        return self.process
+
+    def start(self) -> None:
+        self.prepare().start(timeout_s=60)
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -105,9 +113,7 @@ class System:
             httpx.post(f"{server.url}/_sim/faults", json=faults, timeout=5).raise_for_status()
 
     def stop(self) -> None:
-        for replica in reversed(self.replicas):
-            if replica.process is not None:
-                replica.process.stop()
+        stop_all(replica.process for replica in self.replicas if replica.process is not None)
         for server in self.providers.values():
             server.stop()
         self.http_sink.stop()
@@ -120,20 +126,23 @@ class System:
 
 
 async def start_system(log) -> System:
-    nodes, urls = nats_cluster(3)
+    """The servers first, side by side (PostgreSQL's initdb, the NATS nodes electing a leader), then every
+    replica at once."""
     redis_port = free_port()
     # with its append-only file: limit counters survive the restart the soak inflicts, as they must in production
     redis = ProcessServer("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                     "--appendonly", "yes", "--dir", tempfile.mkdtemp(prefix="soak-redis-")], redis_port)
-    redis.start()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    postgres = PostgresServer()
-    postgres.start()
-    database_url = postgres.url.rsplit("/", 1)[0] + "/soak"
-    await apply_migrations(database_url)
-    providers = {name: ThreadedHttpServer(create_simulator(name)).start() for name in ("together_ai", "openai")}
+    with ThreadPoolExecutor(4) as pool:
+        cluster, pg, redis_up, s3_up = (pool.submit(nats_cluster, 3), pool.submit(started_postgres),
+                                        pool.submit(redis.start), pool.submit(s3_server, "soak-backups"))
+        providers = {name: ThreadedHttpServer(create_simulator(name)).start() for name in ("together_ai", "openai")}
+        postgres = pg.result()
+        database_url = postgres.url.rsplit("/", 1)[0] + "/soak"
+        await apply_migrations(database_url)
+        (nodes, urls), _, (s3, s3_env) = cluster.result(), redis_up.result(), s3_up.result()
+    log("servers up: a NATS cluster of three, Redis, PostgreSQL, S3 and two simulated providers")
     http_sink, smtp = HttpSink(), SmtpSink(password="soak-smtp")
-    s3, s3_env = s3_server("soak-backups")
     config = Path(tempfile.mkdtemp(prefix="soak-")) / "costwarden.yaml"
     config.write_text(json.dumps({"thresholds": THRESHOLDS,
                                   "tiers": {name: tier.model_dump(mode="json") for name, tier in SOAK_TIERS.items()}}))
@@ -146,14 +155,20 @@ async def start_system(log) -> System:
         "ALERT_WEBHOOK_SECRET": "soak-signing", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
         "SMTP_USERNAME": "alerts", "SMTP_PASSWORD": "soak-smtp", "ALERT_EMAIL": "oncall@example.com",
         "NOTIFY_BACKOFF_INITIAL_S": "0.5", "NOTIFY_BACKOFF_MAX_S": "4", "TRUSTED_PROXIES": "127.0.0.1/32",
-        "API_KEY_CACHE_S": "5", "HEALTH_INTERVAL_S": "2", "BACKUP_SCHEDULE": "0 3 * * *",
-        "S3_BACKUP_PREFIX": "soak",
+        "API_KEY_CACHE_S": "5", "PROVIDER_TIMEOUT_S": str(PROVIDER_TIMEOUT_S), "HEALTH_INTERVAL_S": "2",
+        "BACKUP_SCHEDULE": "0 3 * * *", "S3_BACKUP_PREFIX": "soak",
     }
     system = System(nodes, urls, redis, postgres, database_url, providers, http_sink, smtp, s3)
-    for service, count in REPLICAS.items():
-        for index in range(1, count + 1):
-            replica = Replica(service, index, env)
-            replica.start()
-            system.replicas.append(replica)
-            log(f"started {replica.name} on port {replica.process.port if replica.process else '?'}")
+    system.replicas = [Replica(service, index, env) for service, count in REPLICAS.items()
+                       for index in range(1, count + 1)]
+    start_all(replica.prepare() for replica in system.replicas)
+    for replica in system.replicas:
+        replica.started_at = time.monotonic()
+        log(f"started {replica.name} on port {replica.process.port if replica.process else '?'}")
     return system
+
+
+def started_postgres() -> PostgresServer:
+    postgres = PostgresServer()
+    postgres.start()
+    return postgres

@@ -29,7 +29,15 @@ import pytest
 
 from services.deploy.migrate import apply_migrations
 from services.simulator.app import create_app as create_simulator
-from tests.servers import ServiceProcess, ThreadedHttpServer, create_streams, free_port, nats_server, redis_server
+from tests.servers import (
+    ServiceProcess,
+    ThreadedHttpServer,
+    create_streams,
+    free_port,
+    nats_server,
+    redis_server,
+    start_all,
+)
 
 NATS_IMAGE = "nats:2.11.9-alpine"
 REDIS_IMAGE = "redis:7.4.6-alpine"
@@ -245,9 +253,19 @@ def base_env(nats_url, redis_url, database_url, providers) -> dict[str, str]:
     }
 
 
-def start_service(name: str, env: dict[str, str], port_var: str) -> ServiceProcess:
+def service_process(name: str, env: dict[str, str], port_var: str) -> ServiceProcess:
+    """`python -m services.<name>` on a free port (`port_var`), not started yet."""
     port = free_port()
-    return ServiceProcess(name, {**env, port_var: str(port)}, port).start()
+    return ServiceProcess(name, {**env, port_var: str(port)}, port)
+
+
+def start_service(name: str, env: dict[str, str], port_var: str) -> ServiceProcess:
+    return service_process(name, env, port_var).start()
+
+
+def start_services(*specs: tuple[str, dict[str, str], str]) -> list[ServiceProcess]:
+    """Several services started at once, each given as (name, env, port_var)."""
+    return start_all(service_process(*spec) for spec in specs)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -212,6 +214,28 @@ class ServiceProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text()
+
+
+def start_all(services: Iterable[ServiceProcess]) -> list[ServiceProcess]:
+    """Start several at once, each waited on until it is live: their start-ups overlap. If one fails, the
+    others are stopped before the error is raised."""
+    services = list(services)
+    patience_s = 30.0 * max(1.0, len(services) / 2)  # their start-ups share the machine's cores
+    with ThreadPoolExecutor(len(services)) as pool:
+        starts = [pool.submit(service.start, patience_s) for service in services]
+    failures = [start.exception() for start in starts if start.exception() is not None]
+    if failures:
+        stop_all(services)
+        raise failures[0]  # type: ignore[misc]
+    return services
+
+
+def stop_all(services: Iterable[ServiceProcess]) -> None:
+    """Stop several at once: each shuts down gracefully on its own, their shutdowns overlap."""
+    services = list(services)
+    if services:
+        with ThreadPoolExecutor(len(services)) as pool:
+            list(pool.map(ServiceProcess.stop, services))
 
 
 class ThreadedHttpServer:

@@ -21,10 +21,10 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.pricing import to_nano_usd
-from tests.conftest import start_service, unique
+from tests.conftest import start_service, start_services, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, new_key
 from tests.integration.test_limiter import received_requests
-from tests.servers import nats_server
+from tests.servers import nats_server, stop_all
 from tests.sinks import HttpSink
 from tests.support.polling import eventually
 
@@ -45,13 +45,10 @@ def stack(base_env, tmp_path_factory):
     hook = HttpSink()
     env = {**base_env, "NATS_URL": bus_url, "COSTWARDEN_CONFIG": str(config), "PROVIDER_MAX_RETRIES": "0",
            "ALERT_WEBHOOK_URL": f"{hook.url}/hook/budgets", "NOTIFY_GROUP_WINDOW_S": "0.5"}
-    limiters = [start_service("limiter", env, "LIMITER_PORT") for _ in range(3)]
-    others = [start_service("cost", env, "COST_PORT"), start_service("cost", env, "COST_PORT"),
-              start_service("notifier", env, "NOTIFIER_PORT"), start_service("notifier", env, "NOTIFIER_PORT"),
-              start_service("api", env, "API_PORT")]
-    yield {"api": others[-1], "limiters": limiters, "hook": hook}
-    for service in reversed([*limiters, *others]):
-        service.stop()
+    services = start_services(*[("limiter", env, "LIMITER_PORT")] * 3, *[("cost", env, "COST_PORT")] * 2,
+                              *[("notifier", env, "NOTIFIER_PORT")] * 2, ("api", env, "API_PORT"))
+    yield {"api": services[-1], "limiters": services[:3], "hook": hook}
+    stop_all(services)
     hook.stop()
     bus.stop()
 
@@ -59,6 +56,24 @@ def stack(base_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 async def admin_key(database_url):
     return await new_key(database_url, unique("admin"), "enterprise", admin=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def rolling_budget_spent(stack, admin_key, database_url) -> dict:
+    """The rolling-window test's first half, run as the module starts: a user spends a one-minute rolling
+    budget (one-second buckets, the shortest window there is) and is refused. The minute then passes while
+    the other tests run, and the test, last in the module, waits only for what is left of it."""
+    user = unique("gil")
+    key = await new_key(database_url, user, "pro")
+    async with httpx.AsyncClient(base_url=stack["api"].url, timeout=30, headers=auth(admin_key)) as admin:
+        await applied(await put_limits(admin, "users", user, {"budgets": [{"usd": "0.0003", "rolling": "1m"}]}))
+    async with httpx.AsyncClient(base_url=stack["api"].url, timeout=30, headers=auth(key)) as client:
+        first = await client.post("/v1/chat/completions", json=body())
+        denied = await client.post("/v1/chat/completions", json=body())
+        refused_at, refused_wall = time.monotonic(), datetime.now(UTC)
+        again = await client.post("/v1/chat/completions", json=body())
+    return {"key": key, "first": first, "denied": denied, "again": again, "refused_at": refused_at,
+            "refused_wall": refused_wall}
 
 
 @pytest.fixture
@@ -285,24 +300,6 @@ async def test_a_user_who_joins_a_team_keeps_what_they_spent_in_the_period(stack
     assert after.status_code == 429 and (after.json()["scope"], after.json()["scope_id"]) == ("user", user)
 
 
-@pytest.mark.timeout(180)
-async def test_a_rolling_window_rolls_over_on_the_real_services(stack, admin, database_url):
-    """A window short enough to pass within the test: one minute (counted in one-second buckets)."""
-    user = unique("gil")
-    key = await new_key(database_url, user, "pro")
-    await applied(await put_limits(admin, "users", user, {"budgets": [{"usd": "0.0003", "rolling": "1m"}]}))
-    async with httpx.AsyncClient(base_url=stack["api"].url, timeout=30, headers=auth(key)) as client:
-        assert (await client.post("/v1/chat/completions", json=body())).status_code == 200
-        denied = await client.post("/v1/chat/completions", json=body())
-        assert denied.status_code == 429 and denied.json()["rolling"] == "1m"
-        resets = datetime.fromisoformat(denied.json()["resets_at"].replace("Z", "+00:00"))
-        wait = (resets - datetime.now(UTC)).total_seconds()
-        assert 55 <= wait <= 62 and int(denied.headers["Retry-After"]) == math.ceil(wait)
-        assert (await client.post("/v1/chat/completions", json=body())).status_code == 429
-        await asyncio.sleep(wait + 0.5)
-        assert (await client.post("/v1/chat/completions", json=body())).status_code == 200
-
-
 async def test_a_limiter_that_missed_an_announcement_reads_the_limits_when_its_bus_connection_comes_back(
         base_env, db):
     """A limit written while no announcement could reach the limiter applies once its connection to the bus
@@ -342,3 +339,18 @@ async def test_a_limiter_that_missed_an_announcement_reads_the_limits_when_its_b
         await nc.close()
         limiter.stop()
         bus.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_a_rolling_window_rolls_over_on_the_real_services(stack, rolling_budget_spent):
+    spent = rolling_budget_spent
+    denied = spent["denied"]
+    assert spent["first"].status_code == 200
+    assert denied.status_code == 429 and denied.json()["rolling"] == "1m"
+    resets = datetime.fromisoformat(denied.json()["resets_at"].replace("Z", "+00:00"))
+    wait = (resets - spent["refused_wall"]).total_seconds()
+    assert 55 <= wait <= 62 and int(denied.headers["Retry-After"]) == math.ceil(wait)
+    assert spent["again"].status_code == 429
+    await asyncio.sleep(max(0.0, spent["refused_at"] + wait + 0.5 - time.monotonic()))
+    async with httpx.AsyncClient(base_url=stack["api"].url, timeout=30, headers=auth(spent["key"])) as client:
+        assert (await client.post("/v1/chat/completions", json=body())).status_code == 200
