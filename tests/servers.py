@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import uvicorn
@@ -230,12 +231,17 @@ def start_all(services: Iterable[ServiceProcess]) -> list[ServiceProcess]:
     return services
 
 
-def stop_all(services: Iterable[ServiceProcess]) -> None:
-    """Stop several at once: each shuts down gracefully on its own, their shutdowns overlap."""
-    services = list(services)
-    if services:
-        with ThreadPoolExecutor(len(services)) as pool:
-            list(pool.map(ServiceProcess.stop, services))
+class Stoppable(Protocol):
+    def stop(self) -> object: ...
+
+
+def stop_all(processes: Iterable[Stoppable]) -> None:
+    """Stop several at once (services, servers): each shuts down gracefully on its own, side by side."""
+    processes = list(processes)
+    if processes:
+        with ThreadPoolExecutor(len(processes)) as pool:
+            for stopped in [pool.submit(process.stop) for process in processes]:
+                stopped.result()
 
 
 class ThreadedHttpServer:
