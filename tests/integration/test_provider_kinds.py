@@ -19,11 +19,11 @@ import pytest
 import tiktoken
 
 from services.simulator.app import create_app as create_simulator
-from tests.conftest import set_faults, sim_stats, start_service, unique
+from tests.conftest import set_faults, sim_stats, start_services, unique
 from tests.integration.helpers import auth, new_key
 from tests.integration.test_gateway_providers import metric
 from tests.integration.test_usage_accounting import ledger_row
-from tests.servers import ThreadedHttpServer, nats_server
+from tests.servers import ThreadedHttpServer, nats_server, stop_all
 
 pytestmark = pytest.mark.service
 
@@ -74,11 +74,10 @@ def stack(base_env, tmp_path_factory):
     env = {**base_env, "NATS_URL": bus_url, "COSTWARDEN_CONFIG": str(path), "PROVIDER_MAX_RETRIES": "0",
            "BREAKER_FAILURE_THRESHOLD": "2", "BREAKER_COOLDOWN_S": "1", "CW_TEST_ANTHROPIC_KEY": "sk-ant-test",
            "CW_TEST_AZURE_KEY": "azure-test-key", "CW_TEST_DEPLOY_KEY": "deploy-test-key"}
-    services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT"),
-                start_service("api", env, "API_PORT"), start_service("api", env, "API_PORT")]
+    services = start_services(("limiter", env, "LIMITER_PORT"), ("cost", env, "COST_PORT"), ("api", env, "API_PORT"),
+                              ("api", env, "API_PORT"))
     yield {"api": services[2], "replica": services[3], "sims": sims, "nats_url": bus_url}
-    for service in reversed(services):
-        service.stop()
+    stop_all(services)
     for server in sims.values():
         server.stop()
     bus.stop()

@@ -21,10 +21,10 @@ import pytest
 from services.console.periods import preset
 from services.console.pg_console_store import PgConsoleStore
 from services.simulator.app import create_app as create_simulator
-from tests.conftest import set_faults, sim_stats, start_service, unique, unique_ip
+from tests.conftest import set_faults, sim_stats, start_services, unique, unique_ip
 from tests.integration.helpers import auth, from_ip, new_key
 from tests.integration.test_usage_accounting import ledger_row, read_chunks
-from tests.servers import ThreadedHttpServer, nats_server, redis_server
+from tests.servers import ThreadedHttpServer, nats_server, redis_server, stop_all
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.service
@@ -57,11 +57,10 @@ def stack(base_env, tmp_path_factory):
     env = {**base_env, "NATS_URL": bus_url, "COSTWARDEN_CONFIG": str(config), "PROVIDER_MAX_RETRIES": "0",
            "BREAKER_FAILURE_THRESHOLD": "1000000", "TOGETHER_BASE_URL": f"{together.url}/v1",
            "OPENAI_BASE_URL": f"{openai_sim.url}/v1"}
-    services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT"),
-                start_service("api", {**env, "CACHE_REDIS_URL": cache_redis_url}, "API_PORT")]
+    services = start_services(("limiter", env, "LIMITER_PORT"), ("cost", env, "COST_PORT"),
+                              ("api", {**env, "CACHE_REDIS_URL": cache_redis_url}, "API_PORT"))
     yield {"api": services[-1], "together": together, "openai": openai_sim, "cache_redis": cache_redis}
-    for service in reversed(services):
-        service.stop()
+    stop_all(services)
     together.stop()
     openai_sim.stop()
     cache_redis.stop()

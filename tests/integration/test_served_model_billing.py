@@ -19,10 +19,10 @@ from services.simulator.app import create_app as create_simulator
 from shared.bus import publish_event
 from shared.events import LlmCompleted
 from shared.pricing import to_nano_usd
-from tests.conftest import set_faults, start_service, unique
+from tests.conftest import set_faults, start_services, unique
 from tests.integration.helpers import auth, new_key
 from tests.integration.test_usage_accounting import ledger_row, settled_counters
-from tests.servers import ThreadedHttpServer, nats_server
+from tests.servers import ThreadedHttpServer, nats_server, stop_all
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.service
@@ -70,11 +70,9 @@ def stack(base_env, tmp_path_factory):
            "PROVIDER_TIMEOUT_S": str(PROVIDER_TIMEOUT_S),
            "DEFAULT_MAX_TOKENS": str(DEFAULT_MAX_TOKENS), "TOGETHER_BASE_URL": f"{together.url}/v1",
            "OPENAI_BASE_URL": f"{openai_sim.url}/v1"}
-    services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT"),
-                start_service("api", env, "API_PORT")]
+    services = start_services(("limiter", env, "LIMITER_PORT"), ("cost", env, "COST_PORT"), ("api", env, "API_PORT"))
     yield {"api": services[-1], "together": together, "openai": openai_sim, "nats_url": bus_url}
-    for service in reversed(services):
-        service.stop()
+    stop_all(services)
     together.stop()
     openai_sim.stop()
     bus.stop()

@@ -24,10 +24,10 @@ from services.simulator.app import create_app as create_simulator
 from services.simulator.simulator import prompt_tokens as provider_prompt_count
 from shared.asyncapi import asyncapi_document
 from shared.pricing import PriceCatalog, to_nano_usd
-from tests.conftest import set_faults, sim_stats, start_service, unique
+from tests.conftest import set_faults, sim_stats, start_services, unique
 from tests.integration.helpers import CHEAP_MODEL, settled_counters, stream_messages
 from tests.integration.secured_bus import SecuredBus, connect_as, start_secured_bus
-from tests.servers import ThreadedHttpServer, create_streams, nats_server
+from tests.servers import ThreadedHttpServer, create_streams, nats_server, stop_all
 from tests.support.polling import eventually
 from tests.support.tcp_proxy import TcpProxy
 
@@ -49,11 +49,10 @@ def upstream_bus(base_env, tmp_path_factory):
     config = tmp_path_factory.mktemp("upstream") / "costwarden.yaml"
     config.write_text(json.dumps({"prices": PRICES}))
     env = {**base_env, "NATS_URL": bus.url, "COSTWARDEN_CONFIG": str(config)}
-    services = [start_service(name, {**env, "NATS_NKEY_SEED_FILE": bus.seed(name)}, f"{name.upper()}_PORT")
-                for name in ("limiter", "cost")]
+    services = start_services(*[(name, {**env, "NATS_NKEY_SEED_FILE": bus.seed(name)}, f"{name.upper()}_PORT")
+                                for name in ("limiter", "cost")])
     yield bus
-    for service in services:
-        service.stop()
+    stop_all(services)
     bus.server.stop()
 
 

@@ -19,9 +19,9 @@ from services.simulator.app import create_app as create_simulator
 from services.simulator.simulator import prompt_tokens as provider_prompt_count
 from shared.policy import DEFAULT_MODELS
 from shared.pricing import PriceCatalog, to_nano_usd
-from tests.conftest import set_faults, sim_stats, start_service, unique
+from tests.conftest import set_faults, sim_stats, start_service, start_services, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, new_key, settled_counters
-from tests.servers import ThreadedHttpServer, nats_server
+from tests.servers import ThreadedHttpServer, nats_server, stop_all
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.service
@@ -214,11 +214,9 @@ def small_budget_stack(base_env, tmp_path):
     set_faults(together, chunk_delay_s=0.05)
     env = {**base_env, "NATS_URL": bus_url, "COSTWARDEN_CONFIG": str(config),
            "TOGETHER_BASE_URL": f"{together.url}/v1"}
-    services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT")]
-    services.append(start_service("api", env, "API_PORT"))
+    services = start_services(("limiter", env, "LIMITER_PORT"), ("cost", env, "COST_PORT"), ("api", env, "API_PORT"))
     yield services[-1]
-    for service in reversed(services):
-        service.stop()
+    stop_all(services)
     together.stop()
     bus.stop()
 
