@@ -53,7 +53,8 @@ async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bu
     config = tmp_path / "costwarden.yaml"
     config.write_text(json.dumps({"thresholds": {"hourly": {"warning": "0.000001"}}}))
     env = {**base_env, **s3_env, "NATS_URL": url, "DATABASE_URL": fresh_database, "COSTWARDEN_CONFIG": str(config),
-           "SLACK_WEBHOOK_URL": f"{slack.url}/slack/T0/B0/secured"}
+           "SLACK_WEBHOOK_URL": f"{slack.url}/slack/T0/B0/secured",
+           "NOTIFY_GROUP_WINDOW_S": "0.1"}  # the alert to Slack at once, not after 2 s of waiting for others
     migrated = cli({**env, "NATS_NKEY_SEED_FILE": str(seed_file(identities, "admin"))}, "migrate")
     assert migrated.returncode == 0, migrated.stderr  # the fresh database's tables
     services = []
