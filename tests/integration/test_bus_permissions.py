@@ -18,6 +18,7 @@ from shared.events import LimitDecision, LimitRequest, LlmCompleted
 from tests.conftest import start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key
 from tests.integration.secured_bus import cli, connect_as, start_secured_bus
+from tests.integration.side_by_side import start_services, stop_all
 from tests.servers import s3_server
 from tests.sinks import HttpSink
 from tests.support.polling import eventually
@@ -34,22 +35,32 @@ def secured_bus(base_env):
     bus.server.stop()
 
 
+@pytest.fixture(scope="module")
+def secured_limiter(secured_bus, base_env):
+    """The limiter under its own identity on the secured bus: the one every test of the module asks."""
+    limiter = start_service("limiter", {**base_env, "NATS_URL": secured_bus.url,
+                                        "NATS_NKEY_SEED_FILE": secured_bus.seed("limiter")}, "LIMITER_PORT")
+    yield limiter
+    limiter.stop()
+
+
 @pytest.mark.system
-async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bus, base_env, fresh_database, tmp_path):
+async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bus, secured_limiter, base_env,
+                                                                     fresh_database, tmp_path):
     url, identities, _ = secured_bus
     slack = HttpSink()
     s3, s3_env = s3_server("secured-bus")
     config = tmp_path / "costwarden.yaml"
     config.write_text(json.dumps({"thresholds": {"hourly": {"warning": "0.000001"}}}))
     env = {**base_env, **s3_env, "NATS_URL": url, "DATABASE_URL": fresh_database, "COSTWARDEN_CONFIG": str(config),
-           "SLACK_WEBHOOK_URL": f"{slack.url}/slack/T0/B0/secured"}
+           "SLACK_WEBHOOK_URL": f"{slack.url}/slack/T0/B0/secured",
+           "NOTIFY_GROUP_WINDOW_S": "0.1"}  # the alert to Slack at once, not after 2 s of waiting for others
     migrated = cli({**env, "NATS_NKEY_SEED_FILE": str(seed_file(identities, "admin"))}, "migrate")
     assert migrated.returncode == 0, migrated.stderr  # the fresh database's tables
     services = []
     try:
-        for name in SERVICES:
-            services.append(start_service(name, {**env, "NATS_NKEY_SEED_FILE": str(seed_file(identities, name))},
-                                          f"{name.upper()}_PORT"))
+        services = start_services(*[(name, {**env, "NATS_NKEY_SEED_FILE": str(seed_file(identities, name))},
+                                     f"{name.upper()}_PORT") for name in SERVICES if name != "limiter"])
         api = services[-1]
         key = await new_key(fresh_database, unique("secure"), "pro")
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
@@ -66,7 +77,7 @@ async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bu
             assert backup.returncode == 0, backup.stderr
         finally:
             await db.close()
-        health = services[SERVICES.index("health")]
+        health = next(service for service in services if service.name == "health")
 
         async def health_sees_the_bus_and_its_consumers() -> bool:
             nats_check = httpx.get(f"{health.url}/health").json()["dependencies"].get("nats", {})
@@ -85,20 +96,16 @@ async def test_each_service_does_its_whole_job_under_its_own_identity(secured_bu
         finally:
             await upstream.close()
             await admin.close()
-        for service in services:
+        for service in (secured_limiter, *services):
             assert "permissions violation" not in service.logs().lower(), service.name
     finally:
-        for service in services:
-            service.stop()
+        stop_all(services)
         slack.stop()
         s3.stop()
 
 
 @pytest.mark.service
-async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secured_bus, base_env):
-    url, identities, _ = secured_bus
-    limiter = start_service("limiter", {**base_env, "NATS_URL": url,
-                                        "NATS_NKEY_SEED_FILE": str(seed_file(identities, "limiter"))}, "LIMITER_PORT")
+async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secured_bus, secured_limiter):
     upstream = await connect_as(secured_bus, "upstream")
     try:
         request = LimitRequest(request_id=unique("up"), user_id=unique("up"), tier="pro", model="gpt-4o-mini")
@@ -111,7 +118,6 @@ async def test_an_upstream_service_asks_the_limiter_and_reports_completions(secu
         assert ack.stream == "LLM"
     finally:
         await upstream.close()
-        limiter.stop()
 
 
 @pytest.mark.adapter

@@ -19,6 +19,7 @@ from services.deploy.migrate import apply_migrations
 from services.simulator.app import create_app as create_simulator
 from tests.conftest import set_faults, start_service
 from tests.integration.helpers import stream_messages
+from tests.integration.side_by_side import stop_all
 from tests.servers import PostgresServer, ThreadedHttpServer, nats_server, postgres_binaries, redis_server
 from tests.support.polling import eventually
 
@@ -51,8 +52,10 @@ HEALTH_JSON_SCHEMA = {
 }
 
 
-@pytest.fixture
-async def world(base_env, tmp_path):
+@pytest.fixture(scope="module")
+async def servers(base_env, tmp_path_factory):
+    """A private Postgres, Redis and NATS, the two providers, a slow extra dependency and the health
+    service watching them, for the module."""
     pg = PostgresServer()
     pg.start()
     database_url = pg.url.rsplit("/", 1)[0] + "/costwarden"
@@ -67,7 +70,7 @@ async def world(base_env, tmp_path):
         return PlainTextResponse("late")
 
     supabase = ThreadedHttpServer(Starlette(routes=[Route("/rest/v1/", slow)])).start()
-    config = tmp_path / "costwarden.yaml"
+    config = tmp_path_factory.mktemp("health") / "costwarden.yaml"
     config.write_text(f"health_checks:\n  - {{name: supabase, url: '{supabase.url}/rest/v1/', timeout_s: 1}}\n")
     env = {**base_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "NATS_URL": nats_url,
            "TOGETHER_BASE_URL": f"{together.url}/v1", "OPENAI_BASE_URL": f"{openai_sim.url}/v1",
@@ -85,13 +88,32 @@ async def world(base_env, tmp_path):
     yield {"pg": pg, "redis": redis_srv, "together": together, "openai": openai_sim, "client": client,
            "nc": nc, "changes": changes, "env": env, "health": health}
     await client.aclose()
-    health.stop()
     await nc.close()
-    for server in (together, openai_sim, supabase):
-        server.stop()
-    redis_srv.stop()
-    nats_srv.stop()
-    pg.stop()
+    stop_all([health, together, openai_sim, supabase, redis_srv, nats_srv, pg])
+
+
+UP = ("healthy", "degraded")
+AS_STARTED = {"database": UP, "redis": UP, "nats": UP, "togetherAI": UP, "openAI": UP,
+              "supabase": ("unhealthy",)}  # the slow extra dependency times out
+
+
+@pytest.fixture
+async def world(servers):
+    """The module's servers as every test starts with them, as the health service sees them: each server up,
+    no provider fault (a test before may have stopped a server or set a fault)."""
+    for server in (servers["redis"], servers["pg"]):
+        if server.process is None or server.process.poll() is not None:
+            server.start()
+    for provider in (servers["together"], servers["openai"]):
+        set_faults(provider)  # none
+
+    async def as_started() -> bool:
+        dependencies = (await servers["client"].get("/health/dependencies")).json()["dependencies"]
+        return set(dependencies) == set(AS_STARTED) and all(
+            dependencies[name]["status"] in statuses for name, statuses in AS_STARTED.items())
+
+    assert await eventually(as_started), "the health service does not see the servers as they started"
+    return servers
 
 
 async def dependency(client, name):
@@ -146,22 +168,6 @@ async def _status(client, path, code):
         return False
 
 
-async def test_failing_and_slow_providers_while_liveness_stays_up(world):
-    client = world["client"]
-    set_faults(world["openai"], status=500, count=100000)
-    assert await eventually(lambda: _dep_status(client, "openAI", "unhealthy"))
-    assert (await dependency(client, "openAI"))["message"] == "HTTP 500"
-    body = (await client.get("/health")).json()
-    assert body["status"] in ("degraded",)  # Together.ai still serves: degraded, not failing
-    assert (await client.get("/health/ready")).status_code == 200
-
-    set_faults(world["together"], delay_s=3)
-    assert await eventually(lambda: _dep_status(client, "togetherAI", "unhealthy"))
-    assert (await dependency(client, "togetherAI"))["message"] == "timed out after 1s"
-    assert (await client.get("/health")).status_code == 503  # no provider left
-    assert (await client.get("/health/live")).status_code == 200
-
-
 async def _dep_status(client, name, status):
     dep = await dependency(client, name)
     return dep is not None and dep["status"] == status
@@ -190,9 +196,26 @@ async def test_a_slow_dependency_never_slows_the_endpoints(world):
     assert (await dependency(client, "supabase"))["message"] == "timed out after 1s"
 
 
+# After the other tests on the module's servers: the faults it sets last until the `world` of a test after
+# it clears them.
+async def test_failing_and_slow_providers_while_liveness_stays_up(world):
+    client = world["client"]
+    set_faults(world["openai"], status=500, count=100000)
+    assert await eventually(lambda: _dep_status(client, "openAI", "unhealthy"))
+    assert (await dependency(client, "openAI"))["message"] == "HTTP 500"
+    body = (await client.get("/health")).json()
+    assert body["status"] in ("degraded",)  # Together.ai still serves: degraded, not failing
+    assert (await client.get("/health/ready")).status_code == 200
+
+    set_faults(world["together"], delay_s=3)
+    assert await eventually(lambda: _dep_status(client, "togetherAI", "unhealthy"))
+    assert (await dependency(client, "togetherAI"))["message"] == "timed out after 1s"
+    assert (await client.get("/health")).status_code == 503  # no provider left
+    assert (await client.get("/health/live")).status_code == 200
+
+
 async def test_a_provider_without_a_key_is_skipped_not_failed(base_env):
-    nats_srv, nats_url = nats_server()
-    env = {**base_env, "NATS_URL": nats_url, "OPENAI_API_KEY": "", "HEALTH_INTERVAL_S": "0.5"}
+    env = {**base_env, "OPENAI_API_KEY": "", "HEALTH_INTERVAL_S": "0.5"}
     health = start_service("health", env, "HEALTH_PORT")
     try:
         async with httpx.AsyncClient(base_url=health.url) as client:
@@ -201,7 +224,6 @@ async def test_a_provider_without_a_key_is_skipped_not_failed(base_env):
             body = (await client.get("/health")).json()
     finally:
         health.stop()
-        nats_srv.stop()
     assert dep["message"] == "not checked: no OPENAI_API_KEY configured"
     assert body["status"] == "healthy"
 

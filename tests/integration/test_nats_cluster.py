@@ -20,6 +20,7 @@ from shared.events import LlmCompleted
 from shared.subjects import STREAMS, ensure_streams
 from tests.conftest import start_service, unique
 from tests.integration.helpers import auth, chat_body, new_key
+from tests.integration.side_by_side import start_services, stop_all
 from tests.servers import nats_cluster, s3_server
 from tests.support.polling import eventually
 
@@ -27,11 +28,33 @@ pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster_of_three():
     nodes, urls = nats_cluster(3)
     yield nodes, urls
+    stop_all(nodes)
+
+
+@pytest.fixture
+async def cluster(cluster_of_three):
+    """The module's cluster as every test starts on it: each node up, each stream with a leader and two
+    current replicas (a test before may have killed a node)."""
+    nodes, urls = cluster_of_three
     for node in nodes:
-        node.stop()
+        if node.process is None or node.process.poll() is not None:
+            node.start()
+    nc = await connect(urls)
+    try:
+        async def all_three_current() -> bool:
+            try:
+                states = [await replicas_of(nc.jetstream(), spec.name) for spec in STREAMS]
+            except Exception:  # noqa: BLE001 - a stream still electing its leader does not answer
+                return False
+            return all(n == 3 and leader and len(peers) == 2 and all(peers) for n, leader, peers in states)
+
+        assert await eventually(all_three_current, 60), "the cluster did not recover from the test before"
+    finally:
+        await nc.close()
+    return nodes, urls
 
 
 async def connect(urls: list[str]):
@@ -95,8 +118,8 @@ async def test_calls_survive_losing_the_node_that_leads_the_ledger(cluster, base
     config = tmp_path / "costwarden.yaml"
     config.write_text(json.dumps({"tiers": ROOMY_TIERS}))  # room for every call: only the fault may refuse one
     env = {**base_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3", "COSTWARDEN_CONFIG": str(config)}
-    services = [start_service("limiter", env, "LIMITER_PORT"), start_service("cost", env, "COST_PORT"),
-                start_service("api", env, "API_PORT")]
+    services = start_services(("limiter", env, "LIMITER_PORT"), ("cost", env, "COST_PORT"),
+                              ("api", env, "API_PORT"))
     api = services[-1]
     nc = await connect(urls)
     js = nc.jetstream()
@@ -138,8 +161,7 @@ async def test_calls_survive_losing_the_node_that_leads_the_ledger(cluster, base
             after = await client.post("/v1/chat/completions", json=chat_body(), headers=auth(key))
     finally:
         await nc.close()
-        for service in reversed(services):
-            service.stop()
+        stop_all(services)
     print(f"answered {len(answered)} of {CALLS} calls: {dict(statuses)}; ledger rows {len(rows)}")
     assert len(answered) >= CALLS * 0.9, statuses
     recorded = Counter(row["request_id"] for row in rows)
@@ -159,7 +181,7 @@ async def test_a_backup_and_a_cost_alert_complete_after_a_node_fails(cluster, ba
     services = []
     down = nodes[1]
     try:
-        services = [start_service("cost", env, "COST_PORT"), start_service("backup", env, "BACKUP_PORT")]
+        services = start_services(("cost", env, "COST_PORT"), ("backup", env, "BACKUP_PORT"))
 
         async def backup_worker_pulling() -> bool:
             try:
@@ -196,8 +218,7 @@ async def test_a_backup_and_a_cost_alert_complete_after_a_node_fails(cluster, ba
         alerts = [m for m in await stored_messages(nc.jetstream(), "ALERTS") if m.get("key") == published]
     finally:
         await nc.close()
-        for service in services:
-            service.stop()
+        stop_all(services)
         if down.process is not None and down.process.poll() is not None:
             down.start()
         moto.stop()
@@ -206,20 +227,34 @@ async def test_a_backup_and_a_cost_alert_complete_after_a_node_fails(cluster, ba
     assert "while-a-node-is-down/costwarden_backup_" in backup.stdout and status == "success"
 
 
-async def test_a_service_starting_for_the_first_time_while_a_node_is_down_creates_its_consumers(base_env):
+LIMITER_DURABLES = (("LLM", "limiter-settlement"), ("LIMITS", "limiter-violations"))
+
+
+async def test_a_service_starting_for_the_first_time_while_a_node_is_down_creates_its_consumers(cluster, base_env):
     """Its durables do not exist yet, and the cluster is electing new leaders: creating them is not
     answered for a while, and the service asks again instead of failing its start."""
-    nodes, urls = nats_cluster(3)
+    nodes, urls = cluster
+    nc = await connect(urls)
+    try:
+        for stream, durable in LIMITER_DURABLES:  # made by a limiter of a test before: as if it never ran
+            try:
+                await nc.jetstream().delete_consumer(stream, durable)
+            except nats.js.errors.NotFoundError:
+                pass
+        _, leader, _ = await replicas_of(nc.jetstream(), "LLM")
+    finally:
+        await nc.close()
+    down = next(node for node in nodes if node.name == f"nats-{leader}")
     limiter = None
     try:
-        nodes[0].kill()
+        down.kill()  # the node leading the stream of the limiter's first durable: its stream elects anew
         limiter = start_service("limiter", {**base_env, "NATS_URL": ",".join(urls), "NATS_STREAM_REPLICAS": "3"},
                                 "LIMITER_PORT")
-        nc = await connect(urls[1:])
+        nc = await connect([url for node, url in zip(nodes, urls, strict=True) if node is not down])
         try:
             async def durables() -> set[str]:
                 found = set()
-                for stream in ("LLM", "LIMITS"):
+                for stream, _ in LIMITER_DURABLES:
                     try:
                         found |= {c.name for c in await nc.jetstream().consumers_info(stream)}
                     except Exception:  # noqa: BLE001 - a stream still electing its leader does not answer
@@ -227,7 +262,7 @@ async def test_a_service_starting_for_the_first_time_while_a_node_is_down_create
                 return found
 
             async def both_created() -> bool:
-                return {"limiter-settlement", "limiter-violations"} <= await durables()
+                return {durable for _, durable in LIMITER_DURABLES} <= await durables()
 
             assert await eventually(both_created, 90), await durables()
         finally:
@@ -236,5 +271,4 @@ async def test_a_service_starting_for_the_first_time_while_a_node_is_down_create
     finally:
         if limiter is not None:
             limiter.stop()
-        for node in nodes:
-            node.stop()
+        down.start()  # the cluster whole again, for any test after

@@ -23,8 +23,9 @@ from shared.events import LimitDecision, LimitRequest, LlmCompleted
 from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS
 from shared.pricing import PriceCatalog
 from tests.conftest import start_service, unique
-from tests.servers import nats_server, redis_cluster
-from tests.support.polling import eventually
+from tests.integration.side_by_side import start_services, stop_all
+from tests.servers import ProcessServer, nats_server, redis_cluster
+from tests.support.polling import eventually, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -75,12 +76,45 @@ def ask_for(user: str) -> LimitRequest:
     return LimitRequest(request_id=unique("req"), user_id=user, tier="pro", model="gpt-4o-mini", max_tokens=8)
 
 
+def redis_cli(port: int, *command: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True,
+                          timeout=5).stdout
+
+
+def whole(nodes: list[ProcessServer]) -> bool:
+    """Every node sees the slots covered, three masters and three replicas and no node failed; every
+    replica has synced with its master."""
+    def sees_it_whole(port: int) -> bool:
+        flags = [row[2] for row in cluster_nodes(port)]
+        return ("cluster_state:ok" in redis_cli(port, "cluster", "info") and not [f for f in flags if "fail" in f]
+                and sum("master" in f for f in flags) == 3 and sum("slave" in f for f in flags) == 3)
+
+    return all(sees_it_whole(node.port) for node in nodes) and all(
+        "master_link_status:up" in info for info in (redis_cli(node.port, "info", "replication") for node in nodes)
+        if "role:slave" in info)
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster_of_six():
     nodes, url = redis_cluster()
     yield nodes, url
-    for node in nodes:
-        node.stop()
+    stop_all(nodes)
+
+
+@pytest.fixture
+def cluster(cluster_of_six):
+    """The module's cluster as every test starts on it: all six nodes up, three masters each with a synced
+    replica (a test before may have killed a master: it comes back as its successor's replica)."""
+    nodes, url = cluster_of_six
+    dead = [node for node in nodes if node.process is None or node.process.poll() is not None]
+    if dead:
+        for node in nodes:
+            if node not in dead:  # the master that syncs a returning replica starts at once, not after 5 s
+                redis_cli(node.port, "config", "set", "repl-diskless-sync-delay", "0")
+        for node in dead:
+            node.start()
+    wait_for(lambda: whole(nodes), "the redis cluster to recover from the test before", 60)
+    return nodes, url
 
 
 async def test_three_limiters_on_the_cluster_grant_each_caller_exactly_its_limit(cluster, base_env):
@@ -88,7 +122,7 @@ async def test_three_limiters_on_the_cluster_grant_each_caller_exactly_its_limit
     bus, bus_url = nats_server()  # a bus of its own: only these limiters answer llm.request
     env = {**base_env, "NATS_URL": bus_url, "REDIS_URL": url, "REDIS_CLUSTER": "true",
            "LIMITER_REDIS_TIMEOUT_S": "2"}  # 1,500 requests at once on two shared cores: no spurious timeouts
-    limiters = [start_service("limiter", env, "LIMITER_PORT") for _ in range(3)]
+    limiters = start_services(*[("limiter", env, "LIMITER_PORT")] * 3)
     nc = await nats.connect(bus_url)
     try:
         users = callers_on_every_master(nodes[0].port)
@@ -101,9 +135,7 @@ async def test_three_limiters_on_the_cluster_grant_each_caller_exactly_its_limit
         decisions = await asyncio.gather(*(ask(user) for user in users.values() for _ in range(500)))
     finally:
         await nc.close()
-        for limiter in limiters:
-            limiter.stop()
-        bus.stop()
+        stop_all([*limiters, bus])
     granted = Counter(d.tier for d in decisions if d.allowed)  # every caller is pro
     per_user = Counter()
     for user, decision in zip([u for u in users.values() for _ in range(500)], decisions, strict=True):
@@ -141,61 +173,6 @@ async def test_settlement_reaches_every_master_in_one_batch(cluster):
             assert await limiter.settle(batch) == 0  # settled once, on every master
     finally:
         await client.aclose()
-
-
-async def test_losing_a_master_fails_closed_quickly_and_exact_limits_return_after_promotion(base_env):
-    nodes, url = redis_cluster()
-    bus, bus_url = nats_server()
-    limiter = start_service("limiter", {**base_env, "NATS_URL": bus_url, "REDIS_URL": url, "REDIS_CLUSTER": "true",
-                                        "LIMITER_REDIS_TIMEOUT_S": "0.5", "LIMITER_FAILURE_MODE": "closed"},
-                            "LIMITER_PORT")
-    nc = await nats.connect(bus_url)
-    try:
-        victim_port = masters_by_slot_range(nodes[0].port)[0][2]
-        victim = next(node for node in nodes if node.port == victim_port)
-        promoted = replica_of(victim.port)
-        survivor = next(node.port for node in nodes if node.port not in (victim.port, promoted))
-        user = caller_on(victim.port, survivor)
-
-        async def ask(who: str) -> tuple[LimitDecision, float]:
-            started = time.monotonic()
-            reply = await nc.request("llm.request", ask_for(who).model_dump_json().encode(), timeout=10)
-            return LimitDecision.model_validate_json(reply.data), time.monotonic() - started
-
-        assert all([(await ask(user))[0].allowed for _ in range(10)])
-        victim.kill()
-
-        def promoted_and_serving() -> bool:
-            rows = {row[1].split("@")[0]: row[2] for row in cluster_nodes(survivor)}
-            info = subprocess.run(["redis-cli", "-p", str(survivor), "cluster", "info"], capture_output=True,
-                                  text=True, timeout=5).stdout
-            return "master" in rows.get(f"127.0.0.1:{promoted}", "") and "cluster_state:ok" in info
-
-        during: list[tuple[LimitDecision, float]] = []
-        deadline = time.monotonic() + 60
-        while not promoted_and_serving():
-            assert time.monotonic() < deadline, "the replica was not promoted within 60 s"
-            during.append(await ask(user))
-            await asyncio.sleep(0.1)
-        unavailable = [d for d, _ in during if d.limited_by == "unavailable"]
-        assert unavailable, "no decision was taken while the master was down"
-        assert not [d for d in unavailable if d.allowed]  # failing closed
-        assert max(seconds for _, seconds in during) < 3, "a decision hung while the master was down"
-
-        async def decisions_exact_again() -> bool:
-            return (await ask(user))[0].limited_by != "unavailable"
-
-        assert await eventually(decisions_exact_again, 30), "the limiter did not follow the promoted replica"
-        fresh = caller_on(promoted, survivor)
-        decisions = await asyncio.gather(*(ask(fresh) for _ in range(150)))
-        assert sum(d.allowed for d, _ in decisions) == 100  # pro: exactly 100 an hour on the promoted master
-        assert limiter.process.poll() is None  # never crashed
-    finally:
-        await nc.close()
-        limiter.stop()
-        bus.stop()
-        for node in nodes:
-            node.stop()
 
 
 async def test_a_teams_budget_is_exact_on_the_cluster_and_settles_every_scope_on_its_master(cluster):
@@ -251,3 +228,56 @@ async def test_a_teams_budget_is_exact_on_the_cluster_and_settles_every_scope_on
             assert sum(int(v) for v in counter.values()) == 2 * 60_000  # 100 tokens at $0.60/1M, twice
     finally:
         await client.aclose()
+
+
+# Last in the module: the master it kills is only started again (as a replica) by a test after it.
+async def test_losing_a_master_fails_closed_quickly_and_exact_limits_return_after_promotion(cluster, base_env):
+    nodes, url = cluster
+    bus, bus_url = nats_server()
+    limiter = start_service("limiter", {**base_env, "NATS_URL": bus_url, "REDIS_URL": url, "REDIS_CLUSTER": "true",
+                                        "LIMITER_REDIS_TIMEOUT_S": "0.5", "LIMITER_FAILURE_MODE": "closed"},
+                            "LIMITER_PORT")
+    nc = await nats.connect(bus_url)
+    try:
+        victim_port = masters_by_slot_range(nodes[0].port)[0][2]
+        victim = next(node for node in nodes if node.port == victim_port)
+        promoted = replica_of(victim.port)
+        survivor = next(node.port for node in nodes if node.port not in (victim.port, promoted))
+        user = caller_on(victim.port, survivor)
+
+        async def ask(who: str) -> tuple[LimitDecision, float]:
+            started = time.monotonic()
+            reply = await nc.request("llm.request", ask_for(who).model_dump_json().encode(), timeout=10)
+            return LimitDecision.model_validate_json(reply.data), time.monotonic() - started
+
+        assert all([(await ask(user))[0].allowed for _ in range(10)])
+        victim.kill()
+
+        def promoted_and_serving() -> bool:
+            rows = {row[1].split("@")[0]: row[2] for row in cluster_nodes(survivor)}
+            info = subprocess.run(["redis-cli", "-p", str(survivor), "cluster", "info"], capture_output=True,
+                                  text=True, timeout=5).stdout
+            return "master" in rows.get(f"127.0.0.1:{promoted}", "") and "cluster_state:ok" in info
+
+        during: list[tuple[LimitDecision, float]] = []
+        deadline = time.monotonic() + 60
+        while not promoted_and_serving():
+            assert time.monotonic() < deadline, "the replica was not promoted within 60 s"
+            during.append(await ask(user))
+            await asyncio.sleep(0.1)
+        unavailable = [d for d, _ in during if d.limited_by == "unavailable"]
+        assert unavailable, "no decision was taken while the master was down"
+        assert not [d for d in unavailable if d.allowed]  # failing closed
+        assert max(seconds for _, seconds in during) < 3, "a decision hung while the master was down"
+
+        async def decisions_exact_again() -> bool:
+            return (await ask(user))[0].limited_by != "unavailable"
+
+        assert await eventually(decisions_exact_again, 30), "the limiter did not follow the promoted replica"
+        fresh = caller_on(promoted, survivor)
+        decisions = await asyncio.gather(*(ask(fresh) for _ in range(150)))
+        assert sum(d.allowed for d, _ in decisions) == 100  # pro: exactly 100 an hour on the promoted master
+        assert limiter.process.poll() is None  # never crashed
+    finally:
+        await nc.close()
+        stop_all([limiter, bus])
