@@ -15,11 +15,10 @@ import pytest
 
 from services.deploy.nats_identities import seed_file
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
-from tests.conftest import start_service, unique
+from tests.conftest import start_service, start_services, unique
 from tests.integration.helpers import auth, chat_body, new_key
 from tests.integration.secured_bus import cli, connect_as, start_secured_bus
-from tests.integration.side_by_side import start_services, stop_all
-from tests.servers import s3_server
+from tests.servers import s3_server, stop_all
 from tests.sinks import HttpSink
 from tests.support.polling import eventually
 

@@ -19,8 +19,7 @@ from services.deploy.migrate import apply_migrations
 from services.simulator.app import create_app as create_simulator
 from tests.conftest import set_faults, start_service
 from tests.integration.helpers import stream_messages
-from tests.integration.side_by_side import stop_all
-from tests.servers import PostgresServer, ThreadedHttpServer, nats_server, postgres_binaries, redis_server
+from tests.servers import PostgresServer, ThreadedHttpServer, nats_server, postgres_binaries, redis_server, stop_all
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.service,

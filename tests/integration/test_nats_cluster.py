@@ -18,10 +18,9 @@ import pytest
 
 from shared.events import LlmCompleted
 from shared.subjects import STREAMS, ensure_streams
-from tests.conftest import start_service, unique
+from tests.conftest import start_service, start_services, unique
 from tests.integration.helpers import auth, chat_body, new_key
-from tests.integration.side_by_side import start_services, stop_all
-from tests.servers import nats_cluster, s3_server
+from tests.servers import nats_cluster, s3_server, stop_all
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.system

@@ -22,9 +22,8 @@ from services.limiter.redis_limiter_store import RedisLimiterStore
 from shared.events import LimitDecision, LimitRequest, LlmCompleted
 from shared.policy import DEFAULT_MODELS, DEFAULT_TIERS
 from shared.pricing import PriceCatalog
-from tests.conftest import start_service, unique
-from tests.integration.side_by_side import start_services, stop_all
-from tests.servers import ProcessServer, nats_server, redis_cluster
+from tests.conftest import start_service, start_services, unique
+from tests.servers import ProcessServer, nats_server, redis_cluster, stop_all
 from tests.support.polling import eventually, wait_for
 
 pytestmark = pytest.mark.system
