@@ -21,6 +21,7 @@ from services.backup.retention import StoredBackup, to_delete
 from services.backup.s3_backup_store import S3BackupStore, backup_name
 from services.backup.worker import BackupBusy, BackupError, BackupExists, BackupWorker, Manifest
 from tests.conftest import _with_database, start_service
+from tests.integration.service_tests import all_acked, start_all, stop_all
 from tests.servers import free_port, nats_server
 from tests.support.polling import eventually
 
@@ -119,6 +120,11 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+async def clis(*commands: tuple[str, ...], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """Commands that do not depend on one another, run at the same time (each is a fresh interpreter)."""
+    return list(await asyncio.gather(*(asyncio.to_thread(cli, *command, env=env) for command in commands)))
+
+
 @pytest.mark.adapter
 async def test_backup_list_restore_gives_identical_data(s3_env, source, empty_database, pg_server_url):
     database_url, pool = source
@@ -136,9 +142,8 @@ async def test_backup_list_restore_gives_identical_data(s3_env, source, empty_da
     assert s3.manifest(event.name).sha256 == log["sha256"]
 
     env = {"S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "roundtrip", **s3_env}
-    listing = cli("backup", "list", env=env)
+    listing, restored = await clis(("backup", "list"), ("restore", "--latest", "--target", empty_database), env=env)
     assert listing.returncode == 0 and event.name in listing.stdout and "complete" in listing.stdout
-    restored = cli("restore", "--latest", "--target", empty_database, env=env)
     assert restored.returncode == 0, restored.stderr
     assert "restored" in restored.stdout and "100%" in restored.stderr
     assert await fingerprint(empty_database) == await fingerprint(database_url)
@@ -174,10 +179,11 @@ async def test_a_missing_manifest_is_refused(s3_env, source, empty_database):
     name = await one_backup(pool, database_url, s3)
     boto3.client("s3").delete_object(Bucket=BUCKET, Key=s3.manifest_key(name))
     env = {"S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "nomanifest", **s3_env}
-    assert "INCOMPLETE" in cli("backup", "list", env=env).stdout
-    result = cli("restore", "--file", name, "--target", empty_database, env=env)
+    listing, result, latest = await clis(("backup", "list"), ("restore", "--file", name, "--target", empty_database),
+                                         ("restore", "--latest", "--target", empty_database), env=env)
+    assert "INCOMPLETE" in listing.stdout
     assert result.returncode == 1 and "has no manifest" in result.stderr
-    assert cli("restore", "--latest", "--target", empty_database, env=env).returncode == 1
+    assert latest.returncode == 1
 
 
 @pytest.mark.adapter
@@ -312,7 +318,8 @@ async def test_the_worker_process_runs_requests_and_dedups_schedule_ticks(s3_env
             if row and row["status"] != "running":
                 break
             await asyncio.sleep(0.2)
-        await asyncio.sleep(1)
+        # the tick under another message id handled too, so that it had every chance to run the slot again
+        assert await eventually(lambda: all_acked(js, "SCHEDULE", "backup-schedule"))
         assert row["status"] == "success"
         assert await pool.fetchval("SELECT count(*) FROM backup_logs WHERE slot IS NOT NULL") == 1
         completed = await js.pull_subscribe("backup.completed", stream="BACKUP")
@@ -332,10 +339,9 @@ async def test_requests_with_no_worker_are_refused_or_queued_and_stale_ones_expi
            "S3_BACKUP_BUCKET": BUCKET, "S3_BACKUP_PREFIX": "stale"}
     service = None
     try:
-        refused = await asyncio.to_thread(cli, "backup", "run", env=env)
+        refused, queued = await clis(("backup", "run"), ("backup", "run", "--queue"), env=env)
         assert refused.returncode == 2 and "no backup worker is running" in refused.stderr
         assert "--queue" in refused.stderr
-        queued = await asyncio.to_thread(cli, "backup", "run", "--queue", env=env)
         assert queued.returncode == 0 and "queued" in queued.stdout
         import nats
 
@@ -377,7 +383,7 @@ async def test_two_scheduler_replicas_trigger_each_slot_once(s3_env, base_env, s
     nats_srv, nats_url = nats_server()
     env = {**base_env, **s3_env, "NATS_URL": nats_url, "DATABASE_URL": database_url, "S3_BACKUP_BUCKET": BUCKET,
            "S3_BACKUP_PREFIX": "scheduled", "BACKUP_SCHEDULE": "* * * * * */3"}
-    replicas = [start_service("backup", env, "BACKUP_PORT") for _ in range(2)]
+    replicas = await start_all("backup", "BACKUP_PORT", [env] * 2)
     try:
         for _ in range(150):
             done = await pool.fetchval("SELECT count(*) FROM backup_logs WHERE status = 'success'")
@@ -385,8 +391,7 @@ async def test_two_scheduler_replicas_trigger_each_slot_once(s3_env, base_env, s
                 break
             await asyncio.sleep(0.1)
     finally:
-        for replica in replicas:
-            replica.stop()
+        await stop_all(replicas)
     import nats
 
     nc = await nats.connect(nats_url)

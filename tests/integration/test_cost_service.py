@@ -18,10 +18,13 @@ import pytest
 from shared.events import LlmCompleted
 from tests.conftest import start_service, unique
 from tests.integration.helpers import CHEAP_MODEL, auth, chat_body, new_key, stream_messages
+from tests.integration.service_tests import all_acked, start_all, stop_all
 from tests.servers import PostgresServer, nats_server, postgres_binaries
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.service
+
+STORING_FAILED = "events from cost-ledger failed"  # shared/batch_consumer.py's warning when a store fails
 
 
 def completed(i: int, prefix: str, **extra) -> LlmCompleted:
@@ -104,7 +107,7 @@ def isolated(base_env, fresh_database, tmp_path):
 
 
 async def test_three_replicas_share_the_work_and_a_sigkill_mid_batch_loses_and_doubles_nothing(isolated):
-    replicas = [start_service("cost", isolated, "COST_PORT") for _ in range(3)]
+    replicas = await start_all("cost", "COST_PORT", [isolated] * 3)
     nc = await nats.connect(isolated["NATS_URL"])
     pool = await asyncpg.create_pool(isolated["DATABASE_URL"])
     try:
@@ -113,11 +116,15 @@ async def test_three_replicas_share_the_work_and_a_sigkill_mid_batch_loses_and_d
         publisher = asyncio.create_task(publish_all(js, events))
         await eventually(lambda: pool.fetchval("SELECT count(*) >= 300 FROM llm_usage"), interval_s=0.01)
         replicas[0].stop(signal.SIGKILL)
-        await publisher
-        replicas[0] = start_service("cost", isolated, "COST_PORT")
+        restart = asyncio.create_task(start_all("cost", "COST_PORT", [isolated]))  # while the rest is published
+        try:
+            await publisher
+        finally:
+            [replicas[0]] = await restart
         count = await eventually(lambda: pool.fetchval("SELECT count(*) = 6000 FROM llm_usage"), timeout_s=90)
         assert count, await pool.fetchval("SELECT count(*) FROM llm_usage")
-        await asyncio.sleep(0.5)
+        # every event acked, so none can come again and be recorded twice
+        assert await eventually(lambda: all_acked(js, "LLM", "cost-ledger"))
         assert await pool.fetchval("SELECT count(*) FROM llm_usage") == 6000
         assert await pool.fetchval("SELECT count(DISTINCT request_id) FROM llm_usage") == 6000
         assert await pool.fetchval("SELECT sum(cost) FROM llm_usage") == expected_cost(events)
@@ -144,8 +151,7 @@ async def test_three_replicas_share_the_work_and_a_sigkill_mid_batch_loses_and_d
     finally:
         await nc.close()
         await pool.close()
-        for replica in replicas:
-            replica.stop()
+        await stop_all(replicas)
 
 
 @pytest.mark.skipif(postgres_binaries() is None, reason="no PostgreSQL server binaries to run a private cluster")
@@ -172,9 +178,11 @@ async def test_postgres_outage_acks_nothing_and_catches_up(isolated):
 
         assert await eventually(lambda: _equals(stored, 100))
         pg.stop()
+        failed_before = cost.logs().count(STORING_FAILED)
         during = [completed(i, "during") for i in range(500)]
         await publish_all(js, during)
-        await asyncio.sleep(3)
+        # two attempts to store while Postgres is down, both failed
+        assert await eventually(lambda: cost.logs().count(STORING_FAILED) >= failed_before + 2)
         info = await js.consumer_info("LLM", "cost-ledger")
         assert info.num_pending + info.num_ack_pending >= 500  # nothing acked while Postgres is down
         ready = httpx.get(f"{cost.url}/health/ready")

@@ -1,0 +1,39 @@
+"""What the service tests of the notifier, the cost service and the backup worker share: several service
+processes started, or stopped, at the same time rather than one after another (a start is mostly a fresh
+interpreter importing the service, a stop a graceful shutdown, so side by side they take about the time
+of one), and whether a durable consumer is done with everything on its stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+from nats.js import JetStreamContext
+
+from tests.conftest import start_service
+from tests.servers import ServiceProcess
+
+
+async def start_all(name: str, port_var: str, envs: Iterable[Mapping[str, str]]) -> list[ServiceProcess]:
+    """One `name` process per env, all live when this returns; if one does not start, those that did are
+    stopped before its error is raised."""
+    results = await asyncio.gather(*(asyncio.to_thread(start_service, name, dict(env), port_var) for env in envs),
+                                   return_exceptions=True)
+    started = [result for result in results if isinstance(result, ServiceProcess)]
+    failed = [result for result in results if isinstance(result, BaseException)]
+    if failed:
+        await stop_all(started)
+        raise failed[0]
+    return started
+
+
+async def stop_all(services: Iterable[ServiceProcess]) -> None:
+    await asyncio.gather(*(asyncio.to_thread(service.stop) for service in services))
+
+
+async def all_acked(js: JetStreamContext, stream: str, durable: str) -> bool:
+    """Every message published to `stream` so far has reached the durable consumer and been acked (a
+    message nak'ed for later still counts as pending an ack): nothing of it can come again."""
+    last = (await js.stream_info(stream)).state.last_seq
+    info = await js.consumer_info(stream, durable)
+    return info.delivered.stream_seq >= last and info.num_pending == 0 and info.num_ack_pending == 0
