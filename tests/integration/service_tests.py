@@ -10,25 +10,19 @@ from collections.abc import Iterable, Mapping
 
 from nats.js import JetStreamContext
 
-from tests.conftest import start_service
+from tests import servers
+from tests.conftest import start_services
 from tests.servers import ServiceProcess
 
 
 async def start_all(name: str, port_var: str, envs: Iterable[Mapping[str, str]]) -> list[ServiceProcess]:
-    """One `name` process per env, all live when this returns; if one does not start, those that did are
-    stopped before its error is raised."""
-    results = await asyncio.gather(*(asyncio.to_thread(start_service, name, dict(env), port_var) for env in envs),
-                                   return_exceptions=True)
-    started = [result for result in results if isinstance(result, ServiceProcess)]
-    failed = [result for result in results if isinstance(result, BaseException)]
-    if failed:
-        await stop_all(started)
-        raise failed[0]
-    return started
+    """One `name` process per env, started at once (tests/conftest.start_services) on a thread, so that the
+    test's event loop goes on meanwhile (publishing, say)."""
+    return await asyncio.to_thread(start_services, *[(name, dict(env), port_var) for env in envs])
 
 
 async def stop_all(services: Iterable[ServiceProcess]) -> None:
-    await asyncio.gather(*(asyncio.to_thread(service.stop) for service in services))
+    await asyncio.to_thread(servers.stop_all, list(services))
 
 
 async def all_acked(js: JetStreamContext, stream: str, durable: str) -> bool:
