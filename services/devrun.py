@@ -219,6 +219,7 @@ class Simulator:
     name: str
     url: str
     plays: str
+    port: int
 
 
 async def start_simulator(name: str, kind: str, port: int, env: dict[str, str], supervisor: Supervisor) -> None:
@@ -226,18 +227,24 @@ async def start_simulator(name: str, kind: str, port: int, env: dict[str, str], 
                                   "--kind", kind], env)
 
 
+async def simulators_answer(simulators: Sequence[Simulator]) -> None:
+    """Started together, each answers in its own time: the services start once all of them do."""
+    for simulator in simulators:
+        await wait_until(lambda port=simulator.port: http_up(port), simulator.name)
+
+
 async def start_simulator_if_no_key(settings: Settings, env: dict[str, str], supervisor: Supervisor
                                     ) -> Simulator | None:
-    """The simulator playing Together.ai when the gateway is pointed at it (no TOGETHER_API_KEY), else None."""
+    """The simulator playing Together.ai when the gateway is pointed at it (no TOGETHER_API_KEY), else None;
+    started, not yet answering (simulators_answer)."""
     if settings.together_api_key is not None:
         return None
     port = settings.simulator_port
     base_url = f"http://127.0.0.1:{port}/v1"
     log.info("no TOGETHER_API_KEY set: the gateway calls the local LLM simulator at %s", base_url)
     await start_simulator("simulator", "openai", port, env, supervisor)
-    await wait_until(lambda: http_up(port), "simulator")
     env.update(TOGETHER_BASE_URL=base_url, TOGETHER_API_KEY="simulator")
-    return Simulator("simulator", base_url, "Together.ai (set TOGETHER_API_KEY to use it)")
+    return Simulator("simulator", base_url, "Together.ai (set TOGETHER_API_KEY to use it)", port)
 
 
 GENERATED_CONFIG = RUN_DIR / "costwarden.yaml"
@@ -245,8 +252,9 @@ GENERATED_CONFIG = RUN_DIR / "costwarden.yaml"
 
 async def start_simulated_kinds(settings: Settings, env: dict[str, str], supervisor: Supervisor) -> list[Simulator]:
     """A simulator for each kind of provider the user's configuration declares none of (Anthropic, Azure
-    OpenAI), and the configuration every service then reads: .run/costwarden.yaml, the user's file (if
-    any) with a provider of each simulated kind and a public model routed to it."""
+    OpenAI), started, not yet answering (simulators_answer); and the configuration every service then
+    reads: .run/costwarden.yaml, the user's file (if any) with a provider of each simulated kind and a
+    public model routed to it."""
     path = settings.costwarden_config
     user = ConfigDocument.read(path).data if path else {}
     kinds = to_simulate(user)
@@ -255,8 +263,6 @@ async def start_simulated_kinds(settings: Settings, env: dict[str, str], supervi
     ports = {simulated: free_port() for simulated in kinds}
     for simulated, port in ports.items():
         await start_simulator(f"simulator-{simulated.provider}", simulated.kind, port, env, supervisor)
-    for simulated, port in ports.items():
-        await wait_until(lambda port=port: http_up(port), f"simulator-{simulated.provider}")
     base_urls = {simulated: f"http://127.0.0.1:{port}" for simulated, port in ports.items()}
     GENERATED_CONFIG.write_text(
         f"# Written by costwarden run: {path or 'the built-in configuration'} with the providers it simulates.\n"
@@ -266,7 +272,7 @@ async def start_simulated_kinds(settings: Settings, env: dict[str, str], supervi
     log.info("the gateway calls the simulator as %s too (configuration: %s)",
              ", ".join(f"{s.plays} ({s.model})" for s in kinds), GENERATED_CONFIG)
     return [Simulator(f"simulator-{simulated.provider}", url,
-                      f"{simulated.plays}: provider {simulated.provider}, model {simulated.model}")
+                      f"{simulated.plays}: provider {simulated.provider}, model {simulated.model}", ports[simulated])
             for simulated, url in base_urls.items()]
 
 
@@ -488,15 +494,16 @@ async def start_everything(settings: Settings, supervisor: Supervisor, replicas:
     identities = await start_nats_if_missing(settings, env, supervisor)
     if identities:
         settings = settings.model_copy(update={"nats_nkey_seed_file": str(seed_file(identities, "admin").resolve())})
+    together = await start_simulator_if_no_key(settings, env, supervisor)  # starting while the rest is prepared
+    kinds = await start_simulated_kinds(settings, env, supervisor)
+    simulators = [*([together] if together else []), *kinds]
     applied = await apply_migrations(settings.database_url)
     log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
     admin_key = await first_admin_key(settings.database_url)
     nc = await nats.connect(**nats_options(settings, "admin"))
     await ensure_streams(nc.jetstream(), settings.nats_stream_replicas)
     await nc.close()
-    together = await start_simulator_if_no_key(settings, env, supervisor)
-    kinds = await start_simulated_kinds(settings, env, supervisor)
-    simulators = [*([together] if together else []), *kinds]
+    await simulators_answer(simulators)
     env.update(console_env(settings))
     services = await start_services(settings, env, supervisor, identities, replicas)
     config = GENERATED_CONFIG if kinds else None

@@ -32,55 +32,6 @@ READABLE_LINE = re.compile(
     r"^\d\d:\d\d:\d\d\.\d{3} (api|limiter|cost|notifier|health|console|run)\s+(DEBUG|INFO|WARNING|ERROR) ")
 
 
-def test_in_a_terminal_every_line_is_readable_and_a_summary_says_where_things_are(database_url, tmp_path):
-    """`make run` in a terminal: one readable line per event from every service, FastStream's included."""
-    redis_srv, redis_url = redis_server()
-    env, ports = run_env(database_url, redis_url)
-    controller, terminal = pty.openpty()
-    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=tmp_path,
-                           stdin=terminal, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    output = bytearray()
-
-    def read_terminal() -> None:
-        while True:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # the last process holding the terminal exited
-                return
-            if not chunk:
-                return
-            output.extend(chunk)
-
-    reader = threading.Thread(target=read_terminal, daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: b"Ctrl-C stops everything" in output, "make run", 60)
-        wait_for(lambda: b"FastStream app started" in output, "FastStream's start-up line", 10)
-    finally:
-        run.send_signal(signal.SIGINT)
-        code = run.wait(60)
-        reader.join(5)
-        os.close(controller)
-        redis_srv.stop()
-    text = output.decode(errors="replace").replace("\r\n", "\n")
-    assert code == 0, text[-3000:]
-    ours = [line for line in text.splitlines() if READABLE_LINE.match(line)]
-    assert {READABLE_LINE.match(line)[1] for line in ours} == {"api", "limiter", "cost", "notifier", "health",
-                                                               "console", "run"}
-    assert not [line for line in text.splitlines() if line.startswith('{"ts"') or FASTSTREAM_PLAIN_LINE.match(line)]
-    assert any("FastStream app started" in line for line in ours)
-    summary = text[text.index("costwarden is up:"):]
-    assert f"http://127.0.0.1:{ports['API_PORT']}" in summary and f"http://127.0.0.1:{ports['HEALTH_PORT']}" in summary
-    assert f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/v1" in summary and "keys create --user" in summary
-    assert f"http://127.0.0.1:{ports['CONSOLE_PORT']}" in summary
-    assert re.search(r"simulator-anthropic +http://127\.0\.0\.1:\d+ +plays Anthropic: provider anthropic, "
-                     r"model claude-sonnet-4", summary)
-    assert re.search(r"simulator-azure +http://127\.0\.0\.1:\d+ +plays Azure OpenAI: provider azure, "
-                     r"model gpt-4o-azure", summary)
-    assert re.search(r"config +\.run/costwarden\.yaml", summary)
-
-
 def console_spend_today(console: str, key: str) -> Decimal:
     with httpx.Client(base_url=console, timeout=10) as browser:
         csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
@@ -171,35 +122,89 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(fresh_database, tmp_p
         assert not port_open(port), f"port {port} still open after Ctrl-C"
 
 
-def test_run_with_replicas_starts_each_replica_on_its_own_port_sharing_the_work(database_url, tmp_path):
+@pytest.fixture(scope="module")
+def in_a_terminal(database_url, tmp_path_factory):
+    """`make run REPLICAS=limiter=2,cost=2` in a terminal (a pty), as a developer runs it: the replicas test
+    uses it, then the terminal test stops it with Ctrl-C and reads everything it wrote."""
     redis_srv, redis_url = redis_server()
     env, ports = run_env(database_url, redis_url)
     env["TRUSTED_PROXIES"] = "127.0.0.1/32"  # each request its own anonymous caller (X-Forwarded-For)
-    log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)
+    controller, terminal = pty.openpty()
     run = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "--replicas", "limiter=2,cost=2"], env=env,
-                           cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+                           cwd=tmp_path_factory.mktemp("terminal-run"), stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = bytearray()
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the last process holding the terminal exited
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
     try:
-        wait_for(lambda: "costwarden is up" in open(log.name).read(), "make run", 90)
-        summary = open(log.name).read()
-        replicas = {name: int(port) for name, port in re.findall(r"(limiter-2|cost-2)\s+http://[\d.]+:(\d+)", summary)}
-        assert set(replicas) == {"limiter-2", "cost-2"}
-        limiters = [ports["LIMITER_PORT"], replicas["limiter-2"]]
+        wait_for(lambda: b"Ctrl-C stops everything" in output, "make run", 90)
+        yield {"run": run, "ports": ports, "output": output, "reader": reader}
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+            run.wait(60)
+        reader.join(5)
+        os.close(controller)
+        redis_srv.stop()
+
+
+def test_run_with_replicas_starts_each_replica_on_its_own_port_sharing_the_work(in_a_terminal):
+    ports = in_a_terminal["ports"]
+    summary = in_a_terminal["output"].decode(errors="replace")
+    replicas = {name: int(port) for name, port in re.findall(r"(limiter-2|cost-2)\s+http://[\d.]+:(\d+)", summary)}
+    assert set(replicas) == {"limiter-2", "cost-2"}
+    limiters = [ports["LIMITER_PORT"], replicas["limiter-2"]]
+    with httpx.Client(timeout=10) as client:
         for port in [*limiters, ports["COST_PORT"], replicas["cost-2"]]:
-            assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
+            assert client.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200
         for i in range(40):  # the limiter replicas share llm.request through their queue group
-            answer = httpx.post(f"http://127.0.0.1:{ports['API_PORT']}/api/agent/query", json={"query": "hi"},
-                                headers={"X-Forwarded-For": f"192.0.2.{10 + i}"}, timeout=10)
+            answer = client.post(f"http://127.0.0.1:{ports['API_PORT']}/api/agent/query", json={"query": "hi"},
+                                 headers={"X-Forwarded-For": f"192.0.2.{10 + i}"})
             assert answer.status_code == 200, answer.text
 
         def answered(port: int) -> float:
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            metrics = client.get(f"http://127.0.0.1:{port}/metrics").text
             return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                        if line.startswith("costwarden_requests_handled_seconds_count") and "llm.request" in line)
 
         shares = [answered(port) for port in limiters]
-        assert sum(shares) == 40 and min(shares) > 0, shares
+    assert sum(shares) == 40 and min(shares) > 0, shares
+
+
+def test_in_a_terminal_every_line_is_readable_and_a_summary_says_where_things_are(in_a_terminal):
+    """`make run` in a terminal: one readable line per event from every service, FastStream's included;
+    Ctrl-C stops it."""
+    run, ports, output = in_a_terminal["run"], in_a_terminal["ports"], in_a_terminal["output"]
+    try:
+        wait_for(lambda: b"FastStream app started" in output, "FastStream's start-up line", 10)
     finally:
         run.send_signal(signal.SIGINT)
-        code = run.wait(90)
-        redis_srv.stop()
-    assert code == 0, open(log.name).read()[-3000:]
+        code = run.wait(60)
+        in_a_terminal["reader"].join(5)
+    text = output.decode(errors="replace").replace("\r\n", "\n")
+    assert code == 0, text[-3000:]
+    ours = [line for line in text.splitlines() if READABLE_LINE.match(line)]
+    assert {READABLE_LINE.match(line)[1] for line in ours} == {"api", "limiter", "cost", "notifier", "health",
+                                                               "console", "run"}
+    assert not [line for line in text.splitlines() if line.startswith('{"ts"') or FASTSTREAM_PLAIN_LINE.match(line)]
+    assert any("FastStream app started" in line for line in ours)
+    summary = text[text.index("costwarden is up:"):]
+    assert f"http://127.0.0.1:{ports['API_PORT']}" in summary and f"http://127.0.0.1:{ports['HEALTH_PORT']}" in summary
+    assert f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/v1" in summary and "keys create --user" in summary
+    assert f"http://127.0.0.1:{ports['CONSOLE_PORT']}" in summary
+    assert re.search(r"simulator-anthropic +http://127\.0\.0\.1:\d+ +plays Anthropic: provider anthropic, "
+                     r"model claude-sonnet-4", summary)
+    assert re.search(r"simulator-azure +http://127\.0\.0\.1:\d+ +plays Azure OpenAI: provider azure, "
+                     r"model gpt-4o-azure", summary)
+    assert re.search(r"config +\.run/costwarden\.yaml", summary)

@@ -156,7 +156,7 @@ async def test_every_dashboard_query_and_rule_series_has_data_on_the_running_sys
             async def nothing_missing() -> bool:
                 return not await empty()
 
-            await eventually(nothing_missing, 60, interval_s=2)
+            await eventually(nothing_missing, 60, interval_s=1)  # as often as Prometheus scrapes
             assert await empty() == []
 
             rules = (await client.get("/api/v1/rules")).json()["data"]["groups"][0]["rules"]

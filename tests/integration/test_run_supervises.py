@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from tests.integration.helpers import auth, chat_body, new_key
-from tests.integration.system import costwarden_run, run_env
+from tests.integration.system import costwarden_run, probing, run_env
 from tests.servers import port_open, s3_server
 from tests.support.polling import wait_for
 
@@ -50,13 +51,37 @@ def pids(log: Path, name: str) -> list[int]:
             if m]
 
 
+def kill(log: Path, names: list[str]) -> float:
+    """SIGKILL the processes `names` are now, together; when (monotonic clock)."""
+    current = [pid for name in names for pid in pids(log, name)]
+    assert len(current) == len(names), (names, current)
+    killed_at = time.monotonic()
+    for pid in current:
+        os.kill(pid, signal.SIGKILL)
+    return killed_at
+
+
+def when_back(log: Path, back: dict[str, Callable[[], bool]], timeout_s: float) -> dict[str, float]:
+    """When each killed process was seen answering again, started again by the run (monotonic clock): each
+    timed on its own, every round checking all those not back yet."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < len(back):
+        assert time.monotonic() < deadline, f"not back after {timeout_s}s: {sorted(set(back) - set(seen))}"
+        for name, answering in back.items():
+            if name not in seen and answering() and len(pids(log, name)) == 2:
+                seen[name] = time.monotonic()
+        time.sleep(0.05)
+    return seen
+
+
 def exits(log: Path) -> list[str]:
     return [msg for msg in run_messages(log) if " exited (" in msg]
 
 
-def live(port: int) -> bool:
+def live(client: httpx.Client, port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200
+        return client.get(f"http://127.0.0.1:{port}/health/live").status_code == 200
     except httpx.TransportError:
         return False
 
@@ -129,37 +154,39 @@ def s3():
 @pytest.mark.timeout(360)
 def test_processes_killed_under_traffic_come_back_and_every_call_is_answered_or_refused_as_failing_closed(
         database_url, redis_url, s3, tmp_path):
-    """SIGKILL one replica of each service, then the api, then nats-server, while callers keep calling.
-    LIMITER_FAILURE_MODE is "closed": a call whose limiter died under it waits out the api's limiter timeout
-    and is refused with 503 limiter_unavailable and Retry-After, and so is every call made while no NATS
-    carries the api's question to a limiter; the other limiter replica answers every call made after that.
-    While the api itself is down, its port refuses connections (no process behind it) and calls in flight
-    lose theirs."""
+    """SIGKILL one replica of each service (the limiter's, then the five others at once), then the api, then
+    nats-server, while callers keep calling. LIMITER_FAILURE_MODE is "closed": a call whose limiter died
+    under it waits out the api's limiter timeout and is refused with 503 limiter_unavailable and Retry-After,
+    and so is every call made while no NATS carries the api's question to a limiter; the other limiter
+    replica answers every call made after that. While the api itself is down, its port refuses connections
+    (no process behind it) and calls in flight lose theirs."""
     keys = [asyncio.run(new_key(database_url, f"supervised-{os.getpid()}-{n}", "enterprise")) for n in range(CALLERS)]
     replicas = ",".join(f"{name}=2" for name in REPLICATED)
-    with costwarden_run(database_url, redis_url, s3, tmp_path, "--replicas", replicas) as running:
+    with costwarden_run(database_url, redis_url, s3, tmp_path, "--replicas", replicas) as running, \
+            probing(timeout_s=2) as probe:
         log, run = running["log"], running["run"]
         summary = next(msg for msg in run_messages(log) if msg.startswith("costwarden is up"))
         ports = {name: int(port) for name, port in re.findall(r"^\s+(\S+)\s+http://127\.0\.0\.1:(\d+)", summary, re.M)
                  if not name.startswith("simulator")}  # the simulated providers: run's infrastructure, not a service
         assert set(ports) == {"api", *REPLICATED, *(f"{name}-2" for name in REPLICATED)}
-        back = {name: (lambda port=port: live(port)) for name, port in ports.items()}
+        back = {name: (lambda port=port: live(probe, port)) for name, port in ports.items()}
         back["nats-server"] = lambda: port_open(running["ports"]["NATS"])
         killed: dict[str, tuple[float, float]] = {}  # name -> (killed at, back at)
         with Traffic(running["url"]["api"], keys) as traffic:
-            for name in [*(f"{service}-2" for service in REPLICATED), "api", "nats-server"]:
+            # A second replica of each service, the limiter's first and alone: one starting again already takes
+            # its share of llm.request, and others starting beside it would slow its first answers past the
+            # api's limiter timeout. Then the other five at once, then the api, then nats-server.
+            for names in [["limiter-2"], [f"{service}-2" for service in REPLICATED if service != "limiter"], ["api"],
+                          ["nats-server"]]:
                 before = traffic.answered()
                 wait_for(lambda before=before: traffic.answered() >= before + 2 * CALLERS, "calls answered", 30)
-                [pid] = pids(log, name)
-                killed_at = time.monotonic()
-                os.kill(pid, signal.SIGKILL)
-                wait_for(lambda name=name: len(pids(log, name)) == 2, f"{name} started again", 30)
-                wait_for(back[name], f"{name} back", 60)
-                killed[name] = (killed_at, time.monotonic())
+                killed_at = kill(log, names)
+                for name, back_at in when_back(log, {name: back[name] for name in names}, 60).items():
+                    killed[name] = (killed_at, back_at)
             after = traffic.answered()
             wait_for(lambda: traffic.answered() >= after + 2 * CALLERS, "calls answered after NATS's return", 30)
         assert run.poll() is None, "the run stopped"
-        assert all(live(port) for port in ports.values())
+        assert all(live(probe, port) for port in ports.values())
     assert running["returncode"] == 0
 
     for name in killed:
