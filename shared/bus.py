@@ -1,15 +1,15 @@
 """NATS wiring shared by every service: the broker factory, publishing events (with their id as
-Nats-Msg-Id, so JetStream keeps one copy), dead letters and the dead-letter middleware."""
+Nats-Msg-Id, so JetStream keeps one copy), dead letters and the dead-letter middleware.
+
+FastStream is imported by the two functions that use it: the api, the console and the health service
+use this module with nats-py alone, and importing FastStream is a good part of a process's start."""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from faststream import BaseMiddleware
-from faststream.nats import NatsBroker
-from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -18,6 +18,10 @@ from pydantic import BaseModel, ValidationError
 from shared.events import Alert, DeadLetter
 from shared.settings import ServiceSettings
 from shared.subjects import alert_subject, dead_letter_subject, stream_of
+
+if TYPE_CHECKING:
+    from faststream import BaseMiddleware
+    from faststream.nats import NatsBroker
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ def dead_letter_middleware(service: str) -> type[BaseMiddleware]:
     The message is then acknowledged: retrying a malformed event can never succeed. A request
     (a message with a reply subject) also gets a JSON error reply so that the caller does not wait.
     """
+    from faststream import BaseMiddleware
 
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next: Any, msg: Any) -> Any:
@@ -113,6 +118,9 @@ def nats_options(settings: ServiceSettings, role: str) -> dict[str, Any]:
 def make_broker(settings: ServiceSettings, service: str, registry: CollectorRegistry = REGISTRY,
                 **connection: Any) -> NatsBroker:
     """`connection`: more of nats-py's connect options (`reconnected_cb`)."""
+    from faststream.nats import NatsBroker
+    from faststream.nats.prometheus import NatsPrometheusMiddleware
+
     return NatsBroker(
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=(

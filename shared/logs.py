@@ -65,8 +65,9 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "auto") -> None:
-    import faststream  # noqa: F401  (it sets up its own logger on import; take that logger over after it)
-
+    """FastStream sets up its own logger when it is imported: a bus service's app imports it before
+    calling this, and that logger is taken over below. The api, the console, the health service and
+    `costwarden run` never import FastStream (a good part of a start), so nothing is to be taken over."""
     readable = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter(service) if readable else JsonFormatter(service))

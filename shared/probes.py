@@ -4,23 +4,25 @@
   /health/ready  each readiness check of the service passes (200), else 503 naming the one that failed
   /metrics       Prometheus text format, of every worker when they share a multiprocess directory
 
-One router serves them in every service: included in the FastAPI app of the api, the console and the
-health service, and in a FastStream one's routes for those paths (the bus services,
-shared/service_app.py). A service
-may answer readiness its own way through `ready` (the api adds its breakers, the health service
-answers from its board).
+The answers are made here once and served two ways, byte for byte the same: a FastAPI router included
+in the app of the api, the console and the health service (probes_router), and a plain ASGI app that
+a bus service's FastStream app hands those paths to (ProbesApp, shared/service_app.py), so that the bus
+services never import FastAPI (a good part of their start). A service may answer readiness its own way
+through `ready` (the api adds its breakers, the health service answers from its board).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
 ReadinessCheck = tuple[str, Callable[[], Awaitable[Any]]]
 ReadyAnswer = Callable[[], Awaitable[tuple[dict[str, Any], int]]]
@@ -49,6 +51,11 @@ async def readiness_document(service: str, checks: Sequence[ReadinessCheck]) -> 
             200 if is_ready else 503)
 
 
+def live_document(service: str) -> dict[str, str]:
+    """/health/live's body."""
+    return {"status": "alive", "service": service}
+
+
 def metrics_text() -> bytes:
     """Prometheus text of this process, or of every worker when they share a multiprocess directory."""
     if not os.environ.get(MULTIPROCESS_DIR_VAR):
@@ -59,20 +66,60 @@ def metrics_text() -> bytes:
 
 
 def probes_router(service: str, ready: ReadyAnswer) -> APIRouter:
-    """The three probes (PROBE_PATHS)."""
+    """The three probes (PROBE_PATHS) as a FastAPI router."""
+    # Imported here: the bus services import this module for ProbesApp and never run FastAPI. (Hence
+    # response_model=None: FastAPI could not resolve these return annotations, and a Response is sent
+    # as it is anyway.)
+    from fastapi import APIRouter
+    from fastapi.responses import JSONResponse, Response
+
     router = APIRouter()
 
     @router.get("/health/live")
     async def live() -> dict[str, str]:
-        return {"status": "alive", "service": service}
+        return live_document(service)
 
-    @router.get("/health/ready")
+    @router.get("/health/ready", response_model=None)
     async def readiness() -> JSONResponse:
         body, status = await ready()
         return JSONResponse(body, status_code=status)
 
-    @router.get("/metrics", include_in_schema=False)
+    @router.get("/metrics", include_in_schema=False, response_model=None)
     async def metrics() -> Response:
         return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    """JSON as FastAPI's JSONResponse writes it."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class ProbesApp:
+    """The three probes (PROBE_PATHS) as a plain ASGI app, answering as probes_router does in a FastAPI
+    app: GET only (anything else 405, as FastAPI says it), the same bodies and content types."""
+
+    def __init__(self, service: str, ready: ReadyAnswer) -> None:
+        self.service, self.ready = service, ready
+
+    async def answer(self, path: str) -> tuple[int, bytes, bytes]:
+        if path == "/health/live":
+            return 200, b"application/json", _json(live_document(self.service))
+        if path == "/health/ready":
+            body, status = await self.ready()
+            return status, b"application/json", _json(body)
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST.encode(), metrics_text()
+        return 404, b"application/json", _json({"detail": "Not Found"})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] == "GET":
+            status, content_type, body = await self.answer(scope["path"])
+            headers = [(b"content-length", str(len(body)).encode()), (b"content-type", content_type)]
+        else:
+            status, body = 405, _json({"detail": "Method Not Allowed"})
+            headers = [(b"allow", b"GET"), (b"content-length", str(len(body)).encode()),
+                       (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -2,7 +2,11 @@
 backup) serves the probes (shared/probes.py, readiness with the broker's connection first) and the
 bus's AsyncAPI document (shared/asyncapi.py) at /docs/asyncapi.json on its own port, its lifecycle
 wired to FastStream's hooks. Also what every service process shares: the request-latency middleware,
-the collector settled after startup, and serving under uvicorn."""
+the collector settled after startup, and serving under uvicorn.
+
+The api, the console and the health service import this module for the latter and never run
+FastStream, so FastStream (and the AsyncAPI document's models) are imported only where they are used:
+importing them is a good part of a process's start."""
 
 from __future__ import annotations
 
@@ -13,23 +17,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fastapi import FastAPI
-from faststream.asgi import AsgiFastStream, AsgiResponse, get
-from faststream.nats import NatsBroker
 from prometheus_client import Histogram
 
-from shared.asyncapi import asyncapi_document
 from shared.config_file import ConfigError
 from shared.probes import (
     CHECK_TIMEOUT_S,
     MULTIPROCESS_DIR_VAR,
     PROBE_PATHS,
+    ProbesApp,
     ReadinessCheck,
-    probes_router,
     readiness_document,
 )
+
+if TYPE_CHECKING:
+    from faststream.asgi import AsgiFastStream
+    from faststream.nats import NatsBroker
 
 GRACEFUL_SHUTDOWN_S = 25.0
 
@@ -78,6 +82,8 @@ class RequestMetrics:
 
 def make_service_app(broker: NatsBroker, service: str, readiness: Sequence[ReadinessCheck] = (),
                      **app_kwargs: Any) -> AsgiFastStream:
+    from faststream.asgi import AsgiFastStream, AsgiResponse, get
+
     async def nats_connected() -> None:
         if not await broker.ping(CHECK_TIMEOUT_S):
             raise ConnectionError("NATS unreachable")
@@ -87,12 +93,14 @@ def make_service_app(broker: NatsBroker, service: str, readiness: Sequence[Readi
     async def ready() -> tuple[dict[str, Any], int]:
         return await readiness_document(service, checks)
 
-    # The one probes router, in an app of its own that FastStream's routes hand those paths to.
-    probes = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    probes.include_router(probes_router(service, ready))
+    # The probes as every service answers them, in an app of their own that FastStream's routes hand
+    # those paths to.
+    probes = ProbesApp(service, ready)
 
     @get(include_in_schema=False)
     async def asyncapi(scope: Any) -> AsgiResponse:
+        from shared.asyncapi import asyncapi_document  # imported when first asked for: no start needs it
+
         return AsgiResponse(json.dumps(asyncapi_document()).encode(), 200, headers={"content-type": "application/json"})
 
     # The bus's whole AsyncAPI document (shared/asyncapi.py), not FastStream's, which lists only the
@@ -140,7 +148,8 @@ def serve(factory: str, port: int, host: str = "127.0.0.1", workers: int = 1,
     and says where the mistake is (exit status 2). uvicorn's own X-Forwarded-For handling is off: the
     gateway decides which proxies it trusts. With several workers, their metrics are kept in files that
     every worker's /metrics adds up (prometheus_client's multiprocess mode), so that any worker answers
-    for all of them.
+    for all of them. No service speaks WebSocket: uvicorn is told so (ws="none"), and imports no
+    WebSocket library at each start.
     """
     import uvicorn
 
@@ -154,4 +163,4 @@ def serve(factory: str, port: int, host: str = "127.0.0.1", workers: int = 1,
     if workers > 1 and not os.environ.get(MULTIPROCESS_DIR_VAR):
         os.environ[MULTIPROCESS_DIR_VAR] = tempfile.mkdtemp(prefix="costwarden-metrics-")
     uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
-                timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S), workers=workers)
+                timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S), workers=workers, ws="none")

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import nats
@@ -39,9 +39,7 @@ from services.api.nats_limiter_client import NatsLimiterClient
 from services.api.nats_limits_announcer import NatsLimitsAnnouncer
 from services.api.pg_api_key_store import PgApiKeyStore
 from services.api.providers import Deployment, ProviderRouter
-from services.api.redis_response_cache import RedisResponseCache
-from services.api.redis_route_ceilings import RedisRouteCeilings
-from services.api.response_cache import ResponseCache, cache_policies
+from services.api.response_cache import ModelCachePolicy, ResponseCache, cache_policies
 from services.api.settings import ApiConfig, ApiSettings
 from services.api.tiktoken_token_counter import TiktokenTokenCounter
 from services.keys.pg_key_admin import PgKeyAdmin
@@ -50,9 +48,14 @@ from services.teams.team_admin import TeamAdmin
 from shared.bus import nats_options
 from shared.logs import configure_logging
 from shared.probes import probes_router, readiness_document
-from shared.redis_client import redis_client
 from shared.service_app import RequestMetrics, settle_heap
 from shared.subjects import bind_streams, streams_bound_by
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    from services.api.redis_route_ceilings import RedisRouteCeilings
 
 SERVICE = "api"
 
@@ -79,6 +82,27 @@ def breaker_gauge(provider: str) -> Callable[[BreakerState], None]:
     return lambda state: BREAKER_OPEN.labels(provider).set(state is not BreakerState.CLOSED)
 
 
+def redis_adapters(settings: ApiSettings, policies: dict[str, ModelCachePolicy], ceilings_declared: bool
+                   ) -> tuple[list[Redis | RedisCluster], ResponseCache | None, RedisRouteCeilings | None]:
+    """The api's Redis clients, the response cache and the deployments' ceilings. The api's client
+    (REDIS_URL, its own ACL user `api`, keys under `cwapi:`) is asked only for deployments that declare
+    rpm/tpm ceilings and models whose answers are cached (unless CACHE_REDIS_URL gives the cache its
+    own); its connection is made on first use. With neither, there is no client, and redis-py is not
+    even imported (a good part of the api's start)."""
+    if not policies and not ceilings_declared:
+        return [], None, None
+    from services.api.redis_response_cache import RedisResponseCache
+    from services.api.redis_route_ceilings import RedisRouteCeilings
+    from shared.redis_client import redis_client
+
+    redis = redis_client(settings.redis_url, settings.redis_cluster, settings.api_redis_timeout_s)
+    cache_redis = redis_client(settings.cache_redis_url, settings.redis_cluster, settings.api_redis_timeout_s) \
+        if settings.cache_redis_url and policies else redis
+    cache = ResponseCache(RedisResponseCache(cache_redis, settings.api_redis_timeout_s), policies) if policies else None
+    ceilings = RedisRouteCeilings(redis) if ceilings_declared else None
+    return [redis] if cache_redis is redis else [redis, cache_redis], cache, ceilings
+
+
 @asynccontextmanager
 async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
     """Everything the routes use, opened in order and closed in reverse; the gateway drains first."""
@@ -87,16 +111,9 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
     js = nc.jetstream()
     await bind_streams(js, streams_bound_by(SERVICE))
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8)
-    # The api's Redis client (REDIS_URL, its own ACL user `api`, keys under `cwapi:`): asked only for
-    # deployments that declare rpm/tpm ceilings and models whose answers are cached (unless CACHE_REDIS_URL
-    # gives the cache its own). The connection is made on first use.
-    redis = redis_client(settings.redis_url, settings.redis_cluster, settings.api_redis_timeout_s)
-    policies = cache_policies(config.cache, config.models)
-    cache_redis = redis_client(settings.cache_redis_url, settings.redis_cluster, settings.api_redis_timeout_s) \
-        if settings.cache_redis_url and policies else redis
-    cache = ResponseCache(RedisResponseCache(cache_redis, settings.api_redis_timeout_s), policies) if policies else None
     providers = deployments(settings, config)
-    ceilings = RedisRouteCeilings(redis) if any(d.has_ceiling for d in providers.values()) else None
+    redis_clients, cache, ceilings = redis_adapters(settings, cache_policies(config.cache, config.models),
+                                                    any(d.has_ceiling for d in providers.values()))
     router = ProviderRouter(providers, ceilings)
     counter = await asyncio.to_thread(TiktokenTokenCounter.cl100k)
     admission = Admission(CachedKeyStore(PgApiKeyStore(pool), settings.api_key_cache_s),
@@ -125,9 +142,8 @@ async def api_resources(settings: ApiSettings) -> AsyncIterator[ApiState]:
             with contextlib.suppress(RuntimeError):
                 await nc.close()
         await pool.close()
-        await redis.aclose()
-        if cache_redis is not redis:
-            await cache_redis.aclose()
+        for redis in redis_clients:
+            await redis.aclose()
 
 
 def create_app(settings: ApiSettings | None = None, resources: ApiResources = api_resources) -> FastAPI:

@@ -15,12 +15,11 @@ import functools
 import json
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.backup.retention import StoredBackup
@@ -75,14 +74,29 @@ class S3BackupStore:
                  storage_class: str, part_size: int) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        # Default checksum headers (boto3 >= 1.36) are refused by some S3-compatible stores.
-        self.s3 = boto3.client("s3", region_name=region, config=Config(
-            request_checksum_calculation="when_required", response_checksum_validation="when_required",
-            retries={"max_attempts": 5, "mode": "standard"}))
+        self.region = region
         self.sse = sse
         self.kms_key_id = kms_key_id
         self.storage_class = storage_class
         self.part_size = part_size
+        self._s3: Any = None
+        self._making_client = threading.Lock()
+
+    @property
+    def s3(self) -> Any:
+        """The boto3 S3 client, made when first used (from worker threads, hence the lock): importing
+        boto3 and making a client cost a few hundred milliseconds of CPU, which the backup service would
+        otherwise pay at every start, before its first backup."""
+        with self._making_client:
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
+
+                # Default checksum headers (boto3 >= 1.36) are refused by some S3-compatible stores.
+                self._s3 = boto3.client("s3", region_name=self.region, config=Config(
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                    retries={"max_attempts": 5, "mode": "standard"}))
+            return self._s3
 
     def new_name(self, at: datetime) -> str:
         return backup_name(at)

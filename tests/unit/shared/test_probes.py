@@ -1,4 +1,5 @@
-"""The one probes router, in a FastAPI app and as the ASGI routes of a bus service's FastStream app."""
+"""The probes, in a FastAPI app (the router) and as the ASGI routes of a bus service's FastStream app
+(ProbesApp): the same answers either way."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import httpx
 from fastapi import FastAPI
 from faststream.nats import NatsBroker
 
-from shared.probes import probes_router, readiness_document
+from shared.probes import ProbesApp, probes_router, readiness_document
 from shared.service_app import make_service_app
 
 
@@ -18,9 +19,9 @@ async def answers() -> None:
     return None
 
 
-async def probe(app: object, path: str) -> httpx.Response:
+async def probe(app: object, path: str, method: str = "GET") -> httpx.Response:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:  # type: ignore[arg-type]
-        return await client.get(path)
+        return await client.request(method, path)
 
 
 async def test_a_fastapi_app_answers_the_probes_and_its_readiness_names_the_check_that_failed():
@@ -44,3 +45,19 @@ async def test_a_bus_service_answers_the_same_probes_and_is_not_ready_without_it
     assert ready.json()["checks"]["nats"].startswith("fail")
     assert "# TYPE" in (await probe(app, "/metrics")).text
     assert (await probe(app, "/health/nothing")).status_code == 404
+
+
+async def test_the_plain_asgi_probes_answer_byte_for_byte_as_the_fastapi_router():
+    checks = [("postgres", answers), ("nats", fails)]
+    fastapi_app = FastAPI()
+    fastapi_app.include_router(probes_router("svc", lambda: readiness_document("svc", checks)))
+    plain = ProbesApp("svc", lambda: readiness_document("svc", checks))
+    for method, path in [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/health/live?x=1"),
+                         ("POST", "/health/live"), ("HEAD", "/health/ready"), ("DELETE", "/metrics"),
+                         ("GET", "/health/nothing")]:
+        expected, got = await probe(fastapi_app, path, method), await probe(plain, path, method)
+        assert (got.status_code, got.headers.items(), got.content) == \
+               (expected.status_code, expected.headers.items(), expected.content), (method, path)
+    expected, got = await probe(fastapi_app, "/metrics"), await probe(plain, "/metrics")
+    assert got.status_code == expected.status_code == 200
+    assert got.headers["content-type"] == expected.headers["content-type"] and "# TYPE" in got.text
