@@ -4,10 +4,10 @@
   /health/ready  each readiness check of the service passes (200), else 503 naming the one that failed
   /metrics       Prometheus text format, of every worker when they share a multiprocess directory
 
-The answers are made here once and served two ways, byte for byte the same: a FastAPI router included
-in the app of the api, the console and the health service (probes_router), and a plain ASGI app that
-a bus service's FastStream app hands those paths to (ProbesApp, shared/service_app.py), so that the bus
-services never import FastAPI (a good part of their start). A service may answer readiness its own way
+The answers are made here once and served two ways, with the same bodies: a FastAPI router included
+in the app of the api, the console and the health service (probes_router), and FastStream's own HTTP
+routes in a bus service's app (shared/service_app.py), so that the bus services never import FastAPI
+(a good part of their start). A service may answer readiness its own way
 through `ready` (the api adds its breakers, the health service answers from its board).
 """
 
@@ -67,7 +67,7 @@ def metrics_text() -> bytes:
 
 def probes_router(service: str, ready: ReadyAnswer) -> APIRouter:
     """The three probes (PROBE_PATHS) as a FastAPI router."""
-    # Imported here: the bus services import this module for ProbesApp and never run FastAPI. (Hence
+    # Imported here: the bus services import this module for the answers and never run FastAPI. (Hence
     # response_model=None: FastAPI could not resolve these return annotations, and a Response is sent
     # as it is anyway.)
     from fastapi import APIRouter
@@ -91,35 +91,7 @@ def probes_router(service: str, ready: ReadyAnswer) -> APIRouter:
     return router
 
 
-def _json(document: dict[str, Any]) -> bytes:
-    """JSON as FastAPI's JSONResponse writes it."""
+def json_body(document: dict[str, Any]) -> bytes:
+    """JSON as FastAPI's JSONResponse writes it, so that a bus service's probes answer byte for byte as the
+    api's."""
     return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-
-
-class ProbesApp:
-    """The three probes (PROBE_PATHS) as a plain ASGI app, answering as probes_router does in a FastAPI
-    app: GET only (anything else 405, as FastAPI says it), the same bodies and content types."""
-
-    def __init__(self, service: str, ready: ReadyAnswer) -> None:
-        self.service, self.ready = service, ready
-
-    async def answer(self, path: str) -> tuple[int, bytes, bytes]:
-        if path == "/health/live":
-            return 200, b"application/json", _json(live_document(self.service))
-        if path == "/health/ready":
-            body, status = await self.ready()
-            return status, b"application/json", _json(body)
-        if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST.encode(), metrics_text()
-        return 404, b"application/json", _json({"detail": "Not Found"})
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["method"] == "GET":
-            status, content_type, body = await self.answer(scope["path"])
-            headers = [(b"content-length", str(len(body)).encode()), (b"content-type", content_type)]
-        else:
-            status, body = 405, _json({"detail": "Method Not Allowed"})
-            headers = [(b"allow", b"GET"), (b"content-length", str(len(body)).encode()),
-                       (b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -11,7 +11,6 @@ importing them is a good part of a process's start."""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -19,15 +18,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram
 
 from shared.config_file import ConfigError
 from shared.probes import (
     CHECK_TIMEOUT_S,
     MULTIPROCESS_DIR_VAR,
-    PROBE_PATHS,
-    ProbesApp,
     ReadinessCheck,
+    json_body,
+    live_document,
+    metrics_text,
     readiness_document,
 )
 
@@ -93,15 +93,27 @@ def make_service_app(broker: NatsBroker, service: str, readiness: Sequence[Readi
     async def ready() -> tuple[dict[str, Any], int]:
         return await readiness_document(service, checks)
 
-    # The probes as every service answers them, in an app of their own that FastStream's routes hand
-    # those paths to.
-    probes = ProbesApp(service, ready)
+    def json_answer(document: dict[str, Any], status: int = 200) -> AsgiResponse:
+        return AsgiResponse(json_body(document), status, headers={"content-type": "application/json"})
+
+    # The probes (PROBE_PATHS) as FastStream's own HTTP routes, with the bodies probes_router sends.
+    @get(include_in_schema=False)
+    async def live(scope: Any) -> AsgiResponse:
+        return json_answer(live_document(service))
+
+    @get(include_in_schema=False)
+    async def readiness_probe(scope: Any) -> AsgiResponse:
+        return json_answer(*await ready())
+
+    @get(include_in_schema=False)
+    async def metrics(scope: Any) -> AsgiResponse:
+        return AsgiResponse(metrics_text(), 200, headers={"content-type": CONTENT_TYPE_LATEST})
 
     @get(include_in_schema=False)
     async def asyncapi(scope: Any) -> AsgiResponse:
         from shared.asyncapi import asyncapi_document  # imported when first asked for: no start needs it
 
-        return AsgiResponse(json.dumps(asyncapi_document()).encode(), 200, headers={"content-type": "application/json"})
+        return json_answer(asyncapi_document())
 
     # The bus's whole AsyncAPI document (shared/asyncapi.py), not FastStream's, which lists only the
     # handlers FastStream runs in this service; nor FastStream's page, which loads its viewer from a CDN
@@ -109,7 +121,8 @@ def make_service_app(broker: NatsBroker, service: str, readiness: Sequence[Readi
     # any subject of the real bus.
     app = AsgiFastStream(
         broker,
-        asgi_routes=[*((path, probes) for path in PROBE_PATHS), ("/docs/asyncapi.json", asyncapi)],
+        asgi_routes=[("/health/live", live), ("/health/ready", readiness_probe), ("/metrics", metrics),
+                     ("/docs/asyncapi.json", asyncapi)],
         **app_kwargs,
     )
     return app
