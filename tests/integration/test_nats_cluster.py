@@ -252,12 +252,15 @@ async def test_a_service_starting_for_the_first_time_while_a_node_is_down_create
         nc = await connect([url for node, url in zip(nodes, urls, strict=True) if node is not down])
         try:
             async def durables() -> set[str]:
+                """Each asked for by name: listing a stream's consumers waits for every replica to answer,
+                the one that is down too (seconds a time)."""
                 found = set()
-                for stream, _ in LIMITER_DURABLES:
+                for stream, durable in LIMITER_DURABLES:
                     try:
-                        found |= {c.name for c in await nc.jetstream().consumers_info(stream)}
-                    except Exception:  # noqa: BLE001 - a stream still electing its leader does not answer
-                        pass
+                        await nc.jetstream().consumer_info(stream, durable, timeout=2)
+                    except Exception:  # noqa: BLE001 - not created yet, or its stream still electing its leader
+                        continue
+                    found.add(durable)
                 return found
 
             async def both_created() -> bool:
