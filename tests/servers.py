@@ -141,7 +141,7 @@ def redis_cluster() -> tuple[list[ProcessServer], str]:
         node = ProcessServer(f"redis-{port}", [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
             "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000", "--save", "",
-            "--appendonly", "no", "--dir", data], port)
+            "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", data], port)
         node.start()
         nodes.append(node)
     subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
