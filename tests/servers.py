@@ -192,15 +192,18 @@ class ServiceProcess:
             self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
-        def live() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{self.url}/health/live", timeout=0.5).status_code == 200
-            except httpx.HTTPError:
-                return False
+        # One client for every try: httpx.get would build a TLS context each time (~25 ms of CPU, taken
+        # from the processes starting).
+        with httpx.Client(timeout=0.5) as client:
+            def live() -> bool:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+                try:
+                    return client.get(f"{self.url}/health/live").status_code == 200
+                except httpx.HTTPError:
+                    return False
 
-        wait_for(live, self.name, timeout_s)
+            wait_for(live, self.name, timeout_s)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
