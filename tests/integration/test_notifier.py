@@ -197,6 +197,7 @@ async def test_slack_429_and_500s_are_retried_honouring_retry_after(stack):
     slack_calls = [r for r in http.received if r["path"].startswith("/slack")]
     assert [c["status"] for c in slack_calls] == [429, 500, 500, 200]
     assert slack_calls[1]["at"] - slack_calls[0]["at"] >= 0.95  # waited as Retry-After asked
+    assert await eventually(lambda: all_handled(stack["js"]))  # the last attempt is recorded after Slack's answer
     rows = await stack["pool"].fetch("SELECT attempt, status, error FROM alert_deliveries WHERE alert_key = $1"
                                      " AND channel = 'slack' ORDER BY attempt", alert.key)
     assert [(r["attempt"], r["status"], r["error"]) for r in rows] == [
