@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 SOAK_MINUTES ?= 5
 # Test processes for the tiers with servers (docs/testing.md): their tests mostly wait on servers, so a
 # few run well side by side even on 2 cores. Each has its own servers, ports and databases.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 PYTEST := $(BIN)/pytest --durations=10
 PARALLEL := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
